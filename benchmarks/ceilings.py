@@ -1,0 +1,106 @@
+"""The machine's bandwidth ceilings, measured in the same run with plain loops that are
+not gpugd's kernels.
+
+CPU (Numba, STREAM-style, one ``prange`` per loop, every core):
+  copy     b[i] = a[i]             3 words/elem: read a, write-allocate read of b, write b
+  triad    a[i] = b[i] + s·c[i]    4 words/elem: read b, c, write-allocate a, write a
+  inplace  x[i] = s·x[i] + t       2 words/elem: read x, write x (line already cached)
+  read     Σ x[i]                  1 word/elem
+A class's ceiling is the best of its loops: ``inplace`` = best of copy, triad, inplace
+(streams that read and write); ``read`` = best of read and the ``inplace`` ceiling, since a
+pure read stream moves bytes at least as fast as a mixed one.
+
+GPU (CuPy): device-to-device copy, 2 words/elem (no write-allocate on the GPU), timed with
+CUDA events; both classes take it.
+
+The loops are not timed in a phase of their own: ``Context.measure`` runs the loops of a
+kernel's class round-robin with the kernel, and a loop's figure is the median of all its
+samples in the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numba import njit, prange
+
+from .harness import Context, Loop
+
+
+@njit(cache=True, parallel=True)
+def _copy(a, b):
+    for i in prange(a.size):
+        b[i] = a[i]
+
+
+@njit(cache=True, parallel=True)
+def _triad(a, b, c, s):
+    for i in prange(a.size):
+        a[i] = b[i] + s * c[i]
+
+
+@njit(cache=True, parallel=True)
+def _inplace(x, s, t):
+    for i in prange(x.size):
+        x[i] = s * x[i] + t
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc", "contract"})
+def _read(x):
+    acc = np.float32(0.0)  # a float32 accumulator lets Numba vectorize the reduction
+    for i in prange(x.size):
+        acc += x[i]
+    return acc
+
+
+def default_numel(ctx: Context) -> int:
+    if ctx.numel:
+        return ctx.numel
+    if ctx.backend.name == "cuda":
+        return 1 << 28  # 1 GiB of fp32 per array: far past the 50 MB L2
+    return 1 << 25  # 128 MiB of fp32 per array: far past any CPU cache
+
+
+def setup(ctx: Context) -> None:
+    """Allocate the loops' arrays and register the loops and classes in ``ctx``."""
+    n = default_numel(ctx)
+    if ctx.backend.name == "cuda":
+        import cupy
+
+        a = cupy.random.standard_normal(n, dtype=cupy.float32)
+        b = cupy.empty_like(a)
+        ctx.loops = {"d2d_copy": Loop(lambda: cupy.copyto(b, a), 2 * 4 * n, n)}
+        ctx.classes = {"inplace": ("d2d_copy",), "read": ("d2d_copy",)}
+        return
+    f = np.float32
+    rng = np.random.default_rng(0)
+    a, b, c, x = (rng.standard_normal(n, dtype=f) for _ in range(4))
+    s, u = f(0.999), f(1e-3)
+    ctx.loops = {
+        "copy": Loop(lambda: _copy(a, b), 3 * 4 * n, n),
+        "triad": Loop(lambda: _triad(a, b, c, s), 4 * 4 * n, n),
+        "inplace": Loop(lambda: _inplace(x, s, u), 2 * 4 * n, n),
+        "read": Loop(lambda: _read(a), 1 * 4 * n, n),
+    }
+    for loop in ctx.loops.values():  # compile and first-touch outside any timing
+        loop.fn()
+    inplace = ("copy", "triad", "inplace")
+    ctx.classes = {"inplace": inplace, "read": ("read", *inplace)}
+
+
+def report(ctx: Context) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    """({class: GB/s}, {loop: details}) from every loop sample taken in the run."""
+    loops = {
+        name: {
+            "loop": name,
+            "numel": loop.numel,
+            "bytes_per_elem": loop.nbytes // loop.numel,
+            "median_s": float(np.median(loop.samples)),
+            "samples": len(loop.samples),
+            "gbps": loop.gbps(),
+        }
+        for name, loop in ctx.loops.items()
+        if loop.samples
+    }
+    return ctx.ceiling_gbps(), loops

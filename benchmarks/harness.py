@@ -1,0 +1,229 @@
+"""Shared runner of the throughput suite: timing, rows, the table and the JSON file.
+
+A row holds the DESIGN.md schema — ``kernel, backend, device, dtype, numel, tensors,
+median_s, bytes, gbps, ceiling, ceiling_gbps, pct_of_ceiling, baselines`` — plus the tags
+``versions`` and ``time``. ``bytes`` is the fewest bytes the op must move; ``gbps`` is
+``bytes / median_s / 1e9``; ``baselines`` maps a peer to ``peer_median_s / gpugd_median_s``
+(above 1: gpugd is faster). Ceilings are measured in the same run (``ceilings.py``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import gpugd
+
+
+@dataclass
+class Timing:
+    median_s: float
+    samples: list[float]
+
+
+@dataclass
+class Loop:
+    """A ceiling loop: a plain reference loop, the bytes it moves, its timing samples."""
+
+    fn: Callable[[], Any]
+    nbytes: int
+    numel: int
+    samples: list[float] = field(default_factory=list)
+
+    def gbps(self) -> float:
+        return self.nbytes / statistics.median(self.samples) / 1e9
+
+
+@dataclass
+class Context:
+    """What every suite needs: backend, the ceiling loops, tags, settings.
+
+    Shared machines are noisy, so a kernel is never timed alone: ``measure`` runs it, its
+    peers and the loops of its ceiling class round-robin, one call each per round, and
+    takes medians. Every loop sample of the run feeds the ceilings, so a ceiling and the
+    kernels held against it see the same conditions.
+    """
+
+    backend: Any  # gpugd.backend.Backend
+    quick: bool
+    numel: int | None  # override of the suites' default sizes
+    loops: dict[str, Loop] = field(default_factory=dict)
+    classes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # class -> loop names
+    versions: dict[str, str] = field(default_factory=dict)
+    time: str = ""
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)
+
+    @property
+    def warmup(self) -> int:
+        return 2 if self.quick else 3
+
+    @property
+    def repeats(self) -> int:
+        return 9 if self.quick else 21
+
+    def clock(self) -> Callable[[Callable[[], Any]], float]:
+        return time_cuda_once if self.backend.name == "cuda" else time_cpu_once
+
+    def measure(self, fns: dict[str, Callable[[], Any]], ceiling: str) -> dict[str, Timing]:
+        """Time ``fns`` round-robin with the loops of class ``ceiling``; medians per name."""
+        clock = self.clock()
+        loops = {name: self.loops[name] for name in self.classes[ceiling]}
+        samples: dict[str, list[float]] = {k: [] for k in fns}
+        for r in range(self.warmup + self.repeats):
+            keep = r >= self.warmup
+            for name, fn in fns.items():
+                t = clock(fn)
+                if keep:
+                    samples[name].append(t)
+            for loop in loops.values():
+                t = clock(loop.fn)
+                if keep:
+                    loop.samples.append(t)
+        return {k: Timing(statistics.median(v), v) for k, v in samples.items()}
+
+    def ceiling_gbps(self) -> dict[str, float]:
+        """Each class's ceiling: the best median bandwidth of its loops over the run."""
+        return {
+            cls: max(self.loops[n].gbps() for n in names if self.loops[n].samples)
+            for cls, names in self.classes.items()
+            if any(self.loops[n].samples for n in names)
+        }
+
+
+def versions(backend_name: str) -> dict[str, str]:
+    """Versions of Python and of every library a figure may depend on."""
+    out = {"gpugd": gpugd.__version__, "python": platform.python_version(), "numpy": np.__version__}
+    try:
+        import numba
+
+        out["numba"] = numba.__version__
+        out["numba_threads"] = str(numba.get_num_threads())
+    except ImportError:
+        pass
+    if backend_name == "cuda":
+        import cupy
+
+        out["cupy"] = cupy.__version__
+        out["cuda_runtime"] = str(cupy.cuda.runtime.runtimeGetVersion())
+        out["cuda_driver"] = str(cupy.cuda.runtime.driverGetVersion())
+    torch = optional_torch()
+    if torch is not None:
+        out["torch"] = torch.__version__
+    return out
+
+
+def optional_torch():
+    """torch when importable, else None (it is a peer, never a dependency)."""
+    try:
+        import torch
+    except Exception:  # ImportError, or a broken install raising something else
+        return None
+    return torch
+
+
+def time_cpu_once(fn: Callable[[], Any]) -> float:
+    """Wall time of one ``fn()`` call."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def time_cuda_once(fn: Callable[[], Any]) -> float:
+    """GPU time of one ``fn()`` call, between two CUDA events on the current stream."""
+    import cupy
+
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    fn()
+    stop.record()
+    stop.synchronize()
+    return cupy.cuda.get_elapsed_time(start, stop) / 1e3
+
+
+def row(
+    ctx: Context,
+    kernel: str,
+    dtype: Any,
+    numel: int,
+    timing: Timing,
+    nbytes: int,
+    ceiling: str,
+    baselines: dict[str, float],
+    tensors: int = 1,
+) -> dict[str, Any]:
+    """One result row of the schema; ``baselines`` maps peer → peer median seconds."""
+    gbps = nbytes / timing.median_s / 1e9
+    return {
+        "kernel": kernel,
+        "backend": ctx.backend.name,
+        "device": ctx.backend.device_name,
+        "dtype": np.dtype(dtype).name,
+        "numel": int(numel),
+        "tensors": int(tensors),
+        "median_s": timing.median_s,
+        "bytes": int(nbytes),
+        "gbps": gbps,
+        "ceiling": ceiling,
+        "ceiling_gbps": None,  # filled by finish_rows once every loop sample is in
+        "pct_of_ceiling": None,
+        "baselines": {k: t / timing.median_s for k, t in baselines.items()},
+        "versions": ctx.versions,
+        "time": ctx.time,
+    }
+
+
+def finish_rows(rows: list[dict[str, Any]], ceilings: dict[str, float]) -> None:
+    """Fill ``ceiling_gbps`` and ``pct_of_ceiling`` from the run's final ceilings."""
+    for r in rows:
+        r["ceiling_gbps"] = ceilings[r["ceiling"]]
+        r["pct_of_ceiling"] = 100.0 * r["gbps"] / r["ceiling_gbps"]
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def format_ceilings(ceilings: dict[str, float], loops: dict[str, dict[str, Any]]) -> str:
+    lines = ["ceilings (plain reference loops, timed round-robin with the kernels in this run)"]
+    for name, info in loops.items():
+        lines.append(
+            f"  loop {name:<10} {info['gbps']:8.1f} GB/s  ({info['bytes_per_elem']} B/elem"
+            f", {info['numel']} elems, {info['samples']} samples)"
+        )
+    for cls, gbps in ceilings.items():
+        lines.append(f"  ceiling {cls:<8} {gbps:8.1f} GB/s")
+    return "\n".join(lines)
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'kernel':<16} {'dtype':<8} {'numel':>10} {'median ms':>10} {'GB/s':>8} "
+        f"{'ceiling':>8} {'% ceil':>7}  baselines (peer time / gpugd time)"
+    )
+    out = [head, "-" * len(head)]
+    for r in rows:
+        base = ", ".join(f"{k} {v:.2f}x" for k, v in r["baselines"].items()) or "-"
+        out.append(
+            f"{r['kernel']:<16} {r['dtype']:<8} {r['numel']:>10} {r['median_s'] * 1e3:>10.3f} "
+            f"{r['gbps']:>8.1f} {r['ceiling']:>8} {r['pct_of_ceiling']:>6.1f}%  {base}"
+        )
+    return "\n".join(out)
+
+
+def write_json(path: Path, meta: dict[str, Any], ceilings: dict[str, Any], rows: list) -> None:
+    """Write ``{"meta", "ceilings", "rows"}`` atomically (temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "ceilings": ceilings, "rows": rows}, indent=2))
+    tmp.replace(path)

@@ -1,0 +1,19 @@
+"""gpugd: GPU-first fused kernels for training neural networks with plain arrays.
+
+CuPy arrays run CUDA kernels compiled from ``kernels/*.cu``; NumPy arrays run Numba
+kernels. ``import gpugd`` never imports CuPy by itself.
+"""
+
+from . import ops
+from .backend import Backend, BackendUnavailableError, array_backend, get_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendUnavailableError",
+    "__version__",
+    "array_backend",
+    "get_backend",
+    "ops",
+]

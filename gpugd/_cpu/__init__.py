@@ -1,0 +1,1 @@
+"""Numba kernels, one module per kernel family, mirroring ``kernels/*.cu`` file by file."""

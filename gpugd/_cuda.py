@@ -1,0 +1,65 @@
+"""Load ``kernels/*.cu`` through ``cupy.RawModule`` on first use, cached per device.
+
+Only imported when an op receives CuPy arrays, so CuPy is never imported on the CPU path.
+Every kernel is ``extern "C"`` and named ``gpugd_<family>_<op>[_<dtype>]``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import cupy
+
+from ._kernels import kernel_dir, kernel_sources
+
+THREADS = 256  # threads per block for the elementwise families
+BLOCKS_PER_SM = 8  # resident blocks per multiprocessor that a grid-stride launch aims for
+
+_DTYPE_SUFFIX = {"float32": "f32", "float64": "f64"}
+
+
+def dtype_suffix(dtype: Any) -> str:
+    """Kernel name suffix for a dtype ("f32", "f64")."""
+    return _DTYPE_SUFFIX[cupy.dtype(dtype).name]
+
+
+@functools.cache
+def _module(family: str, device_id: int) -> cupy.RawModule:
+    sources = kernel_sources()
+    if family not in sources:
+        raise KeyError(f"no kernel family {family!r}; have {sorted(sources)}")
+    code = sources[family].read_text()
+    return cupy.RawModule(
+        code=code,
+        options=("-std=c++17", f"--include-path={kernel_dir()}"),
+    )
+
+
+def get_kernel(family: str, name: str) -> cupy.RawKernel:
+    """The compiled kernel ``name`` of ``kernels/<family>.cu`` on the current device."""
+    return _module(family, cupy.cuda.Device().id).get_function(name)
+
+
+@functools.cache
+def _sm_count(device_id: int) -> int:
+    return int(cupy.cuda.Device(device_id).attributes["MultiProcessorCount"])
+
+
+def sm_count() -> int:
+    """Multiprocessor count of the current device."""
+    return _sm_count(cupy.cuda.Device().id)
+
+
+def grid_for(n: int, threads: int = THREADS, per_thread: int = 4) -> int:
+    """Blocks for a grid-stride launch over ``n`` items: enough to cover ``n`` with
+    ``per_thread`` items per thread, capped at ``BLOCKS_PER_SM`` blocks per multiprocessor."""
+    need = -(-max(n, 1) // (threads * per_thread))
+    return max(1, min(need, sm_count() * BLOCKS_PER_SM))
+
+
+def launch(family: str, name: str, n: int, args: tuple, per_thread: int = 4) -> int:
+    """Launch ``name`` with a grid-stride grid sized for ``n`` items; return the block count."""
+    blocks = grid_for(n, THREADS, per_thread)
+    get_kernel(family, name)((blocks,), (THREADS,), args)
+    return blocks

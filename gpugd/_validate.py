@@ -1,0 +1,57 @@
+"""Argument checks shared by every public op. They run before any kernel, so a rejected
+call changes nothing; each error names the argument and what was expected."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from .backend import array_backend
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(name: str, a: Any, *, writable: bool = False) -> None:
+    """``a`` is a C-contiguous float32/float64 array (writable when asked)."""
+    if a.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(
+            f"{name}: expected a C-contiguous array (strides {a.strides} for shape "
+            f"{a.shape}); pass a contiguous copy"
+        )
+    if writable and not a.flags.writeable:
+        raise ValueError(f"{name}: the array is read-only but the op writes into it")
+
+
+def same_layout(name_a: str, a: Any, name_b: str, b: Any) -> None:
+    """``a`` and ``b`` share shape and dtype."""
+    if a.shape != b.shape:
+        raise ValueError(f"{name_b}: shape {b.shape} does not match {name_a}'s {a.shape}")
+    if a.dtype != b.dtype:
+        raise TypeError(f"{name_b}: dtype {b.dtype} does not match {name_a}'s {a.dtype}")
+
+
+def no_partial_overlap(name_a: str, a: Any, name_b: str, b: Any, xp: Any) -> None:
+    """``a`` and ``b`` are the same memory or disjoint (a shifted alias would race)."""
+    if a.size == 0 or b.size == 0:
+        return
+    same = (
+        a.data.ptr == b.data.ptr
+        if xp is not np
+        else (a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+    )
+    if not same and xp.may_share_memory(a, b):
+        raise ValueError(f"{name_b} partially overlaps {name_a}; pass disjoint arrays")
+
+
+def real_scalar(name: str, v: Any) -> float:
+    """``v`` is a real Python/NumPy scalar (not an array, not complex, not bool)."""
+    if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name}: expected a real scalar, got {type(v).__name__}")
+    return float(v)
+
+
+__all__ = ["array_backend", "float_array", "no_partial_overlap", "real_scalar", "same_layout"]

@@ -1,0 +1,92 @@
+"""Level-1 vector ops: ``axpy_`` (x += a·y), ``scale_`` (x *= a), ``sum_of_squares`` (Σx²).
+
+They are the kernels the bandwidth roofline is measured with: ``axpy_`` must move 3 words
+per element, ``scale_`` 2, ``sum_of_squares`` 1. Arrays may have any shape but must be
+C-contiguous float32/float64; NumPy arrays run the Numba kernels of ``gpugd._cpu.vector``,
+CuPy arrays the CUDA kernels of ``kernels/vector.cu``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import _validate as v
+
+_SSQ_BLOCKS_MAX = 1024  # stage-1 partials fit one block of stage 2 many times over
+
+
+def axpy_(x: Any, a: float, y: Any) -> Any:
+    """x ← x + a·y, in place; returns ``x``. ``x`` and ``y``: same shape and float dtype."""
+    be = v.array_backend(x=x, y=y)
+    a = v.real_scalar("a", a)
+    v.float_array("x", x, writable=True)
+    v.float_array("y", y)
+    v.same_layout("x", x, "y", y)
+    if be == "cpu":
+        v.no_partial_overlap("x", x, "y", y, np)
+        from .._cpu import vector as k
+
+        if x.size:
+            k.axpy(x.reshape(-1), x.dtype.type(a), y.reshape(-1))
+    else:
+        import cupy
+
+        from .. import _cuda
+
+        v.no_partial_overlap("x", x, "y", y, cupy)
+        if x.size:
+            name = f"gpugd_vector_axpy_{_cuda.dtype_suffix(x.dtype)}"
+            _cuda.launch("vector", name, x.size, (x, x.dtype.type(a), y, np.int64(x.size)))
+    return x
+
+
+def scale_(x: Any, a: float) -> Any:
+    """x ← a·x, in place; returns ``x``."""
+    be = v.array_backend(x=x)
+    a = v.real_scalar("a", a)
+    v.float_array("x", x, writable=True)
+    if not x.size:
+        return x
+    if be == "cpu":
+        from .._cpu import vector as k
+
+        k.scale(x.reshape(-1), x.dtype.type(a))
+    else:
+        from .. import _cuda
+
+        name = f"gpugd_vector_scale_{_cuda.dtype_suffix(x.dtype)}"
+        _cuda.launch("vector", name, x.size, (x, x.dtype.type(a), np.int64(x.size)))
+    return x
+
+
+def sum_of_squares(x: Any) -> Any:
+    """Σ x_i², accumulated in float64, read-only.
+
+    Returns a NumPy ``float64`` scalar for NumPy input, and a 0-d float64 CuPy array (no
+    host synchronization) for CuPy input. Deterministic run to run on both backends.
+    """
+    be = v.array_backend(x=x)
+    v.float_array("x", x)
+    if be == "cpu":
+        from .._cpu import vector as k
+
+        return np.float64(k.sum_of_squares(x.reshape(-1)) if x.size else 0.0)
+
+    import cupy
+
+    from .. import _cuda
+
+    out = cupy.zeros((), dtype=cupy.float64)
+    if not x.size:
+        return out
+    n = x.size
+    blocks = min(_cuda.grid_for(n, per_thread=8), _SSQ_BLOCKS_MAX)
+    partial = cupy.empty(blocks, dtype=cupy.float64)
+    name = f"gpugd_vector_sum_of_squares_partial_{_cuda.dtype_suffix(x.dtype)}"
+    _cuda.get_kernel("vector", name)((blocks,), (_cuda.THREADS,), (x, np.int64(n), partial))
+    _cuda.get_kernel("vector", "gpugd_vector_sum_partials")(
+        (1,), (_cuda.THREADS,), (partial, np.int64(blocks), out)
+    )
+    return out
