@@ -1,0 +1,157 @@
+"""Backend choice, its errors (CuPy missing, no device, driver too old), inference from
+arrays, and `import gpugd` staying CuPy-free on the CPU backend."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import numpy as np
+import pytest
+
+import gpugd
+from gpugd.backend import BackendUnavailableError, _backend, array_backend, get_backend
+
+
+@pytest.fixture(autouse=True)
+def _fresh_backend_cache():
+    _backend.cache_clear()
+    yield
+    _backend.cache_clear()
+
+
+class _FakeCudaError(RuntimeError):
+    def __init__(self, status: int, msg: str):
+        super().__init__(msg)
+        self.status = status
+
+
+def _fake_cupy(count=1, error=None, driver=13000, runtime=13000):
+    """A stand-in `cupy` module whose runtime answers as told."""
+
+    def get_count():
+        if error is not None:
+            raise error
+        return count
+
+    runtime_mod = types.SimpleNamespace(
+        getDeviceCount=get_count,
+        driverGetVersion=lambda: driver,
+        runtimeGetVersion=lambda: runtime,
+        getDeviceProperties=lambda i: {"name": b"Fake H200"},
+    )
+    cuda = types.SimpleNamespace(runtime=runtime_mod, Device=lambda: types.SimpleNamespace(id=0))
+    return types.SimpleNamespace(cuda=cuda, __name__="cupy")
+
+
+def test_cpu_backend():
+    be = get_backend("cpu")
+    assert be.name == "cpu" and be.xp is np and be.device_name
+    be.synchronize()  # a no-op that must not fail
+
+
+def test_environment_variable_selects(monkeypatch):
+    monkeypatch.setenv("GPUGD_BACKEND", "cpu")
+    assert get_backend().name == "cpu"
+    monkeypatch.setenv("GPUGD_BACKEND", "tpu")
+    with pytest.raises(ValueError, match=r"GPUGD_BACKEND='tpu' is not a backend"):
+        get_backend()
+
+
+def test_bad_name():
+    with pytest.raises(ValueError, match="expected one of"):
+        get_backend("gpu")
+
+
+def test_cuda_without_cupy_says_so(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` raise ImportError
+    with pytest.raises(BackendUnavailableError, match="CuPy is not installed"):
+        get_backend("cuda")
+
+
+@pytest.mark.parametrize(
+    ("fake", "match"),
+    [
+        (_fake_cupy(error=_FakeCudaError(100, "cudaErrorNoDevice")), "no CUDA device found"),
+        (_fake_cupy(count=0), "no CUDA device found"),
+        (_fake_cupy(error=_FakeCudaError(35, "cudaErrorInsufficientDriver")), "driver is too old"),
+        (_fake_cupy(driver=12040, runtime=13000), r"supports CUDA 12.4 .* built for CUDA 13.0"),
+        (_fake_cupy(error=_FakeCudaError(999, "cudaErrorUnknown")), "did not answer"),
+    ],
+)
+def test_cuda_errors_say_why(monkeypatch, fake, match):
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    with pytest.raises(BackendUnavailableError, match=match):
+        get_backend("cuda")
+
+
+def test_auto_falls_back_to_cpu_when_no_device_answers(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(error=_FakeCudaError(100, "none")))
+    assert get_backend("auto").name == "cpu"
+
+
+def test_auto_picks_cuda_when_a_device_answers(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    be = get_backend("auto")
+    assert be.name == "cuda" and "Fake H200" in be.device_name
+
+
+# A class that looks like cupy.ndarray to the inference (module "cupy...", name "ndarray").
+FakeCupyArray = type("ndarray", (), {"__module__": "cupy._core.core"})
+
+
+def test_array_backend_inference():
+    assert array_backend(x=np.zeros(3)) == "cpu"
+    assert array_backend(x=FakeCupyArray()) == "cuda"
+
+
+def test_mixing_libraries_is_a_type_error_naming_both():
+    with pytest.raises(TypeError, match=r"x is a numpy.ndarray but g is a cupy.ndarray"):
+        array_backend(x=np.zeros(3), g=FakeCupyArray())
+
+
+def test_mixed_arrays_rejected_by_an_op_before_any_kernel():
+    x = np.zeros(3, np.float32)
+    with pytest.raises(TypeError, match=r"x is a numpy\.ndarray but y is a cupy\.ndarray"):
+        gpugd.ops.axpy_(x, 1.0, FakeCupyArray())
+    np.testing.assert_array_equal(x, 0)
+
+
+def test_non_array_argument_named():
+    with pytest.raises(TypeError, match=r"^y: expected a numpy.ndarray or cupy.ndarray, got"):
+        array_backend(x=np.zeros(1), y=[0.0])
+
+
+def test_import_gpugd_does_not_import_cupy(tmp_path):
+    # A stand-in cupy that *is* importable: if gpugd imported it eagerly, it would show up
+    # in sys.modules, so this test can fail.
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text("IMPORTED = True\n")
+    code = textwrap.dedent(
+        """
+        import sys, numpy as np
+        import gpugd
+        be = gpugd.get_backend()
+        gpugd.ops.axpy_(np.ones(5, np.float32), 2.0, np.ones(5, np.float32))
+        gpugd.ops.sum_of_squares(np.ones(5))
+        print(be.name, "cupy" in sys.modules)
+        """
+    )
+    env = dict(os.environ, GPUGD_BACKEND="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["cpu", "False"], out.stderr
+    # ...and the stand-in is importable, so the check above is live:
+    out = subprocess.run(
+        [sys.executable, "-c", "import cupy; print(cupy.IMPORTED)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "True"

@@ -1,0 +1,108 @@
+"""`gpugd bench` rows follow the DESIGN.md schema; `gpugd info` reports what it should;
+bad CLI input exits 2 with a message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import benchmarks
+from gpugd import cli, get_backend
+
+SCHEMA = {
+    "kernel",
+    "backend",
+    "device",
+    "dtype",
+    "numel",
+    "tensors",
+    "median_s",
+    "bytes",
+    "gbps",
+    "ceiling",
+    "ceiling_gbps",
+    "pct_of_ceiling",
+    "baselines",
+    "versions",
+    "time",
+}
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "out.json"
+    result = benchmarks.run(
+        get_backend("cpu"), quick=True, numel=1 << 16, json_path=path, echo=lambda *a: None
+    )
+    return result, json.loads(path.read_text())
+
+
+def test_rows_follow_the_schema(small_run):
+    result, data = small_run
+    assert data["rows"] == json.loads(json.dumps(result["rows"]))
+    kernels = {r["kernel"] for r in data["rows"]}
+    assert kernels == {"axpy_", "scale_", "sum_of_squares"}
+    for r in data["rows"]:
+        assert set(r) == SCHEMA
+        assert r["backend"] == "cpu" and r["numel"] == 1 << 16
+        assert r["bytes"] == {"axpy_": 12, "scale_": 8, "sum_of_squares": 4}[r["kernel"]] << 16
+        assert r["gbps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
+        assert r["ceiling_gbps"] == data["ceilings"]["classes"][r["ceiling"]]
+        assert r["pct_of_ceiling"] == pytest.approx(100 * r["gbps"] / r["ceiling_gbps"])
+        assert "numpy" in r["baselines"] and r["baselines"]["numpy"] > 0
+        assert r["versions"]["numba"] and r["time"]
+
+
+def test_ceilings_follow_the_rules(small_run):
+    _, data = small_run
+    loops, classes = data["ceilings"]["loops"], data["ceilings"]["classes"]
+    assert set(loops) == {"copy", "triad", "inplace", "read"}
+    assert {k: v["bytes_per_elem"] for k, v in loops.items()} == {
+        "copy": 12,
+        "triad": 16,
+        "inplace": 8,
+        "read": 4,
+    }
+    assert classes["inplace"] == max(loops[k]["gbps"] for k in ("copy", "triad", "inplace"))
+    assert classes["read"] == max(loops["read"]["gbps"], classes["inplace"])
+
+
+def test_table_prints_ceilings_and_rows(capsys):
+    benchmarks.run(get_backend("cpu"), quick=True, numel=1 << 12)
+    out = capsys.readouterr().out
+    assert "ceiling inplace" in out and "ceiling read" in out
+    assert "axpy_" in out and "% ceil" in out
+
+
+def test_bench_rejects_unknown_suite_and_bad_numel(capsys):
+    assert cli.main(["bench", "--backend", "cpu", "--suite", "nope"]) == 2
+    assert "'nope' is not a suite" in capsys.readouterr().err
+    assert cli.main(["bench", "--backend", "cpu", "--numel", "0"]) == 2
+    assert "--numel must be positive" in capsys.readouterr().err
+
+
+def test_bench_on_unavailable_cuda_exits_2_with_the_reason(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    from gpugd.backend import _backend
+
+    _backend.cache_clear()
+    try:
+        assert cli.main(["bench", "--backend", "cuda"]) == 2
+    finally:
+        _backend.cache_clear()
+    assert "CuPy is not installed" in capsys.readouterr().err
+
+
+def test_info_reports_backend_threads_nvrtc_and_mpi():
+    out = subprocess.run(
+        [sys.executable, "-m", "gpugd.cli", "info"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "gpugd 0.1.0" in out
+    assert "threads" in out
+    assert "backend " in out
+    assert "nvrtc 12." in out and "available" in out
+    assert "mpi:" in out
+    assert "kernel sources:" in out and "vector" in out

@@ -1,0 +1,167 @@
+"""vector family (axpy_, scale_, sum_of_squares) against the float64 reference, both
+backends, odd sizes; bad input rejected before any kernel runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ODD_SIZES, TOLERANCE, assert_rel_close, to_numpy
+
+from gpugd import ops
+from gpugd import reference as ref
+from gpugd._cpu import vector as cpu_vector
+
+DTYPES = (np.float32, np.float64)
+
+
+def _arrays(xp, n, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(n).astype(dtype)
+    y = rng.uniform(0.5, 2.0, n).astype(dtype) * rng.choice([-1, 1], n).astype(dtype)
+    return x, y, xp.array(x), xp.array(y)  # copies: the references stay untouched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", ODD_SIZES)
+def test_axpy_matches_reference(xp, n, dtype):
+    x, y, dx, dy = _arrays(xp, n, dtype, n)
+    # |a·y| ≥ 0.5·|a| everywhere, so an element the kernel skipped stands out.
+    out = ops.axpy_(dx, -0.75, dy)
+    assert out is dx
+    assert_rel_close(dx, ref.axpy(x, -0.75, y), TOLERANCE["elementwise"][dtype], "axpy_")
+    assert_rel_close(dy, y, 0.0, "axpy_ must not write y")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", ODD_SIZES)
+def test_scale_matches_reference(xp, n, dtype):
+    x, _, dx, _ = _arrays(xp, n, dtype, n + 1)
+    assert ops.scale_(dx, -3.5) is dx
+    assert_rel_close(dx, ref.scale(x, -3.5), TOLERANCE["elementwise"][dtype], "scale_")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", ODD_SIZES)
+def test_sum_of_squares_matches_reference(xp, n, dtype):
+    x, _, dx, _ = _arrays(xp, n, dtype, n + 2)
+    got = ops.sum_of_squares(dx)
+    assert to_numpy(got).dtype == np.float64
+    assert_rel_close(
+        np.float64(to_numpy(got)),
+        ref.sum_of_squares(x),
+        TOLERANCE["reduction"][dtype],
+        "sum_of_squares",
+    )
+
+
+def test_ops_accept_any_contiguous_shape(xp):
+    x, y, dx, dy = _arrays(xp, 3 * 5 * 7, np.float32, 3)
+    dx, dy = dx.reshape(3, 5, 7), dy.reshape(3, 5, 7)
+    ops.axpy_(dx, 2.0, dy)
+    assert_rel_close(dx, ref.axpy(x, 2.0, y), 1e-6, "axpy_ 3-d")
+    assert np.isclose(
+        float(to_numpy(ops.sum_of_squares(dx))),
+        float(np.sum(to_numpy(dx).astype(np.float64) ** 2)),
+        rtol=1e-12,
+    )
+
+
+def test_axpy_aliased_x_is_y(xp):
+    x, _, dx, _ = _arrays(xp, 1023, np.float64, 4)
+    ops.axpy_(dx, 1.0, dx)
+    assert_rel_close(dx, 2.0 * x, 0.0, "x += x")
+
+
+def test_unaligned_views_take_the_scalar_path(xp):
+    # Offset by one element: not 16-byte aligned, so the CUDA kernel's scalar loop runs.
+    x, y, dx, dy = _arrays(xp, 4097, np.float32, 5)
+    ops.axpy_(dx[1:], 0.5, dy[:-1])
+    want = x.astype(np.float64)
+    want[1:] = ref.axpy(x[1:], 0.5, y[:-1])
+    assert_rel_close(dx, want, 1e-6, "unaligned axpy_")
+    assert np.isclose(
+        float(to_numpy(ops.sum_of_squares(dx[3:]))),
+        ref.sum_of_squares(to_numpy(dx)[3:]),
+        rtol=1e-12,
+    )
+
+
+def test_sum_of_squares_is_deterministic_and_path_independent():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(3 * cpu_vector.PARALLEL_MIN + 17).astype(np.float32)
+    a = cpu_vector._sum_of_squares_parallel(x)
+    b = cpu_vector._sum_of_squares_serial(x)
+    assert a == b  # same tasks in the same order: same bits, whatever the thread count
+    assert all(cpu_vector._sum_of_squares_parallel(x) == a for _ in range(3))
+
+
+def test_parallel_and_serial_paths_agree_elementwise():
+    rng = np.random.default_rng(8)
+    n = 2 * cpu_vector.PARALLEL_MIN + 5
+    x = rng.standard_normal(n).astype(np.float32)
+    y = rng.standard_normal(n).astype(np.float32)
+    x1, x2 = x.copy(), x.copy()
+    cpu_vector._axpy_parallel(x1, np.float32(0.3), y)
+    cpu_vector._axpy_serial(x2, np.float32(0.3), y)
+    np.testing.assert_array_equal(x1, x2)
+    cpu_vector._scale_parallel(x1, np.float32(-2.0))
+    cpu_vector._scale_serial(x2, np.float32(-2.0))
+    np.testing.assert_array_equal(x1, x2)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_sum_of_squares_sees_non_finite(xp, bad):
+    x = np.ones(2**18 + 5, np.float32)
+    x[12345] = bad
+    got = float(to_numpy(ops.sum_of_squares(xp.asarray(x))))
+    assert np.isnan(got) if np.isnan(bad) else got == np.inf
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def _fresh(xp, n=64, dtype=np.float32):
+    return xp.arange(n, dtype=dtype), xp.ones(n, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "match"),
+    [
+        (lambda xp, x, y: (x, 1.0, y.astype(xp.float64)), TypeError, "y: dtype float64"),
+        (lambda xp, x, y: (x, 1.0, y[:-1]), ValueError, r"y: shape \(63,\)"),
+        (lambda xp, x, y: (x, 1.0, y.reshape(8, 8).T), ValueError, "y: expected a C-contig"),
+        (lambda xp, x, y: (x, 1.0, [1.0] * 64), TypeError, "y: expected a numpy.ndarray"),
+        (lambda xp, x, y: (x, xp.ones(1), y), TypeError, "a: expected a real scalar"),
+        (lambda xp, x, y: (x, True, y), TypeError, "a: expected a real scalar"),
+        (lambda xp, x, y: (x, 1.0, x[1:].copy().view(x.dtype)[:0]), ValueError, "y: shape"),
+        (lambda xp, x, y: (x[:-1], 1.0, x[1:]), ValueError, "partially overlaps"),
+        (
+            lambda xp, x, y: (x.astype(xp.int32), 1.0, y.astype(xp.int32)),
+            TypeError,
+            "x: expected dtype float32 or float64, got int32",
+        ),
+    ],
+)
+def test_axpy_rejects_bad_input_and_writes_nothing(xp, make, exc, match):
+    x, y = _fresh(xp)
+    before = to_numpy(x).copy()
+    args = make(xp, x, y)
+    with pytest.raises(exc, match=match):
+        ops.axpy_(*args)
+    np.testing.assert_array_equal(to_numpy(x), before)
+
+
+def test_read_only_output_is_rejected():
+    x = np.ones(8, np.float32)
+    x.flags.writeable = False
+    with pytest.raises(ValueError, match="x: the array is read-only"):
+        ops.scale_(x, 2.0)
+    with pytest.raises(ValueError, match="x: the array is read-only"):
+        ops.axpy_(x, 2.0, np.ones(8, np.float32))
+
+
+def test_sum_of_squares_rejects_non_float():
+    with pytest.raises(TypeError, match="x: expected dtype float32 or float64"):
+        ops.sum_of_squares(np.ones(4, np.int64))
+    with pytest.raises(TypeError, match=r"x: expected a numpy\.ndarray"):
+        ops.sum_of_squares([1.0, 2.0])
