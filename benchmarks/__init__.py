@@ -38,7 +38,6 @@ def run(
     for mod in chosen:
         rows += mod.run(ctx)
     classes, loops = ceilings.report(ctx)
-    harness.finish_rows(rows, classes)
     echo(f"gpugd bench · backend {backend.name} · {backend.device_name} · {ctx.time}")
     echo(harness.format_ceilings(classes, loops))
     echo("")

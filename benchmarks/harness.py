@@ -51,7 +51,9 @@ class Context:
     Shared machines are noisy, so a kernel is never timed alone: ``measure`` runs it, its
     peers and the loops of its ceiling class round-robin, one call each per round, and
     takes medians. Every loop sample of the run feeds the ceilings, so a ceiling and the
-    kernels held against it see the same conditions.
+    kernels held against it see the same conditions. On the CPU each timed call starts
+    from a cold, clean cache (``flush``): otherwise a read-only kernel timed after a
+    writing loop pays for that loop's dirty lines being written back.
     """
 
     backend: Any  # gpugd.backend.Backend
@@ -62,6 +64,7 @@ class Context:
     versions: dict[str, str] = field(default_factory=dict)
     time: str = ""
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)
+    flush: Callable[[], Any] | None = None  # untimed, before every timed call
 
     @property
     def warmup(self) -> int:
@@ -74,22 +77,32 @@ class Context:
     def clock(self) -> Callable[[Callable[[], Any]], float]:
         return time_cuda_once if self.backend.name == "cuda" else time_cpu_once
 
-    def measure(self, fns: dict[str, Callable[[], Any]], ceiling: str) -> dict[str, Timing]:
-        """Time ``fns`` round-robin with the loops of class ``ceiling``; medians per name."""
+    def measure(
+        self, fns: dict[str, Callable[[], Any]], ceiling: str
+    ) -> tuple[dict[str, Timing], float]:
+        """Time ``fns`` round-robin with the loops of class ``ceiling``.
+
+        Returns the median timing per name and the class's ceiling over these same rounds
+        (best median GB/s of its loops), which is what the kernel is held against.
+        """
         clock = self.clock()
         loops = {name: self.loops[name] for name in self.classes[ceiling]}
-        samples: dict[str, list[float]] = {k: [] for k in fns}
+        samples: dict[str, list[float]] = {k: [] for k in [*fns, *loops]}
         for r in range(self.warmup + self.repeats):
             keep = r >= self.warmup
-            for name, fn in fns.items():
-                t = clock(fn)
+            for name, fn in [*fns.items(), *((k, lp.fn) for k, lp in loops.items())]:
+                t = self._timed(clock, fn)
                 if keep:
                     samples[name].append(t)
-            for loop in loops.values():
-                t = clock(loop.fn)
-                if keep:
-                    loop.samples.append(t)
-        return {k: Timing(statistics.median(v), v) for k, v in samples.items()}
+        for name, loop in loops.items():
+            loop.samples += samples[name]
+        here = max(lp.nbytes / statistics.median(samples[k]) / 1e9 for k, lp in loops.items())
+        return {k: Timing(statistics.median(samples[k]), samples[k]) for k in fns}, here
+
+    def _timed(self, clock: Callable[[Callable[[], Any]], float], fn: Callable[[], Any]) -> float:
+        if self.flush is not None:
+            self.flush()
+        return clock(fn)
 
     def ceiling_gbps(self) -> dict[str, float]:
         """Each class's ceiling: the best median bandwidth of its loops over the run."""
@@ -158,10 +171,12 @@ def row(
     timing: Timing,
     nbytes: int,
     ceiling: str,
+    ceiling_gbps: float,
     baselines: dict[str, float],
     tensors: int = 1,
 ) -> dict[str, Any]:
-    """One result row of the schema; ``baselines`` maps peer → peer median seconds."""
+    """One result row of the schema; ``baselines`` maps peer → peer median seconds;
+    ``ceiling_gbps`` is the class's ceiling measured in the same rounds as the kernel."""
     gbps = nbytes / timing.median_s / 1e9
     return {
         "kernel": kernel,
@@ -174,19 +189,12 @@ def row(
         "bytes": int(nbytes),
         "gbps": gbps,
         "ceiling": ceiling,
-        "ceiling_gbps": None,  # filled by finish_rows once every loop sample is in
-        "pct_of_ceiling": None,
+        "ceiling_gbps": ceiling_gbps,
+        "pct_of_ceiling": 100.0 * gbps / ceiling_gbps,
         "baselines": {k: t / timing.median_s for k, t in baselines.items()},
         "versions": ctx.versions,
         "time": ctx.time,
     }
-
-
-def finish_rows(rows: list[dict[str, Any]], ceilings: dict[str, float]) -> None:
-    """Fill ``ceiling_gbps`` and ``pct_of_ceiling`` from the run's final ceilings."""
-    for r in rows:
-        r["ceiling_gbps"] = ceilings[r["ceiling"]]
-        r["pct_of_ceiling"] = 100.0 * r["gbps"] / r["ceiling_gbps"]
 
 
 def now() -> str:
@@ -194,7 +202,10 @@ def now() -> str:
 
 
 def format_ceilings(ceilings: dict[str, float], loops: dict[str, dict[str, Any]]) -> str:
-    lines = ["ceilings (plain reference loops, timed round-robin with the kernels in this run)"]
+    lines = [
+        "ceilings (plain reference loops timed round-robin with the kernels; run-wide medians."
+        " Each row is held against its class's ceiling from its own rounds)"
+    ]
     for name, info in loops.items():
         lines.append(
             f"  loop {name:<10} {info['gbps']:8.1f} GB/s  ({info['bytes_per_elem']} B/elem"

@@ -70,10 +70,14 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         for kernel, call, nbytes, ceiling, peers in _calls(
             x, y, 1e-3, 0.999, xp, torch, peer, w, n
         ):
-            t = ctx.measure({"gpugd": call, **peers}, ceiling)
+            t, ceil = ctx.measure({"gpugd": call, **peers}, ceiling)
             base = {k: t[k].median_s for k in peers}
-            rows.append(row(ctx, kernel, dtype, n, t["gpugd"], nbytes, ceiling, base))
-            ctx.log(f"  {kernel:<15} {rows[-1]['gbps']:8.1f} GB/s")
+            rows.append(row(ctx, kernel, dtype, n, t["gpugd"], nbytes, ceiling, ceil, base))
+            r = rows[-1]
+            ctx.log(
+                f"  {kernel:<15} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of "
+                f"{ceiling} ({ceil:.1f} GB/s)"
+            )
     return rows
 
 

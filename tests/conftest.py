@@ -71,6 +71,5 @@ def assert_rel_close(out, ref, rtol: float, what: str = "") -> None:
         rows = "\n".join(
             f"  [{i}] out={out[i]!r} ref={ref[i]!r} |diff|={diff[i]:.3e}" for i in worst
         )
-        raise AssertionError(
-            f"{what}: relative error {err / scale if scale else err:.3e} > {rtol:.1e}; worst:\n{rows}"
-        )
+        rel = err / scale if scale else err
+        raise AssertionError(f"{what}: relative error {rel:.3e} > {rtol:.1e}; worst:\n{rows}")
