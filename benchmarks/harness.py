@@ -152,15 +152,12 @@ def time_cpu_once(fn: Callable[[], Any]) -> float:
 
 
 def time_cuda_once(fn: Callable[[], Any]) -> float:
-    """GPU time of one ``fn()`` call, between two CUDA events on the current stream."""
-    import cupy
+    """GPU time of one ``fn()`` call: ``cupyx.profiler.benchmark`` with one repeat, which
+    brackets the call with CUDA events on the current stream."""
+    from cupyx.profiler import benchmark
 
-    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-    start.record()
-    fn()
-    stop.record()
-    stop.synchronize()
-    return cupy.cuda.get_elapsed_time(start, stop) / 1e3
+    res = benchmark(fn, n_repeat=1, n_warmup=0)
+    return float(np.asarray(res.gpu_times).ravel()[0])
 
 
 def row(

@@ -11,7 +11,7 @@ from typing import Any
 
 import cupy
 
-from ._kernels import kernel_dir, kernel_sources
+from ._kernels import kernel_sources, resolved_source
 
 THREADS = 256  # threads per block for the elementwise families
 BLOCKS_PER_SM = 8  # resident blocks per multiprocessor that a grid-stride launch aims for
@@ -29,11 +29,8 @@ def _module(family: str, device_id: int) -> cupy.RawModule:
     sources = kernel_sources()
     if family not in sources:
         raise KeyError(f"no kernel family {family!r}; have {sorted(sources)}")
-    code = sources[family].read_text()
-    return cupy.RawModule(
-        code=code,
-        options=("-std=c++17", f"--include-path={kernel_dir()}"),
-    )
+    # Headers pasted in: CuPy's disk cache is keyed by this text, so it sees header edits.
+    return cupy.RawModule(code=resolved_source(sources[family]), options=("-std=c++17",))
 
 
 def get_kernel(family: str, name: str) -> cupy.RawKernel:

@@ -6,6 +6,7 @@ without CuPy.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent
@@ -30,3 +31,31 @@ def kernel_sources() -> dict[str, Path]:
 def kernel_headers() -> dict[str, Path]:
     """Map file name → path of every ``kernels/*.cuh`` header."""
     return {p.name: p for p in sorted(kernel_dir().glob("*.cuh"))}
+
+
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
+
+
+def resolved_source(path: Path) -> str:
+    """``path``'s text with every ``#include "x.cuh"`` of kernels/ pasted in (once each).
+
+    This is the exact text given to NVRTC, both by CuPy and by the compile check; pasting
+    the headers in makes CuPy's on-disk kernel cache, which is keyed by the source text,
+    see a header change.
+    """
+    seen: set[str] = set()
+
+    def expand(text: str, where: Path) -> str:
+        def paste(m: re.Match) -> str:
+            name = m.group(1)
+            header = where.parent / name
+            if not header.is_file():
+                raise FileNotFoundError(f"{where.name}: included header {name} not found")
+            if name in seen:
+                return f"// {name} already included"
+            seen.add(name)
+            return f"// ---- begin {name}\n{expand(header.read_text(), header)}\n// ---- end {name}"
+
+        return _INCLUDE.sub(paste, text)
+
+    return expand(path.read_text(), path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ._kernels import kernel_dir
+from ._kernels import kernel_dir, resolved_source
 
 DEFAULT_ARCHS = ("compute_80", "compute_90")
 _ENTRY = re.compile(r"^\s*\.(?:visible\s+)?\.entry\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
@@ -91,5 +91,6 @@ def ptx_entries(ptx: str) -> list[str]:
 
 
 def compile_file(path: Path, arch: str) -> str:
-    """Compile one kernels/*.cu file for ``arch``; return PTX."""
-    return compile_to_ptx(path.read_text(), path.name, arch, (path.parent,))
+    """Compile one kernels/*.cu file for ``arch``, exactly as ``gpugd._cuda`` hands it to
+    CuPy (headers pasted in); return PTX."""
+    return compile_to_ptx(resolved_source(path), path.name, arch, ())

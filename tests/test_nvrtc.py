@@ -56,6 +56,23 @@ def test_broken_source_fails_the_check(source, needle):
     assert "broken.cu" in str(info.value)
 
 
+def test_headers_are_pasted_in_once():
+    from gpugd._kernels import resolved_source
+
+    text = resolved_source(kernel_sources()["vector"])
+    assert '#include "common.cuh"' not in text
+    assert text.count("// ---- begin common.cuh") == 1
+    assert "block_sum" in text
+
+
+def test_missing_header_is_named(tmp_path):
+    from gpugd._kernels import resolved_source
+
+    (tmp_path / "bad.cu").write_text('#include "nope.cuh"\n')
+    with pytest.raises(FileNotFoundError, match=r"nope\.cuh"):
+        resolved_source(tmp_path / "bad.cu")
+
+
 def test_good_source_passes_for_both_archs():
     src = 'extern "C" __global__ void gpugd_x_y(float* x) { x[threadIdx.x] *= 2.0f; }'
     for arch in _nvrtc.DEFAULT_ARCHS:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import ODD_SIZES, TOLERANCE, assert_rel_close, to_numpy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gpugd import ops
 from gpugd import reference as ref
@@ -165,3 +167,27 @@ def test_sum_of_squares_rejects_non_float():
         ops.sum_of_squares(np.ones(4, np.int64))
     with pytest.raises(TypeError, match=r"x: expected a numpy\.ndarray"):
         ops.sum_of_squares([1.0, 2.0])
+
+
+# ------------------------------------------------------------------ property-based
+
+
+@given(
+    n=st.integers(0, 3000),
+    offset=st.integers(0, 3),
+    a=st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False),
+    dtype=st.sampled_from(DTYPES),
+    seed=st.integers(0, 2**32 - 1),
+)
+@settings(max_examples=60, deadline=None)
+def test_axpy_and_sum_of_squares_any_size_offset_scalar(n, offset, a, dtype, seed):
+    """Random sizes, misaligned starts (offset elements into a buffer) and scalars."""
+    rng = np.random.default_rng(seed)
+    xb = rng.standard_normal(n + offset).astype(dtype)
+    yb = rng.standard_normal(n + offset).astype(dtype)
+    x, y = xb[offset:], yb[:n]
+    want = ref.axpy(x, dtype(a), y)  # the scalar is rounded to the array's dtype first
+    ops.axpy_(x, a, y)
+    assert_rel_close(x, want, TOLERANCE["elementwise"][dtype], "axpy_")
+    got = float(ops.sum_of_squares(x))
+    assert got == pytest.approx(ref.sum_of_squares(x), rel=TOLERANCE["reduction"][dtype], abs=0)
