@@ -29,3 +29,143 @@ def sum_of_squares(x) -> float:
 
     v = _f64(x).ravel()
     return math.fsum((v * v).tolist()) if v.size < (1 << 22) else float(np.dot(v, v))
+
+
+# ---------------------------------------------------------------- optimizer updates
+# One step of each torch.optim rule (single-tensor semantics), in float64. ``g`` is the
+# gradient before ``grad_scale``; states are dicts of float64 arrays, updated in place;
+# the new parameters are returned. ``step`` counts from 1 (this step included).
+
+
+def sgd(
+    p,
+    g,
+    state,
+    *,
+    lr,
+    momentum=0.0,
+    dampening=0.0,
+    weight_decay=0.0,
+    nesterov=False,
+    step=1,
+    grad_scale=1.0,
+):
+    """torch.optim.SGD: d = g + wd·p; buf = d (first step) or μ·buf + (1−τ)·d;
+    d = d + μ·buf (Nesterov) or buf; p ← p − lr·d."""
+    p = _f64(p)
+    d = _f64(g) * grad_scale + weight_decay * p
+    if momentum != 0:
+        buf = d.copy() if step == 1 else momentum * state["momentum_buffer"] + (1 - dampening) * d
+        state["momentum_buffer"] = buf
+        d = d + momentum * buf if nesterov else buf
+    return p - lr * d
+
+
+def adagrad(p, g, state, *, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10, step=1, grad_scale=1.0):
+    """torch.optim.Adagrad: d = g + wd·p; s += d²; p ← p − lr/(1+(t−1)·decay) · d/(√s+ε)."""
+    p = _f64(p)
+    d = _f64(g) * grad_scale + weight_decay * p
+    clr = lr / (1 + (step - 1) * lr_decay)
+    state["sum"] = state["sum"] + d * d
+    return p - clr * d / (np.sqrt(state["sum"]) + eps)
+
+
+def rmsprop(
+    p,
+    g,
+    state,
+    *,
+    lr,
+    alpha=0.99,
+    eps=1e-8,
+    weight_decay=0.0,
+    momentum=0.0,
+    centered=False,
+    grad_scale=1.0,
+):
+    """torch.optim.RMSprop: v = α·v + (1−α)·d²; centered: m̄ = α·m̄ + (1−α)·d, den = √(v−m̄²)+ε,
+    else √v+ε; momentum: b = μ·b + d/den, p ← p − lr·b; else p ← p − lr·d/den."""
+    p = _f64(p)
+    d = _f64(g) * grad_scale + weight_decay * p
+    state["square_avg"] = alpha * state["square_avg"] + (1 - alpha) * d * d
+    if centered:
+        state["grad_avg"] = alpha * state["grad_avg"] + (1 - alpha) * d
+        den = np.sqrt(state["square_avg"] - state["grad_avg"] ** 2) + eps
+    else:
+        den = np.sqrt(state["square_avg"]) + eps
+    if momentum > 0:
+        state["momentum_buffer"] = momentum * state["momentum_buffer"] + d / den
+        return p - lr * state["momentum_buffer"]
+    return p - lr * d / den
+
+
+def adam(
+    p,
+    g,
+    state,
+    *,
+    lr,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    amsgrad=False,
+    decoupled=False,
+    step=1,
+    grad_scale=1.0,
+):
+    """torch.optim.Adam / AdamW (decoupled): m = β1·m + (1−β1)·d; v = β2·v + (1−β2)·d²;
+    p ← p − lr/(1−β1^t) · m / (√v̂/√(1−β2^t) + ε), v̂ = v or max(v̂, v) (AMSGrad)."""
+    b1, b2 = betas
+    p = _f64(p)
+    d = _f64(g) * grad_scale
+    if decoupled:
+        p = p * (1 - lr * weight_decay)
+    else:
+        d = d + weight_decay * p
+    state["exp_avg"] = b1 * state["exp_avg"] + (1 - b1) * d
+    state["exp_avg_sq"] = b2 * state["exp_avg_sq"] + (1 - b2) * d * d
+    v = state["exp_avg_sq"]
+    if amsgrad:
+        state["max_exp_avg_sq"] = np.maximum(state["max_exp_avg_sq"], v)
+        v = state["max_exp_avg_sq"]
+    den = np.sqrt(v) / np.sqrt(1 - b2**step) + eps
+    return p - lr / (1 - b1**step) * state["exp_avg"] / den
+
+
+def nadam_mu(step: int, beta1: float, momentum_decay: float) -> float:
+    """NAdam's momentum schedule μ_t = β1·(1 − ½·0.96^(t·ψ))."""
+    return beta1 * (1.0 - 0.5 * 0.96 ** (step * momentum_decay))
+
+
+def nadam(
+    p,
+    g,
+    state,
+    *,
+    lr,
+    betas=(0.9, 0.999),
+    eps=1e-8,
+    weight_decay=0.0,
+    momentum_decay=4e-3,
+    decoupled=False,
+    step=1,
+    mu_product=1.0,
+    grad_scale=1.0,
+):
+    """torch.optim.NAdam; ``mu_product`` = Π μ_s over the steps before this one.
+    p ← p − lr·(1−μ_t)/(1−Π_t) · d/den − lr·μ_{t+1}/(1−Π_t·μ_{t+1}) · m/den,
+    den = √(v/(1−β2^t)) + ε."""
+    b1, b2 = betas
+    p = _f64(p)
+    d = _f64(g) * grad_scale
+    if decoupled:
+        p = p * (1 - lr * weight_decay)
+    else:
+        d = d + weight_decay * p
+    mu, mu_next = nadam_mu(step, b1, momentum_decay), nadam_mu(step + 1, b1, momentum_decay)
+    prod = mu_product * mu
+    state["exp_avg"] = b1 * state["exp_avg"] + (1 - b1) * d
+    state["exp_avg_sq"] = b2 * state["exp_avg_sq"] + (1 - b2) * d * d
+    den = np.sqrt(state["exp_avg_sq"] / (1 - b2**step)) + eps
+    p = p - lr * (1 - mu) / (1 - prod) * d / den
+    return p - lr * mu_next / (1 - prod * mu_next) * state["exp_avg"] / den

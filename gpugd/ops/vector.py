@@ -14,6 +14,16 @@ import numpy as np
 
 from .. import _validate as v
 
+# Every kernel of kernels/vector.cu this module launches (checked against the PTX by NVRTC).
+CUDA_KERNELS = (
+    *(
+        f"gpugd_vector_{op}_{sfx}"
+        for op in ("axpy", "scale", "sum_of_squares_partial")
+        for sfx in ("f32", "f64")
+    ),
+    "gpugd_vector_sum_partials",
+)
+
 _SSQ_BLOCKS_MAX = 1024  # stage-1 partials fit one block of stage 2 many times over
 
 
