@@ -110,6 +110,13 @@ def _skip_flag(skip_if: Any, be: str) -> Any:
     return skip_if
 
 
+def _decay_pair(t, lr: float, weight_decay: float, decoupled: bool) -> tuple:
+    """(wd_c, decay_mul) of the CPU kernels: coupled (wd, 1) or decoupled (0, 1 − lr·wd)."""
+    if decoupled:
+        return t(0), t(1 - lr * weight_decay)
+    return t(weight_decay), t(1)
+
+
 def _run(
     rule: str, be: str, p, g, states: list, scalars: tuple, cpu_scalars: tuple, skip_if
 ) -> None:
@@ -350,9 +357,7 @@ def adam_(
             t(b2),
             t(1 - b2),
             t(eps),
-            t(weight_decay),
-            t(1 - lr * weight_decay),
-            bool(decoupled),
+            *_decay_pair(t, lr, weight_decay, decoupled),
             bool(amsgrad),
             t(step_size),
             t(bc2_sqrt),
@@ -423,9 +428,7 @@ def nadam_(
             t(b2),
             t(1 - b2),
             t(eps),
-            t(weight_decay),
-            t(1 - lr * weight_decay),
-            bool(decoupled),
+            *_decay_pair(t, lr, weight_decay, decoupled),
             t(c_g),
             t(c_m),
             t(bc2),
