@@ -6,12 +6,14 @@ kernels. ``import gpugd`` never imports CuPy by itself.
 
 from . import ops
 from .backend import Backend, BackendUnavailableError, array_backend, get_backend
+from .flat import FlatParams
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
     "BackendUnavailableError",
+    "FlatParams",
     "__version__",
     "array_backend",
     "get_backend",
