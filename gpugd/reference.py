@@ -99,6 +99,20 @@ def rmsprop(
     return p - lr * d / den
 
 
+def _adam_moments(p, g, state, lr, b1, b2, weight_decay, decoupled, grad_scale):
+    """The shared head of Adam and NAdam: weight decay (coupled into d, or decoupled on p),
+    then m = β1·m + (1−β1)·d and v = β2·v + (1−β2)·d², in place in ``state``. → (p, d)."""
+    p = _f64(p)
+    d = _f64(g) * grad_scale
+    if decoupled:
+        p = p * (1 - lr * weight_decay)
+    else:
+        d = d + weight_decay * p
+    state["exp_avg"] = b1 * state["exp_avg"] + (1 - b1) * d
+    state["exp_avg_sq"] = b2 * state["exp_avg_sq"] + (1 - b2) * d * d
+    return p, d
+
+
 def adam(
     p,
     g,
@@ -116,14 +130,7 @@ def adam(
     """torch.optim.Adam / AdamW (decoupled): m = β1·m + (1−β1)·d; v = β2·v + (1−β2)·d²;
     p ← p − lr/(1−β1^t) · m / (√v̂/√(1−β2^t) + ε), v̂ = v or max(v̂, v) (AMSGrad)."""
     b1, b2 = betas
-    p = _f64(p)
-    d = _f64(g) * grad_scale
-    if decoupled:
-        p = p * (1 - lr * weight_decay)
-    else:
-        d = d + weight_decay * p
-    state["exp_avg"] = b1 * state["exp_avg"] + (1 - b1) * d
-    state["exp_avg_sq"] = b2 * state["exp_avg_sq"] + (1 - b2) * d * d
+    p, _ = _adam_moments(p, g, state, lr, b1, b2, weight_decay, decoupled, grad_scale)
     v = state["exp_avg_sq"]
     if amsgrad:
         state["max_exp_avg_sq"] = np.maximum(state["max_exp_avg_sq"], v)
@@ -156,16 +163,9 @@ def nadam(
     p ← p − lr·(1−μ_t)/(1−Π_t) · d/den − lr·μ_{t+1}/(1−Π_t·μ_{t+1}) · m/den,
     den = √(v/(1−β2^t)) + ε."""
     b1, b2 = betas
-    p = _f64(p)
-    d = _f64(g) * grad_scale
-    if decoupled:
-        p = p * (1 - lr * weight_decay)
-    else:
-        d = d + weight_decay * p
+    p, d = _adam_moments(p, g, state, lr, b1, b2, weight_decay, decoupled, grad_scale)
     mu, mu_next = nadam_mu(step, b1, momentum_decay), nadam_mu(step + 1, b1, momentum_decay)
     prod = mu_product * mu
-    state["exp_avg"] = b1 * state["exp_avg"] + (1 - b1) * d
-    state["exp_avg_sq"] = b2 * state["exp_avg_sq"] + (1 - b2) * d * d
     den = np.sqrt(state["exp_avg_sq"] / (1 - b2**step)) + eps
     p = p - lr * (1 - mu) / (1 - prod) * d / den
     return p - lr * mu_next / (1 - prod * mu_next) * state["exp_avg"] / den

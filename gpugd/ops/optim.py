@@ -110,11 +110,13 @@ def _skip_flag(skip_if: Any, be: str) -> Any:
     return skip_if
 
 
-def _decay_pair(t, lr: float, weight_decay: float, decoupled: bool) -> tuple:
-    """(wd_c, decay_mul) of the CPU kernels: coupled (wd, 1) or decoupled (0, 1 − lr·wd)."""
-    if decoupled:
-        return t(0), t(1 - lr * weight_decay)
-    return t(weight_decay), t(1)
+def _cpu_moment_scalars(
+    t, b1: float, b2: float, eps: float, lr: float, weight_decay: float, decoupled: bool
+) -> tuple:
+    """The leading scalars of the CPU Adam/NAdam kernels: β1, 1−β1, β2, 1−β2, ε, then weight
+    decay as (wd_c, decay_mul): coupled (wd, 1) or decoupled (0, 1 − lr·wd)."""
+    wd_c, decay_mul = (0.0, 1 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
+    return tuple(t(x) for x in (b1, 1 - b1, b2, 1 - b2, eps, wd_c, decay_mul))
 
 
 def _run(
@@ -352,12 +354,7 @@ def adam_(
             t(gs),
         ),
         (
-            t(b1),
-            t(1 - b1),
-            t(b2),
-            t(1 - b2),
-            t(eps),
-            *_decay_pair(t, lr, weight_decay, decoupled),
+            *_cpu_moment_scalars(t, b1, b2, eps, lr, weight_decay, decoupled),
             bool(amsgrad),
             t(step_size),
             t(bc2_sqrt),
@@ -423,12 +420,7 @@ def nadam_(
             t(gs),
         ),
         (
-            t(b1),
-            t(1 - b1),
-            t(b2),
-            t(1 - b2),
-            t(eps),
-            *_decay_pair(t, lr, weight_decay, decoupled),
+            *_cpu_moment_scalars(t, b1, b2, eps, lr, weight_decay, decoupled),
             t(c_g),
             t(c_m),
             t(bc2),
