@@ -4,8 +4,10 @@
 // (bias corrections, decayed learning rates) are computed once on the host.
 // Every kernel: g is multiplied by grad_scale before use; when `skip` is non-null and
 // *skip != 0 the kernel returns before touching memory (a skipped, non-finite step).
-// The per-element rule of each optimizer lives once, in the Rule structs below; the
-// launch wrapper applies it with 16-byte accesses where every pointer allows it.
+// The per-element rule of each optimizer lives once, in the Rule structs below; apply_range
+// runs it over one array (16-byte accesses where every pointer allows), apply_table over
+// many tensors listed in device memory (one launch for a whole model, as Apex's
+// multi_tensor_apply). Every state slot s0..s2 is a pointer that may be null (unused).
 #include "common.cuh"
 
 namespace gpugd {
@@ -94,16 +96,16 @@ struct NadamRule {  // den = √(v/bc2) + ε; p −= c_g·d/den + c_m·m/den (c_
   }
 };
 
-// ---- the launch wrapper: grid-stride, 16-byte packs when aligned, null states skipped ---
+// ---- where a rule is applied: a range with a start and stride, and a tensor table ------
 
+// rule over n elements of p, g and up to three states (null: unused), from `start` in steps
+// of `stride`; 16-byte packs when every pointer in use is 16-byte aligned.
 template <typename T, typename Rule>
-__device__ __forceinline__ void apply_rule(T* __restrict__ p, const T* __restrict__ g,
-                                           T* __restrict__ s0, T* __restrict__ s1,
-                                           T* __restrict__ s2, i64 n, const int* skip,
-                                           const Rule& rule) {
-  if (skip != nullptr && *skip != 0) return;
+__device__ __forceinline__ void apply_range(T* __restrict__ p, const T* __restrict__ g,
+                                            T* __restrict__ s0, T* __restrict__ s1,
+                                            T* __restrict__ s2, i64 n, i64 start, i64 stride,
+                                            const Rule& rule) {
   constexpr int W = Pack<T>::width;
-  const i64 start = grid_start(), stride = grid_stride();
   const bool h0 = s0 != nullptr, h1 = s1 != nullptr, h2 = s2 != nullptr;
   i64 done = 0;
   if (aligned16(p) && aligned16(g) && (!h0 || aligned16(s0)) && (!h1 || aligned16(s1)) &&
@@ -136,45 +138,78 @@ __device__ __forceinline__ void apply_rule(T* __restrict__ p, const T* __restric
   }
 }
 
+// Many tensors in one launch (the multi-tensor path). `table` lives in device memory, so the
+// tensor count has no kernel-argument limit: rows of `ntensors` 64-bit entries — addresses
+// of p, g, s0, s1, s2 (0: state unused), then element counts. `chunks` holds (tensor, first
+// element) pairs; one block sweeps one chunk of at most `chunk` elements at a time.
+template <typename T, typename Rule>
+__device__ __forceinline__ void apply_table(const i64* __restrict__ table, i64 ntensors,
+                                            const i64* __restrict__ chunks, i64 nchunks,
+                                            i64 chunk, const Rule& rule) {
+  for (i64 c = blockIdx.x; c < nchunks; c += gridDim.x) {
+    const i64 t = chunks[2 * c], lo = chunks[2 * c + 1];
+    const i64 size = table[5 * ntensors + t];
+    const i64 n = size - lo < chunk ? size - lo : chunk;
+    T* at[5];
+#pragma unroll
+    for (int r = 0; r < 5; ++r) {
+      const i64 a = table[r * ntensors + t];
+      at[r] = a ? reinterpret_cast<T*>(a) + lo : nullptr;
+    }
+    apply_range<T>(at[0], at[1], at[2], at[3], at[4], n, threadIdx.x, blockDim.x, rule);
+  }
+}
+
 }  // namespace gpugd
 
-// ---- entry points: one per rule and dtype --------------------------------------------------
+// ---- entry points: per rule and dtype, one array (`_f32`) and a tensor table (`_multi_f32`)
+// Both take the same scalars; h0, h1, h2 say which states are in use (non-null), for the
+// rules whose configuration follows from that. A non-zero *skip returns before any access.
+
+#define GPUGD_OPTIM_ENTRIES(NAME, T, SFX, RULE, ...)                                         \
+  extern "C" __global__ void gpugd_optim_##NAME##_##SFX(T* p, const T* g, T* s0, T* s1,      \
+                                                        T* s2, i64 n, __VA_ARGS__,            \
+                                                        const int* skip) {                    \
+    if (skip != nullptr && *skip != 0) return;                                                \
+    const bool h0 = s0 != nullptr, h1 = s1 != nullptr, h2 = s2 != nullptr;                    \
+    (void)h0, (void)h1, (void)h2;                                                             \
+    const auto rule = RULE;                                                                   \
+    gpugd::apply_range<T>(p, g, s0, s1, s2, n, gpugd::grid_start(), gpugd::grid_stride(),     \
+                          rule);                                                              \
+  }                                                                                           \
+  extern "C" __global__ void gpugd_optim_##NAME##_multi_##SFX(                                \
+      const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, __VA_ARGS__, \
+      const int* skip) {                                                                      \
+    if (skip != nullptr && *skip != 0) return;                                                \
+    const bool h0 = table[2 * ntensors] != 0, h1 = table[3 * ntensors] != 0,                  \
+               h2 = table[4 * ntensors] != 0;                                                 \
+    (void)h0, (void)h1, (void)h2;                                                             \
+    const auto rule = RULE;                                                                   \
+    gpugd::apply_table<T>(table, ntensors, chunks, nchunks, chunk, rule);                     \
+  }
 
 #define GPUGD_OPTIM_KERNELS(T, SFX)                                                           \
-  extern "C" __global__ void gpugd_optim_sgd_##SFX(                                           \
-      T* p, const T* g, T* buf, i64 n, T lr, T wd, T momentum, T dampening, int nesterov,     \
-      int first, T grad_scale, const int* skip) {                                             \
-    const gpugd::SgdRule<T> r{lr, wd, momentum, dampening, grad_scale, nesterov, first,       \
-                              buf != nullptr};                                                \
-    gpugd::apply_rule<T>(p, g, buf, nullptr, nullptr, n, skip, r);                            \
-  }                                                                                           \
-  extern "C" __global__ void gpugd_optim_adagrad_##SFX(T* p, const T* g, T* sum, i64 n,       \
-                                                       T clr, T wd, T eps, T grad_scale,      \
-                                                       const int* skip) {                     \
-    const gpugd::AdagradRule<T> r{clr, wd, eps, grad_scale};                                  \
-    gpugd::apply_rule<T>(p, g, sum, nullptr, nullptr, n, skip, r);                            \
-  }                                                                                           \
-  extern "C" __global__ void gpugd_optim_rmsprop_##SFX(                                       \
-      T* p, const T* g, T* sq, T* gavg, T* buf, i64 n, T lr, T alpha, T eps, T wd,            \
-      T momentum, T grad_scale, const int* skip) {                                            \
-    const gpugd::RmspropRule<T> r{lr,         alpha, eps, wd, momentum, grad_scale,           \
-                                  gavg != nullptr, buf != nullptr};                           \
-    gpugd::apply_rule<T>(p, g, sq, gavg, buf, n, skip, r);                                    \
-  }                                                                                           \
-  extern "C" __global__ void gpugd_optim_adam_##SFX(                                          \
-      T* p, const T* g, T* m, T* v, T* vmax, i64 n, T lr, T beta1, T beta2, T eps, T wd,      \
-      int decoupled, T step_size, T bc2_sqrt, T grad_scale, const int* skip) {                \
-    const gpugd::AdamRule<T> r{lr,       beta1,      beta2,     eps,            wd,           \
-                               step_size, bc2_sqrt, grad_scale, decoupled, vmax != nullptr};  \
-    gpugd::apply_rule<T>(p, g, m, v, vmax, n, skip, r);                                       \
-  }                                                                                           \
-  extern "C" __global__ void gpugd_optim_nadam_##SFX(                                         \
-      T* p, const T* g, T* m, T* v, i64 n, T lr, T beta1, T beta2, T eps, T wd,               \
-      int decoupled, T c_g, T c_m, T bc2, T grad_scale, const int* skip) {                    \
-    const gpugd::NadamRule<T> r{lr, beta1, beta2, eps, wd, c_g, c_m, bc2, grad_scale,        \
-                                decoupled};                                                   \
-    gpugd::apply_rule<T>(p, g, m, v, nullptr, n, skip, r);                                    \
-  }
+  GPUGD_OPTIM_ENTRIES(sgd, T, SFX,                                                            \
+                      (gpugd::SgdRule<T>{lr, wd, momentum, dampening, grad_scale, nesterov,   \
+                                         first, h0}),                                         \
+                      T lr, T wd, T momentum, T dampening, int nesterov, int first,           \
+                      T grad_scale)                                                           \
+  GPUGD_OPTIM_ENTRIES(adagrad, T, SFX, (gpugd::AdagradRule<T>{clr, wd, eps, grad_scale}),     \
+                      T clr, T wd, T eps, T grad_scale)                                       \
+  GPUGD_OPTIM_ENTRIES(rmsprop, T, SFX,                                                        \
+                      (gpugd::RmspropRule<T>{lr, alpha, eps, wd, momentum, grad_scale, h1,    \
+                                             h2}),                                            \
+                      T lr, T alpha, T eps, T wd, T momentum, T grad_scale)                   \
+  GPUGD_OPTIM_ENTRIES(adam, T, SFX,                                                           \
+                      (gpugd::AdamRule<T>{lr, beta1, beta2, eps, wd, step_size, bc2_sqrt,     \
+                                          grad_scale, decoupled, h2}),                        \
+                      T lr, T beta1, T beta2, T eps, T wd, int decoupled, T step_size,        \
+                      T bc2_sqrt, T grad_scale)                                               \
+  GPUGD_OPTIM_ENTRIES(nadam, T, SFX,                                                          \
+                      (gpugd::NadamRule<T>{lr, beta1, beta2, eps, wd, c_g, c_m, bc2,          \
+                                           grad_scale, decoupled}),                           \
+                      T lr, T beta1, T beta2, T eps, T wd, int decoupled, T c_g, T c_m,       \
+                      T bc2, T grad_scale)
 
 GPUGD_OPTIM_KERNELS(float, f32)
 GPUGD_OPTIM_KERNELS(double, f64)

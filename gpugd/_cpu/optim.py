@@ -2,10 +2,12 @@
 
 The per-element rule of each optimizer is one ``inline='always'`` function (``_sgd``,
 ``_adagrad``, ...), the same math as the CUDA ``Rule`` structs; ``_apply_*`` runs it over
-a contiguous range (serial, vectorizable), and the public drivers split large arrays
-into ``CHUNK``-element tasks of a ``prange``. Scalars arrive already in the arrays'
-dtype, with every step-dependent factor (bias corrections, decayed learning rate,
-``1 − β``) computed once on the host, so the loops hold no mixed-precision arithmetic.
+a contiguous range (serial, vectorizable), and ``_multi_*`` runs it over the
+``CHUNK``-element tasks of a tensor table (``gpugd._tensor_table``) in one ``prange``: a
+large array is a one-tensor table, a model's list of arrays one table for all. Scalars
+arrive already in the arrays' dtype, with every step-dependent factor (bias corrections,
+decayed learning rate, ``1 − β``) computed once on the host, so the loops hold no
+mixed-precision arithmetic.
 A state that a configuration does not use is passed as a 1-element dummy and never
 indexed. ``error_model="numpy"``: a division by zero gives Inf/NaN as in CUDA and torch,
 instead of Numba's Python-style ZeroDivisionError check, whose branch stops the loops from
@@ -18,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .. import _tensor_table as layout
+from .tensor_table import SIZE_ROW, entry
 from .vector import CHUNK, PARALLEL_MIN
 
 # ---------------------------------------------------------------- per-element rules
@@ -215,24 +219,21 @@ def _apply_nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c
         )
 
 
-# ---------------------------------------------------------------- parallel drivers
-
-
-@njit(inline="always", error_model="numpy")
-def _part(a, lo, hi, used):
-    """a[lo:hi] for a state in use, the untouched 1-element dummy otherwise."""
-    return a[lo:hi] if used else a[0:1]
+# ---------------------------------------------------------------- tensor-table drivers
+# One prange over the chunk tasks of every tensor in the table (a whole model, or one large
+# array split into CHUNK-element tasks): the mirror of the CUDA apply_table. An unused
+# state's table entry is 0 and comes back as the 1-element dummy ``like``.
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _par_sgd(p, g, buf, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs):
-    n = p.size
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
+def _multi_sgd(table, tasks, chunk, like, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs):
+    for k in prange(tasks.shape[0]):
+        t, lo = tasks[k, 0], tasks[k, 1]
+        n = min(chunk, table[SIZE_ROW, t] - lo)
         _apply_sgd(
-            p[lo:hi],
-            g[lo:hi],
-            _part(buf, lo, hi, has_buf),
+            entry(table, 0, t, lo, n, like),
+            entry(table, 1, t, lo, n, like),
+            entry(table, 2, t, lo, n, like),
             lr,
             wd,
             mom,
@@ -245,24 +246,34 @@ def _par_sgd(p, g, buf, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs):
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _par_adagrad(p, g, acc, clr, wd, eps, gs):
-    n = p.size
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
-        _apply_adagrad(p[lo:hi], g[lo:hi], acc[lo:hi], clr, wd, eps, gs)
+def _multi_adagrad(table, tasks, chunk, like, clr, wd, eps, gs):
+    for k in prange(tasks.shape[0]):
+        t, lo = tasks[k, 0], tasks[k, 1]
+        n = min(chunk, table[SIZE_ROW, t] - lo)
+        _apply_adagrad(
+            entry(table, 0, t, lo, n, like),
+            entry(table, 1, t, lo, n, like),
+            entry(table, 2, t, lo, n, like),
+            clr,
+            wd,
+            eps,
+            gs,
+        )
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _par_rmsprop(p, g, sq, gavg, buf, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf, gs):
-    n = p.size
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
+def _multi_rmsprop(
+    table, tasks, chunk, like, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf, gs
+):
+    for k in prange(tasks.shape[0]):
+        t, lo = tasks[k, 0], tasks[k, 1]
+        n = min(chunk, table[SIZE_ROW, t] - lo)
         _apply_rmsprop(
-            p[lo:hi],
-            g[lo:hi],
-            sq[lo:hi],
-            _part(gavg, lo, hi, centered),
-            _part(buf, lo, hi, has_buf),
+            entry(table, 0, t, lo, n, like),
+            entry(table, 1, t, lo, n, like),
+            entry(table, 2, t, lo, n, like),
+            entry(table, 3, t, lo, n, like),
+            entry(table, 4, t, lo, n, like),
             lr,
             alpha,
             one_m_alpha,
@@ -276,12 +287,11 @@ def _par_rmsprop(p, g, sq, gavg, buf, lr, alpha, one_m_alpha, eps, wd, mom, cent
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _par_adam(
-    p,
-    g,
-    m,
-    v,
-    vmax,
+def _multi_adam(
+    table,
+    tasks,
+    chunk,
+    like,
     b1,
     one_m_b1,
     b2,
@@ -294,15 +304,15 @@ def _par_adam(
     bc2_sqrt,
     gs,
 ):
-    n = p.size
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
+    for k in prange(tasks.shape[0]):
+        t, lo = tasks[k, 0], tasks[k, 1]
+        n = min(chunk, table[SIZE_ROW, t] - lo)
         _apply_adam(
-            p[lo:hi],
-            g[lo:hi],
-            m[lo:hi],
-            v[lo:hi],
-            _part(vmax, lo, hi, amsgrad),
+            entry(table, 0, t, lo, n, like),
+            entry(table, 1, t, lo, n, like),
+            entry(table, 2, t, lo, n, like),
+            entry(table, 3, t, lo, n, like),
+            entry(table, 4, t, lo, n, like),
             b1,
             one_m_b1,
             b2,
@@ -318,15 +328,17 @@ def _par_adam(
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _par_nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, bc2, gs):
-    n = p.size
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
+def _multi_nadam(
+    table, tasks, chunk, like, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, bc2, gs
+):
+    for k in prange(tasks.shape[0]):
+        t, lo = tasks[k, 0], tasks[k, 1]
+        n = min(chunk, table[SIZE_ROW, t] - lo)
         _apply_nadam(
-            p[lo:hi],
-            g[lo:hi],
-            m[lo:hi],
-            v[lo:hi],
+            entry(table, 0, t, lo, n, like),
+            entry(table, 1, t, lo, n, like),
+            entry(table, 2, t, lo, n, like),
+            entry(table, 3, t, lo, n, like),
             b1,
             one_m_b1,
             b2,
@@ -342,16 +354,33 @@ def _par_nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g
 
 
 _DRIVERS = {
-    "sgd": (_apply_sgd, _par_sgd),
-    "adagrad": (_apply_adagrad, _par_adagrad),
-    "rmsprop": (_apply_rmsprop, _par_rmsprop),
-    "adam": (_apply_adam, _par_adam),
-    "nadam": (_apply_nadam, _par_nadam),
+    "sgd": (_apply_sgd, _multi_sgd),
+    "adagrad": (_apply_adagrad, _multi_adagrad),
+    "rmsprop": (_apply_rmsprop, _multi_rmsprop),
+    "adam": (_apply_adam, _multi_adam),
+    "nadam": (_apply_nadam, _multi_nadam),
 }
 
 
-def run(rule: str, p: np.ndarray, *args) -> None:
-    """Apply ``rule`` to 1-D contiguous ``p`` (and the arrays/scalars in ``args``, in the
-    order of the rule's ``_apply_*`` signature), in parallel for large arrays."""
-    serial, parallel = _DRIVERS[rule]
-    (parallel if p.size >= PARALLEL_MIN else serial)(p, *args)
+def run(rule: str, p: np.ndarray, g: np.ndarray, states: list, scalars: tuple) -> None:
+    """Apply ``rule`` to 1-D contiguous ``p``, ``g`` and the rule's states (kernel slot order,
+    None where unused) with the scalars of its ``_apply_*`` signature. Large arrays run as
+    a one-tensor table, in parallel."""
+    serial, multi = _DRIVERS[rule]
+    dummy = np.zeros(1, p.dtype)
+    if p.size < PARALLEL_MIN:
+        serial(p, g, *(dummy if s is None else s for s in states), *scalars)
+        return
+    table = layout.build([[p], [g], *([s] if s is not None else None for s in states)], address)
+    multi(table, layout.tasks([p.size], CHUNK), CHUNK, dummy, *scalars)
+
+
+def run_table(rule: str, table: np.ndarray, tasks: np.ndarray, like: np.ndarray, *scalars) -> None:
+    """Apply ``rule`` to every tensor of a table (``gpugd._tensor_table``): one parallel
+    region for all. ``like``: a 1-element array of the tensors' dtype."""
+    _DRIVERS[rule][1](table, tasks, CHUNK, like, *scalars)
+
+
+def address(a: np.ndarray) -> int:
+    """Address of a NumPy array's first element (for the tensor table)."""
+    return a.__array_interface__["data"][0]

@@ -15,45 +15,165 @@ runs; a rejected call writes nothing. Per-element math: ``kernels/optim.cu`` (CU
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from .. import _tensor_table as layout
 from .. import _validate as v
 from ..reference import nadam_mu
 
 CUDA_KERNELS = tuple(
-    f"gpugd_optim_{rule}_{sfx}"
+    f"gpugd_optim_{rule}{multi}_{sfx}"
     for rule in ("sgd", "adagrad", "rmsprop", "adam", "nadam")
+    for multi in ("", "_multi")
     for sfx in ("f32", "f64")
 )
+CUDA_CHUNK = 1 << 16  # elements per block-task of the CUDA multi-tensor launch
 
 
-def _arrays(p: Any, g: Any, states: dict[str, Any]) -> str:
-    """Validate p, g and the given states; return the backend name."""
-    given = {k: a for k, a in states.items() if a is not None}
-    be = v.array_backend(p=p, g=g, **given)
-    v.float_array("p", p, writable=True)
-    v.float_array("g", g)
-    v.same_layout("p", p, "g", g)
-    for name, a in given.items():
-        v.float_array(name, a, writable=True)
-        v.same_layout("p", p, name, a)
-    if be == "cpu":
-        xp = np
-    else:
-        import cupy as xp
-    arrays = [("p", p), ("g", g), *given.items()]
-    for i, (na, a) in enumerate(arrays):
-        for nb, b in arrays[i + 1 :]:
-            if a.size and xp.may_share_memory(a, b):
-                raise ValueError(f"{nb} shares memory with {na}; pass separate arrays")
-    return be
+def _address(a: Any, be: str) -> int:
+    return a.__array_interface__["data"][0] if be == "cpu" else a.data.ptr
+
+
+class Tensors:
+    """The validated arrays of one update: p, g and the rule's states (kernel slot order,
+    None where unused), each one array or a list of arrays (the multi-tensor path: one
+    launch for all). Validation runs once here; the optimizer classes keep a ``Tensors``
+    per param group and launch it every step, and the tensor table for the multi-tensor
+    kernels is built on the first launch and reused."""
+
+    def __init__(self, p: Any, g: Any, states: dict[str, Any]):
+        self.multi = isinstance(p, list | tuple)
+        names = ["p", "g", *states]
+        if self.multi:
+            rows = [list(p)]
+            for name, x in [("g", g), *states.items()]:
+                if x is None:
+                    rows.append(None)
+                    continue
+                if not isinstance(x, list | tuple):
+                    raise TypeError(f"{name}: expected a list of arrays like p, got {type(x)}")
+                if len(x) != len(rows[0]):
+                    raise ValueError(
+                        f"{name}: expected {len(rows[0])} arrays (one per array of p), got {len(x)}"
+                    )
+                rows.append(list(x))
+        else:
+            rows = [None if x is None else [x] for x in (p, g, *states.values())]
+        self.rows: list[list | None] = rows
+        self.names = names
+        labelled = {
+            (f"{n}[{i}]" if self.multi else n): a
+            for n, row in zip(names, rows, strict=True)
+            if row is not None
+            for i, a in enumerate(row)
+        }
+        self.backend = v.array_backend(**labelled) if labelled else "cpu"
+        ps = rows[0]
+        for i, pa in enumerate(ps):
+            lab = (lambda n, i=i: f"{n}[{i}]") if self.multi else (lambda n: n)
+            v.float_array(lab("p"), pa, writable=True)
+            if pa.dtype != ps[0].dtype:
+                raise TypeError(
+                    f"{lab('p')}: dtype {pa.dtype} differs from p[0]'s {ps[0].dtype}; "
+                    "one launch takes one dtype, so update each dtype separately"
+                )
+            for n, row in zip(names[1:], rows[1:], strict=True):
+                if row is not None:
+                    v.float_array(lab(n), row[i], writable=n != "g")
+                    v.same_layout(lab("p"), pa, lab(n), row[i])
+        self.dtype = ps[0].dtype if ps else None
+        self.sizes = [int(a.size) for a in ps]
+        self._check_disjoint(labelled)
+        self._prepared: Any = None
+
+    def _check_disjoint(self, labelled: dict[str, Any]) -> None:
+        """Every array its own memory: sort the [start, end) byte ranges, compare neighbours."""
+        spans = sorted(
+            (_address(a, self.backend), k, _address(a, self.backend) + a.nbytes, name)
+            for k, (name, a) in enumerate(labelled.items())
+            if a.size
+        )
+        reach, owner = -1, ""
+        for start, _, end, name in spans:
+            if start < reach:
+                raise ValueError(f"{name} shares memory with {owner}; pass separate arrays")
+            if end > reach:
+                reach, owner = end, name
+
+    def launch(self, rule: str, cuda_scalars: tuple, cpu_scalars: tuple, skip_if: Any) -> None:
+        """Run ``rule`` over every tensor: one kernel launch (or one parallel region)."""
+        if not sum(self.sizes):
+            return
+        t = self.dtype.type
+        if self.backend == "cpu":
+            if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
+                return
+            self._launch_cpu(rule, tuple(_cpu_value(x, t) for x in cpu_scalars))
+        else:
+            self._launch_cuda(rule, tuple(_cuda_value(x, t) for x in cuda_scalars), skip_if)
+
+    def _launch_cpu(self, rule: str, scalars: tuple) -> None:
+        from .._cpu import optim as k
+
+        if not self.multi:
+            flat = [None if r is None else r[0].reshape(-1) for r in self.rows]
+            k.run(rule, flat[0], flat[1], flat[2:], scalars)
+            return
+        if self._prepared is None:
+            self._prepared = (
+                layout.build(self.rows, k.address),
+                layout.tasks(self.sizes, k.CHUNK),
+                np.zeros(1, self.dtype),
+            )
+        k.run_table(rule, *self._prepared, *scalars)
+
+    def _launch_cuda(self, rule: str, scalars: tuple, skip_if: Any) -> None:
+        from .. import _cuda
+
+        null = np.uint64(0)
+        skip = skip_if if skip_if is not None else null
+        sfx = _cuda.dtype_suffix(self.dtype)
+        if not self.multi:
+            p, g, *states = (r[0] if r is not None else null for r in self.rows)
+            states += [null] * (3 - len(states))
+            args = (p, g, *states, np.int64(p.size), *scalars, skip)
+            _cuda.launch("optim", f"gpugd_optim_{rule}_{sfx}", p.size, args)
+            return
+        if self._prepared is None:
+            import cupy
+
+            chunks = layout.tasks(self.sizes, CUDA_CHUNK)
+            table = layout.build(self.rows, lambda a: a.data.ptr)
+            self._prepared = (cupy.asarray(table), cupy.asarray(chunks), len(chunks))
+        table, chunks, nchunks = self._prepared
+        args = (
+            table,
+            np.int64(len(self.sizes)),
+            chunks,
+            np.int64(nchunks),
+            np.int64(CUDA_CHUNK),
+            *scalars,
+            skip,
+        )
+        blocks = max(1, min(nchunks, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
+        _cuda.get_kernel("optim", f"gpugd_optim_{rule}_multi_{sfx}")(
+            (blocks,), (_cuda.THREADS,), args
+        )
+
+
+def _cpu_value(x: Any, t: Any) -> Any:
+    return x if isinstance(x, bool) else t(x)
+
+
+def _cuda_value(x: Any, t: Any) -> Any:
+    return np.int32(x) if isinstance(x, bool) else t(x)
 
 
 def _required(name: str, a: Any, why: str) -> None:
     if a is None:
-        raise ValueError(f"{name}: required when {why}")
+        raise ValueError(f"{name}: required{why}")
 
 
 def _hyper(
@@ -111,42 +231,70 @@ def _skip_flag(skip_if: Any, be: str) -> Any:
 
 
 def _cpu_moment_scalars(
-    t, b1: float, b2: float, eps: float, lr: float, weight_decay: float, decoupled: bool
+    b1: float, b2: float, eps: float, lr: float, weight_decay: float, decoupled: bool
 ) -> tuple:
     """The leading scalars of the CPU Adam/NAdam kernels: β1, 1−β1, β2, 1−β2, ε, then weight
     decay as (wd_c, decay_mul): coupled (wd, 1) or decoupled (0, 1 − lr·wd)."""
     wd_c, decay_mul = (0.0, 1 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
-    return tuple(t(x) for x in (b1, 1 - b1, b2, 1 - b2, eps, wd_c, decay_mul))
+    return (b1, 1 - b1, b2, 1 - b2, eps, wd_c, decay_mul)
 
 
-def _run(
-    rule: str, be: str, p, g, states: list, scalars: tuple, cpu_scalars: tuple, skip_if
-) -> None:
-    """Launch ``rule``. ``states``: arrays or None (unused); ``scalars``: the CUDA kernel's
-    scalar arguments after ``n``; ``cpu_scalars``: the Numba driver's after the states."""
-    if p.size == 0:
-        return
-    if be == "cpu":
-        if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
-            return
-        from .._cpu import optim as k
+class Kernel(NamedTuple):
+    """One configured update, validated: the rule, its states in kernel slot order (name →
+    None when unused, else the reason it is required, for the error message), and the
+    scalar arguments of the CUDA and the Numba kernel (floats are cast to the arrays' dtype,
+    bools become flags). Built by ``sgd_kernel`` … ``nadam_kernel``; the optimizer classes
+    build one per step and launch it on the ``Tensors`` they keep."""
 
-        dummy = np.zeros(1, p.dtype)
-        flat = [s.reshape(-1) if s is not None else dummy for s in states]
-        k.run(rule, p.reshape(-1), g.reshape(-1), *flat, *cpu_scalars)
-        return
-    from .. import _cuda
+    rule: str
+    states: dict[str, str | None]
+    cuda: tuple
+    cpu: tuple
 
-    null = np.uint64(0)
-    args = (
-        p,
-        g,
-        *(s if s is not None else null for s in states),
-        np.int64(p.size),
-        *scalars,
-        skip_if if skip_if is not None else null,
+    def tensors(self, p: Any, g: Any, given: dict[str, Any]) -> Tensors:
+        """Validate p, g and the states this configuration uses (others are ignored)."""
+        for name, why in self.states.items():
+            if why is not None:
+                _required(name, given.get(name), why)
+        return Tensors(
+            p, g, {n: given.get(n) if w is not None else None for n, w in self.states.items()}
+        )
+
+    def launch(self, tensors: Tensors, skip_if: Any = None) -> None:
+        skip_if = _skip_flag(skip_if, tensors.backend)
+        tensors.launch(self.rule, self.cuda, self.cpu, skip_if)
+
+
+def _apply(kernel: Kernel, p: Any, g: Any, given: dict[str, Any], skip_if: Any) -> Any:
+    kernel.launch(kernel.tensors(p, g, given), skip_if)
+    return p
+
+
+def sgd_kernel(
+    *,
+    lr: float = 1e-3,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    step: int = 1,
+    grad_scale: float = 1.0,
+) -> Kernel:
+    """The SGD update of ``sgd_`` for these hyperparameters (validated)."""
+    lr = _hyper("lr", lr)
+    momentum = _hyper("momentum", momentum)
+    dampening = _hyper("dampening", dampening, 0.0, 1.0, hi_open=False)
+    weight_decay = _hyper("weight_decay", weight_decay)
+    step, gs = _step(step), _grad_scale(grad_scale)
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("nesterov: requires momentum > 0 and dampening = 0 (as torch.optim.SGD)")
+    has_buf, first, nesterov = momentum != 0, step == 1, bool(nesterov)
+    return Kernel(
+        "sgd",
+        {"momentum_buffer": " when momentum != 0" if has_buf else None},
+        (lr, weight_decay, momentum, dampening, nesterov, first, gs),
+        (lr, weight_decay, momentum, 1 - dampening, nesterov, first, has_buf, gs),
     )
-    _cuda.launch("optim", f"gpugd_optim_{rule}_{_cuda.dtype_suffix(p.dtype)}", p.size, args)
 
 
 def sgd_(
@@ -165,48 +313,35 @@ def sgd_(
 ) -> Any:
     """torch.optim.SGD, fused: d = s·g + wd·p; with momentum μ: buf = d on step 1, else
     μ·buf + (1−τ)·d; d = d + μ·buf (Nesterov) or buf; p ← p − lr·d. Returns ``p``."""
-    lr = _hyper("lr", lr)
-    momentum = _hyper("momentum", momentum)
-    dampening = _hyper("dampening", dampening, 0.0, 1.0, hi_open=False)
-    weight_decay = _hyper("weight_decay", weight_decay)
-    step, gs = _step(step), _grad_scale(grad_scale)
-    if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError("nesterov: requires momentum > 0 and dampening = 0 (as torch.optim.SGD)")
-    has_buf = momentum != 0
-    if has_buf:
-        _required("momentum_buffer", momentum_buffer, "momentum != 0")
-    be = _arrays(p, g, {"momentum_buffer": momentum_buffer if has_buf else None})
-    skip_if = _skip_flag(skip_if, be)
-    t = p.dtype.type
-    first = int(step == 1)
-    _run(
-        "sgd",
-        be,
-        p,
-        g,
-        [momentum_buffer if has_buf else None],
-        (
-            t(lr),
-            t(weight_decay),
-            t(momentum),
-            t(dampening),
-            np.int32(nesterov),
-            np.int32(first),
-            t(gs),
-        ),
-        (
-            t(lr),
-            t(weight_decay),
-            t(momentum),
-            t(1 - dampening),
-            bool(nesterov),
-            bool(first),
-            has_buf,
-            t(gs),
-        ),
-        skip_if,
+    k = sgd_kernel(
+        lr=lr,
+        momentum=momentum,
+        dampening=dampening,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        step=step,
+        grad_scale=grad_scale,
     )
-    return p
+    return _apply(k, p, g, {"momentum_buffer": momentum_buffer}, skip_if)
+
+
+def adagrad_kernel(
+    *,
+    lr: float = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    eps: float = 1e-10,
+    step: int = 1,
+    grad_scale: float = 1.0,
+) -> Kernel:
+    """The Adagrad update of ``adagrad_`` for these hyperparameters (validated)."""
+    lr = _hyper("lr", lr)
+    lr_decay = _hyper("lr_decay", lr_decay)
+    weight_decay = _hyper("weight_decay", weight_decay)
+    eps = _hyper("eps", eps, lo_open=True)
+    step, gs = _step(step), _grad_scale(grad_scale)
+    sc = (lr / (1 + (step - 1) * lr_decay), weight_decay, eps, gs)
+    return Kernel("adagrad", {"state_sum": ""}, sc, sc)
 
 
 def adagrad_(
@@ -224,18 +359,45 @@ def adagrad_(
 ) -> Any:
     """torch.optim.Adagrad, fused: d = s·g + wd·p; sum += d²;
     p ← p − lr/(1 + (t−1)·lr_decay) · d/(√sum + ε). Returns ``p``."""
+    k = adagrad_kernel(
+        lr=lr,
+        lr_decay=lr_decay,
+        weight_decay=weight_decay,
+        eps=eps,
+        step=step,
+        grad_scale=grad_scale,
+    )
+    return _apply(k, p, g, {"state_sum": state_sum}, skip_if)
+
+
+def rmsprop_kernel(
+    *,
+    lr: float = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    centered: bool = False,
+    grad_scale: float = 1.0,
+) -> Kernel:
+    """The RMSprop update of ``rmsprop_`` for these hyperparameters (validated)."""
     lr = _hyper("lr", lr)
-    lr_decay = _hyper("lr_decay", lr_decay)
-    weight_decay = _hyper("weight_decay", weight_decay)
+    alpha = _hyper("alpha", alpha, 0.0, 1.0)
     eps = _hyper("eps", eps, lo_open=True)
-    step, gs = _step(step), _grad_scale(grad_scale)
-    be = _arrays(p, g, {"state_sum": state_sum})
-    skip_if = _skip_flag(skip_if, be)
-    t = p.dtype.type
-    clr = lr / (1 + (step - 1) * lr_decay)
-    sc = (t(clr), t(weight_decay), t(eps), t(gs))
-    _run("adagrad", be, p, g, [state_sum], sc, sc, skip_if)
-    return p
+    weight_decay = _hyper("weight_decay", weight_decay)
+    momentum = _hyper("momentum", momentum)
+    gs = _grad_scale(grad_scale)
+    has_buf, centered = momentum > 0, bool(centered)
+    return Kernel(
+        "rmsprop",
+        {
+            "square_avg": "",
+            "grad_avg": " when centered=True" if centered else None,
+            "momentum_buffer": " when momentum > 0" if has_buf else None,
+        },
+        (lr, alpha, eps, weight_decay, momentum, gs),
+        (lr, alpha, 1 - alpha, eps, weight_decay, momentum, centered, has_buf, gs),
+    )
 
 
 def rmsprop_(
@@ -257,46 +419,55 @@ def rmsprop_(
     """torch.optim.RMSprop, fused: v = α·v + (1−α)·d²; centered: m̄ = α·m̄ + (1−α)·d and
     den = √(v − m̄²) + ε, else √v + ε; with momentum μ: b = μ·b + d/den, p ← p − lr·b;
     else p ← p − lr·d/den. Returns ``p``."""
+    k = rmsprop_kernel(
+        lr=lr,
+        alpha=alpha,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        centered=centered,
+        grad_scale=grad_scale,
+    )
+    given = {"square_avg": square_avg, "grad_avg": grad_avg, "momentum_buffer": momentum_buffer}
+    return _apply(k, p, g, given, skip_if)
+
+
+def adam_kernel(
+    *,
+    lr: float = 1e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    decoupled: bool = False,
+    step: int = 1,
+    grad_scale: float = 1.0,
+) -> Kernel:
+    """The Adam/AdamW update of ``adam_`` for these hyperparameters (validated)."""
     lr = _hyper("lr", lr)
-    alpha = _hyper("alpha", alpha, 0.0, 1.0)
+    b1, b2 = _betas(betas)
     eps = _hyper("eps", eps, lo_open=True)
     weight_decay = _hyper("weight_decay", weight_decay)
-    momentum = _hyper("momentum", momentum)
-    gs = _grad_scale(grad_scale)
-    has_buf = momentum > 0
-    if centered:
-        _required("grad_avg", grad_avg, "centered=True")
-    if has_buf:
-        _required("momentum_buffer", momentum_buffer, "momentum > 0")
-    states = {
-        "square_avg": square_avg,
-        "grad_avg": grad_avg if centered else None,
-        "momentum_buffer": momentum_buffer if has_buf else None,
-    }
-    be = _arrays(p, g, states)
-    skip_if = _skip_flag(skip_if, be)
-    t = p.dtype.type
-    _run(
-        "rmsprop",
-        be,
-        p,
-        g,
-        list(states.values()),
-        (t(lr), t(alpha), t(eps), t(weight_decay), t(momentum), t(gs)),
+    step, gs = _step(step), _grad_scale(grad_scale)
+    amsgrad, decoupled = bool(amsgrad), bool(decoupled)
+    step_size = lr / (1 - b1**step)
+    bc2_sqrt = math.sqrt(1 - b2**step)
+    return Kernel(
+        "adam",
+        {
+            "exp_avg": "",
+            "exp_avg_sq": "",
+            "max_exp_avg_sq": " when amsgrad=True" if amsgrad else None,
+        },
+        (lr, b1, b2, eps, weight_decay, decoupled, step_size, bc2_sqrt, gs),
         (
-            t(lr),
-            t(alpha),
-            t(1 - alpha),
-            t(eps),
-            t(weight_decay),
-            t(momentum),
-            bool(centered),
-            has_buf,
-            t(gs),
+            *_cpu_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled),
+            amsgrad,
+            step_size,
+            bc2_sqrt,
+            gs,
         ),
-        skip_if,
     )
-    return p
 
 
 def adam_(
@@ -319,50 +490,52 @@ def adam_(
     """torch.optim.Adam; AdamW with ``decoupled=True`` (p ← p·(1 − lr·wd) first, instead of
     d = d + wd·p). m = β1·m + (1−β1)·d; v = β2·v + (1−β2)·d²; v̂ = v or max(v̂, v);
     p ← p − lr/(1−β1^t) · m / (√v̂/√(1−β2^t) + ε). Returns ``p``."""
+    k = adam_kernel(
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        decoupled=decoupled,
+        step=step,
+        grad_scale=grad_scale,
+    )
+    given = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "max_exp_avg_sq": max_exp_avg_sq}
+    return _apply(k, p, g, given, skip_if)
+
+
+def nadam_kernel(
+    *,
+    lr: float = 2e-3,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    momentum_decay: float = 4e-3,
+    decoupled: bool = False,
+    step: int = 1,
+    mu_product: float = 1.0,
+    grad_scale: float = 1.0,
+) -> Kernel:
+    """The NAdam update of ``nadam_`` for these hyperparameters (validated)."""
     lr = _hyper("lr", lr)
     b1, b2 = _betas(betas)
     eps = _hyper("eps", eps, lo_open=True)
     weight_decay = _hyper("weight_decay", weight_decay)
+    momentum_decay = _hyper("momentum_decay", momentum_decay)
+    mu_product = _hyper("mu_product", mu_product, 0.0, 1.0, lo_open=True, hi_open=False)
     step, gs = _step(step), _grad_scale(grad_scale)
-    if amsgrad:
-        _required("max_exp_avg_sq", max_exp_avg_sq, "amsgrad=True")
-    states = {
-        "exp_avg": exp_avg,
-        "exp_avg_sq": exp_avg_sq,
-        "max_exp_avg_sq": max_exp_avg_sq if amsgrad else None,
-    }
-    be = _arrays(p, g, states)
-    skip_if = _skip_flag(skip_if, be)
-    t = p.dtype.type
-    step_size = lr / (1 - b1**step)
-    bc2_sqrt = math.sqrt(1 - b2**step)
-    _run(
-        "adam",
-        be,
-        p,
-        g,
-        list(states.values()),
-        (
-            t(lr),
-            t(b1),
-            t(b2),
-            t(eps),
-            t(weight_decay),
-            np.int32(decoupled),
-            t(step_size),
-            t(bc2_sqrt),
-            t(gs),
-        ),
-        (
-            *_cpu_moment_scalars(t, b1, b2, eps, lr, weight_decay, decoupled),
-            bool(amsgrad),
-            t(step_size),
-            t(bc2_sqrt),
-            t(gs),
-        ),
-        skip_if,
+    decoupled = bool(decoupled)
+    mu, mu_next = nadam_mu(step, b1, momentum_decay), nadam_mu(step + 1, b1, momentum_decay)
+    prod = mu_product * mu
+    c_g = lr * (1 - mu) / (1 - prod)
+    c_m = lr * mu_next / (1 - prod * mu_next)
+    bc2 = 1 - b2**step
+    return Kernel(
+        "nadam",
+        {"exp_avg": "", "exp_avg_sq": ""},
+        (lr, b1, b2, eps, weight_decay, decoupled, c_g, c_m, bc2, gs),
+        (*_cpu_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), c_g, c_m, bc2, gs),
     )
-    return p
 
 
 def nadam_(
@@ -386,46 +559,15 @@ def nadam_(
     step 1); multiply it by ``gpugd.reference.nadam_mu(step, β1, ψ)`` after each step.
     μ_t = β1·(1 − ½·0.96^(t·ψ)); den = √(v/(1−β2^t)) + ε;
     p ← p − lr·(1−μ_t)/(1−Π_t)·d/den − lr·μ_{t+1}/(1−Π_t·μ_{t+1})·m/den. Returns ``p``."""
-    lr = _hyper("lr", lr)
-    b1, b2 = _betas(betas)
-    eps = _hyper("eps", eps, lo_open=True)
-    weight_decay = _hyper("weight_decay", weight_decay)
-    momentum_decay = _hyper("momentum_decay", momentum_decay)
-    mu_product = _hyper("mu_product", mu_product, 0.0, 1.0, lo_open=True, hi_open=False)
-    step, gs = _step(step), _grad_scale(grad_scale)
-    be = _arrays(p, g, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq})
-    skip_if = _skip_flag(skip_if, be)
-    t = p.dtype.type
-    mu, mu_next = nadam_mu(step, b1, momentum_decay), nadam_mu(step + 1, b1, momentum_decay)
-    prod = mu_product * mu
-    c_g = lr * (1 - mu) / (1 - prod)
-    c_m = lr * mu_next / (1 - prod * mu_next)
-    bc2 = 1 - b2**step
-    _run(
-        "nadam",
-        be,
-        p,
-        g,
-        [exp_avg, exp_avg_sq],
-        (
-            t(lr),
-            t(b1),
-            t(b2),
-            t(eps),
-            t(weight_decay),
-            np.int32(decoupled),
-            t(c_g),
-            t(c_m),
-            t(bc2),
-            t(gs),
-        ),
-        (
-            *_cpu_moment_scalars(t, b1, b2, eps, lr, weight_decay, decoupled),
-            t(c_g),
-            t(c_m),
-            t(bc2),
-            t(gs),
-        ),
-        skip_if,
+    k = nadam_kernel(
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        momentum_decay=momentum_decay,
+        decoupled=decoupled,
+        step=step,
+        mu_product=mu_product,
+        grad_scale=grad_scale,
     )
-    return p
+    return _apply(k, p, g, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, skip_if)

@@ -1,0 +1,34 @@
+"""Reading the tensor table (``gpugd._tensor_table``) inside Numba kernels: the CPU mirror
+of the CUDA ``apply_table``. ``entry(table, row, t, lo, n, like)`` turns a table entry back
+into a 1-D array of ``n`` elements from element ``lo``; ``like`` (a 1-element array of the
+dtype) stands in for an unused state (address 0).
+"""
+
+from __future__ import annotations
+
+from numba import carray, njit, types
+from numba.extending import intrinsic
+
+from .._tensor_table import SIZE_ROW
+
+__all__ = ["SIZE_ROW", "entry"]
+
+
+@intrinsic
+def _as_pointer(typingctx, addr, like):
+    """int64 address → pointer to ``like``'s dtype (Numba has no cast for this)."""
+    sig = types.CPointer(like.dtype)(types.int64, like)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_data_type(like.dtype).as_pointer())
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def entry(table, row, t, lo, n, like):
+    """Elements [lo, lo + n) of the array in ``table[row, t]``; ``like`` when that is 0."""
+    addr = table[row, t]
+    if addr == 0:
+        return like
+    return carray(_as_pointer(addr + lo * like.itemsize, like), n)

@@ -1,0 +1,41 @@
+"""The tensor table of the multi-tensor path, the same layout on both backends.
+
+``table`` is int64 of shape (6, T): rows hold the addresses of p, g and up to three states
+(0: state unused), then each tensor's element count. ``tasks`` is (n_tasks, 2): (tensor,
+first element) of every chunk of at most ``chunk`` elements. The CUDA ``apply_table``
+(kernels/optim.cu) reads both from device memory; the Numba mirror
+(``gpugd._cpu.tensor_table``) from host memory. The caller keeps every listed array alive
+while a kernel runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+ROWS = 6  # p, g, s0, s1, s2, sizes
+SIZE_ROW = 5
+
+
+def build(rows: Sequence[Sequence[Any] | None], address: Callable[[Any], int]) -> np.ndarray:
+    """The (6, T) table of ``rows`` = [ps, gs, states...] (up to 5 rows, None: unused)."""
+    n = len(rows[0])
+    table = np.zeros((ROWS, n), np.int64)
+    for r, row in enumerate(rows):
+        if row is not None:
+            table[r] = [address(a) for a in row]
+    table[SIZE_ROW] = [a.size for a in rows[0]]
+    return table
+
+
+def tasks(sizes: Sequence[int], chunk: int) -> np.ndarray:
+    """(tensor, first element) of every chunk of at most ``chunk`` elements, in order;
+    empty tensors get none."""
+    sizes = np.asarray(sizes, np.int64)
+    counts = -(-sizes // chunk)
+    t = np.repeat(np.arange(sizes.size, dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts
+    lo = (np.arange(t.size, dtype=np.int64) - np.repeat(first, counts)) * chunk
+    return np.stack([t, lo], axis=1)
