@@ -4,7 +4,7 @@ CuPy arrays run CUDA kernels compiled from ``kernels/*.cu``; NumPy arrays run Nu
 kernels. ``import gpugd`` never imports CuPy by itself.
 """
 
-from . import ops
+from . import ops, optim, schedules
 from .backend import Backend, BackendUnavailableError, array_backend, get_backend
 from .flat import FlatParams
 
@@ -18,4 +18,6 @@ __all__ = [
     "array_backend",
     "get_backend",
     "ops",
+    "optim",
+    "schedules",
 ]

@@ -1,0 +1,632 @@
+"""Optimizer classes with torch.optim's names, defaults and semantics, over the fused ops.
+
+    params = gpugd.FlatParams({"w": (784, 128), "b": (128,)})
+    opt = gpugd.optim.AdamW(params, lr=1e-3)                 # the whole arena, one group
+    opt = gpugd.optim.AdamW(                                 # param groups, by name
+        [{"params": params, "names": ["w"]},
+         {"params": params, "names": ["b"], "weight_decay": 0.0}], lr=1e-3)
+    opt = gpugd.optim.SGD(arrays, grads=grad_arrays, lr=0.1, momentum=0.9)  # plain lists
+
+    loss = ...; (write gradients into params.grads / grad_arrays); opt.step(); opt.zero_grad()
+
+A param group is either names of a ``FlatParams`` arena or a list of arrays with a list of
+gradient arrays beside it (``grads``), plus hyperparameter overrides. Each step is one
+launch per group: one fused kernel over the group's span of the arena (its tensors merged
+where they are adjacent, padding included), or the multi-tensor kernel over its list.
+States live beside the parameters (arena: same layout, ``params.new_state``). The step
+counter counts from 1 as torch's does; every group steps together.
+
+Checkpoints: ``state_dict()``/``load_state_dict()`` as torch's (states as NumPy copies,
+no parameters); ``save(path)`` writes parameters and optimizer state (and the attached
+schedule's) to one ``.npz`` atomically (temporary file, fsync, rename); ``load(path)``
+checks kind, names, shapes, dtypes and every hyperparameter before it writes anything, so
+a refused checkpoint leaves the optimizer and parameters as they were, and a resumed run
+continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .flat import FlatParams
+from .ops import optim as _ops
+from .reference import nadam_mu
+
+FORMAT = "gpugd-checkpoint-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or state dict that does not fit this optimizer; nothing was changed."""
+
+
+def _to_numpy(a: Any) -> np.ndarray:
+    return a.get() if hasattr(a, "get") else np.array(a, copy=True)
+
+
+class _Group:
+    """One param group: its tensors (names, parameter and gradient arrays), where its state
+    lives, and the arrays the kernel is launched on (spans of the arena or the lists)."""
+
+    def __init__(self, spec: Mapping[str, Any], index: int, first_name: int):
+        params = spec["params"]
+        self.flat: FlatParams | None = params if isinstance(params, FlatParams) else None
+        if self.flat is not None:
+            if "grads" in spec:
+                raise TypeError(f"param_groups[{index}]: grads come from the FlatParams arena")
+            names = list(spec.get("names", self.flat.names))
+            for n in names:
+                self.flat._slot(n)  # KeyError naming the missing parameter
+            order = {n: k for k, n in enumerate(self.flat.names)}
+            self.names = sorted(names, key=order.__getitem__)
+            self.params = [self.flat[n] for n in self.names]
+            self.grads = [self.flat.grads[n] for n in self.names]
+            self.spans = self._spans(order)
+        else:
+            if not isinstance(params, list | tuple) or "grads" not in spec:
+                raise TypeError(
+                    f"param_groups[{index}]: expected a FlatParams, or a list of arrays under "
+                    f"'params' with their gradients under 'grads'; got {type(params).__name__}"
+                )
+            self.params, self.grads = list(params), list(spec["grads"])
+            if len(self.grads) != len(self.params):
+                raise ValueError(
+                    f"param_groups[{index}]: {len(self.params)} params but {len(self.grads)} grads"
+                )
+            default = [str(first_name + k) for k in range(len(self.params))]
+            self.names = [str(n) for n in spec.get("names", default)]
+            if len(self.names) != len(self.params):
+                raise ValueError(f"param_groups[{index}]: names and params differ in length")
+            self.spans = None
+        if not self.names:
+            raise ValueError(f"param_groups[{index}]: no parameters")
+        self.hyper = {k: val for k, val in spec.items() if k not in ("params", "grads", "names")}
+        self.tensors: _ops.Tensors | None = None
+        self.tensors_key: tuple = ()
+        self.extra: dict[str, float] = {}  # per-group scalars a rule carries (NAdam's Π μ)
+
+    def _spans(self, order: dict[str, int]) -> list[tuple[int, int]]:
+        """[lo, hi) element ranges of the arena covering the group; adjacent tensors merge
+        (the zero padding between them is updated too and stays zero)."""
+        assert self.flat is not None
+        spans: list[tuple[int, int]] = []
+        for n in self.names:
+            off = self.flat._slots[n][0]
+            k = order[n]
+            nxt = (
+                self.flat.numel
+                if k + 1 == len(order)
+                else self.flat._slots[self.flat.names[k + 1]][0]
+            )
+            if spans and spans[-1][1] == off:
+                spans[-1] = (spans[-1][0], nxt)
+            else:
+                spans.append((off, nxt))
+        return spans
+
+    def kernel_arrays(self, buf: Any) -> Any:
+        """The group's part of an arena buffer, or None for list groups."""
+        assert self.spans is not None
+        parts = [buf[lo:hi] for lo, hi in self.spans]
+        return parts[0] if len(parts) == 1 else parts
+
+
+class Optimizer:
+    """Base class: param groups, state, ``step``, ``zero_grad``, state dicts, checkpoints.
+    Subclasses give ``DEFAULTS`` (torch's), ``STATES`` and ``_kernel``."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    STATE_KEYS: ClassVar[dict[str, str]] = {}  # op argument → state name, where they differ
+
+    def __init__(self, params: Any, grads: Sequence[Any] | None = None, **hyper: Any):
+        unknown = sorted(set(hyper) - set(self.DEFAULTS))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}: unknown or unsupported hyperparameter(s) {unknown}; "
+                f"have {sorted(self.DEFAULTS)}"
+            )
+        self.defaults = {**self.DEFAULTS, **hyper}
+        if isinstance(params, FlatParams):
+            specs: list[Mapping[str, Any]] = [{"params": params}]
+        elif isinstance(params, list | tuple) and params and isinstance(params[0], Mapping):
+            if grads is not None:
+                raise TypeError("grads: give each param group its own 'grads' instead")
+            specs = list(params)
+        elif isinstance(params, list | tuple):
+            if grads is None:
+                raise TypeError("grads: required when params is a list of arrays")
+            specs = [{"params": params, "grads": grads}]
+        else:
+            raise TypeError(
+                f"params: expected a FlatParams, a list of arrays or a list of param-group "
+                f"dicts, got {type(params).__name__}"
+            )
+        groups: list[_Group] = []
+        for i, spec in enumerate(specs):
+            groups.append(_Group(spec, i, sum(len(g.names) for g in groups)))
+            unknown = sorted(set(groups[-1].hyper) - set(self.DEFAULTS))
+            if unknown:
+                raise TypeError(f"param_groups[{i}]: unknown hyperparameter(s) {unknown}")
+        names = [n for g in groups for n in g.names]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"params: tensors {dup} appear in more than one param group")
+        arenas = {id(g.flat) for g in groups if g.flat is not None}
+        if len(arenas) > 1:
+            raise ValueError("params: all FlatParams groups must share one arena")
+        self._groups = groups
+        self.param_groups: list[dict[str, Any]] = [
+            {**self.defaults, **g.hyper, "names": g.names} for g in groups
+        ]
+        self.step_count = 0
+        self.scheduler: Any = None  # set by a schedule from gpugd.schedules
+        for gi, group in enumerate(self.param_groups):
+            self._kernel(group, 1, 1.0, self._groups[gi])  # validate every hyperparameter now
+        self._allocate()
+
+    # ---- per optimizer
+
+    def _kernel(self, group: dict[str, Any], step: int, grad_scale: float, g: _Group) -> Any:
+        raise NotImplementedError
+
+    def _state_fills(self, group: dict[str, Any]) -> dict[str, float]:
+        """State name → initial value, for the states this group's configuration uses."""
+        raise NotImplementedError
+
+    # ---- state
+
+    def _all_state_names(self) -> list[str]:
+        seen: list[str] = []
+        for group in self.param_groups:
+            for k in self._state_fills(group):
+                if k not in seen:
+                    seen.append(k)
+        return seen
+
+    def _allocate(self) -> None:
+        self.state: dict[str, dict[str, Any]] = {n: {} for g in self._groups for n in g.names}
+        self._buffers: dict[str, Any] = {}
+        arena = next((g.flat for g in self._groups if g.flat is not None), None)
+        for sname in self._all_state_names():
+            if arena is not None:
+                self._buffers[sname] = arena.new_state()
+            for group, g in zip(self.param_groups, self._groups, strict=True):
+                fill = self._state_fills(group).get(sname)
+                if fill is None:
+                    continue
+                if g.flat is not None:
+                    views = self._buffers[sname]
+                    for lo, hi in g.spans:
+                        views.data[lo:hi] = fill
+                    for n in g.names:
+                        self.state[n][sname] = views[n]
+                else:
+                    for n, p in zip(g.names, g.params, strict=True):
+                        self.state[n][sname] = _full_like(p, fill)
+        for g in self._groups:
+            g.tensors = None
+
+    def _tensors(self, gi: int, kernel: _ops.Kernel) -> _ops.Tensors:
+        """The group's validated arrays for this kernel configuration (cached)."""
+        g = self._groups[gi]
+        key = tuple(why is not None for why in kernel.states.values())
+        if g.tensors is None or g.tensors_key != key:
+            given = {}
+            for arg, why in kernel.states.items():
+                if why is None:
+                    continue
+                sname = self.STATE_KEYS.get(arg, arg)
+                if sname not in self.state[g.names[0]]:
+                    raise ValueError(
+                        f"param_groups[{gi}]: the configuration now needs state {sname!r}, "
+                        "which this optimizer was not created with; build a new optimizer"
+                    )
+                if g.flat is not None:
+                    given[arg] = g.kernel_arrays(self._buffers[sname].data)
+                else:
+                    given[arg] = [self.state[n][sname] for n in g.names]
+            if g.flat is not None:
+                p, gr = g.kernel_arrays(g.flat.data), g.kernel_arrays(g.flat.grad_data)
+            else:
+                p, gr = g.params, g.grads
+            g.tensors = kernel.tensors(p, gr, given)
+            g.tensors_key = key
+        return g.tensors
+
+    # ---- the training-loop API
+
+    def step(
+        self,
+        closure: Callable[[], Any] | None = None,
+        *,
+        grad_scale: float = 1.0,
+        skip_if: Any = None,
+    ) -> Any:
+        """One update of every group (one launch each). ``grad_scale`` multiplies every
+        gradient (clipping, loss scaling); ``skip_if`` as in ``gpugd.ops``: a skipped step
+        touches no state and does not advance the step counter (reading the flag
+        synchronizes the GPU once). Returns the closure's loss when a closure is given."""
+        loss = closure() if closure is not None else None
+        t = self.step_count + 1
+        kernels = [
+            self._kernel(group, t, grad_scale, g)
+            for group, g in zip(self.param_groups, self._groups, strict=True)
+        ]
+        for gi, k in enumerate(kernels):
+            k.launch(self._tensors(gi, k), skip_if)
+        if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
+            return loss  # skipped: no state touched, the step counter not advanced
+        self._after_step(t)
+        self.step_count = t
+        return loss
+
+    def _after_step(self, t: int) -> None:
+        """Per-group bookkeeping after a step (NAdam's running product of μ)."""
+
+    def zero_grad(self) -> None:
+        """Zero every gradient: one fill of the arena's gradient buffer, or each array."""
+        arena = next((g.flat for g in self._groups if g.flat is not None), None)
+        if arena is not None:
+            arena.zero_grad()
+        for g in self._groups:
+            if g.flat is None:
+                for a in g.grads:
+                    a.fill(0)
+
+    # ---- state dicts
+
+    def _hyper_of(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: (list(val) if isinstance(val, tuple) else val)
+            for k, val in group.items()
+            if k != "names"
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch-like: ``{"kind", "step", "param_groups", "layout", "state", "group_state",
+        "scheduler"}``; arrays are NumPy copies, so it can be saved or sent anywhere."""
+        layout = {}
+        for g in self._groups:
+            for n, p in zip(g.names, g.params, strict=True):
+                layout[n] = {"shape": list(p.shape), "dtype": str(p.dtype)}
+        return {
+            "kind": type(self).__name__,
+            "step": self.step_count,
+            "param_groups": [
+                {**self._hyper_of(gr), "names": list(gr["names"])} for gr in self.param_groups
+            ],
+            "layout": layout,
+            "state": {n: {k: _to_numpy(a) for k, a in st.items()} for n, st in self.state.items()},
+            "group_state": [dict(g.extra) for g in self._groups],
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
+
+    def _check_state_dict(self, sd: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every check of ``load_state_dict``; returns the new param groups. Raises
+        CheckpointError naming the first difference."""
+        for key in ("kind", "step", "param_groups", "layout", "state"):
+            if key not in sd:
+                raise CheckpointError(f"state dict: missing {key!r}")
+        if sd["kind"] != type(self).__name__:
+            raise CheckpointError(
+                f"state dict: written by {sd['kind']}, this optimizer is {type(self).__name__}"
+            )
+        step = sd["step"]
+        if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
+            raise CheckpointError(f"state dict: step must be a non-negative integer, got {step!r}")
+        layout = sd["layout"]
+        mine_names = [n for g in self._groups for n in g.names]
+        if list(layout) != mine_names:
+            raise CheckpointError(
+                f"state dict: tensors {list(layout)[:6]}… do not match this optimizer's "
+                f"{mine_names[:6]}…; first difference: "
+                + _first_difference(list(layout), mine_names)
+            )
+        for g in self._groups:
+            for n, p in zip(g.names, g.params, strict=True):
+                want = {"shape": list(p.shape), "dtype": str(p.dtype)}
+                got = {"shape": list(layout[n]["shape"]), "dtype": str(layout[n]["dtype"])}
+                if got != want:
+                    raise CheckpointError(f"state dict: tensor {n!r} is {got}, expected {want}")
+        groups = sd["param_groups"]
+        if len(groups) != len(self._groups):
+            raise CheckpointError(
+                f"state dict: {len(groups)} param groups, this optimizer has {len(self._groups)}"
+            )
+        new_groups = []
+        for gi, (gd, g) in enumerate(zip(groups, self._groups, strict=True)):
+            if list(gd.get("names", [])) != g.names:
+                raise CheckpointError(f"state dict: param_groups[{gi}] names differ")
+            hyper = {k: val for k, val in gd.items() if k != "names"}
+            if set(hyper) != set(self.DEFAULTS):
+                raise CheckpointError(
+                    f"state dict: param_groups[{gi}] hyperparameters {sorted(hyper)} differ "
+                    f"from {type(self).__name__}'s {sorted(self.DEFAULTS)}"
+                )
+            if "betas" in hyper:
+                hyper["betas"] = tuple(hyper["betas"])
+            group = {**hyper, "names": g.names}
+            try:
+                self._kernel(group, max(int(step), 1), 1.0, g)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"state dict: param_groups[{gi}]: {exc}") from None
+            if self._state_fills(group).keys() != self._state_fills(self.param_groups[gi]).keys():
+                raise CheckpointError(
+                    f"state dict: param_groups[{gi}] needs states "
+                    f"{sorted(self._state_fills(group))}, this optimizer holds "
+                    f"{sorted(self._state_fills(self.param_groups[gi]))}"
+                )
+            new_groups.append(group)
+        for n, st in self.state.items():
+            got = sd["state"].get(n)
+            if got is None or set(got) != set(st):
+                raise CheckpointError(
+                    f"state dict: tensor {n!r} carries states {sorted(got or {})}, "
+                    f"expected {sorted(st)}"
+                )
+            for k, a in st.items():
+                b = np.asarray(got[k])
+                if b.shape != a.shape or b.dtype != a.dtype:
+                    raise CheckpointError(
+                        f"state dict: {n!r}.{k} is {b.dtype}{list(b.shape)}, expected "
+                        f"{a.dtype}{list(a.shape)}"
+                    )
+        gstate = sd.get("group_state", [{} for _ in self._groups])
+        if len(gstate) != len(self._groups):
+            raise CheckpointError("state dict: group_state does not match the param groups")
+        sched = sd.get("scheduler")
+        if (sched is None) != (self.scheduler is None):
+            have = "no schedule" if self.scheduler is None else type(self.scheduler).__name__
+            raise CheckpointError(
+                f"state dict: carries {'no schedule' if sched is None else sched.get('kind')}, "
+                f"this optimizer has {have}; attach the same schedule before loading"
+            )
+        if sched is not None:
+            self.scheduler._check_state_dict(sched)
+        return new_groups
+
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+        """Restore a ``state_dict()``; everything is checked first, so a state dict that does
+        not fit raises ``CheckpointError`` and changes nothing."""
+        new_groups = self._check_state_dict(sd)
+        for n, st in self.state.items():
+            for k, a in st.items():
+                a[...] = _like(a, np.asarray(sd["state"][n][k]))
+        self.param_groups = new_groups
+        for g, extra in zip(self._groups, sd.get("group_state", []), strict=False):
+            g.extra = {k: float(val) for k, val in extra.items()}
+        self.step_count = int(sd["step"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(sd["scheduler"])
+
+    # ---- checkpoints on disk
+
+    def save(self, path: str | os.PathLike, *, params: bool = True) -> Path:
+        """Write parameters (unless ``params=False``) and the state dict to ``path`` (.npz)
+        atomically: a temporary file in the same directory, fsync, then rename."""
+        path = Path(path)
+        sd = self.state_dict()
+        arrays: dict[str, np.ndarray] = {}
+        for n, st in sd.pop("state").items():
+            for k, a in st.items():
+                arrays[f"state/{n}/{k}"] = a
+        if params:
+            for g in self._groups:
+                for n, p in zip(g.names, g.params, strict=True):
+                    arrays[f"param/{n}"] = _to_numpy(p)
+        meta = {"format": FORMAT, "params": params, **sd}
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Load a checkpoint written by ``save``: parameters (when it has them) and state.
+        Everything is validated before anything is written (``CheckpointError``)."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                files = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: not a readable gpugd checkpoint ({exc})") from None
+        if "meta" not in files:
+            raise CheckpointError(f"{path}: no 'meta' record; not a gpugd checkpoint")
+        try:
+            meta = json.loads(files.pop("meta").tobytes().decode())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: unreadable 'meta' record ({exc})") from None
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        state: dict[str, dict[str, np.ndarray]] = {n: {} for n in meta.get("layout", {})}
+        param_arrays: dict[str, np.ndarray] = {}
+        for key, a in files.items():
+            kind, _, rest = key.partition("/")
+            if kind == "state":
+                n, _, k = rest.rpartition("/")
+                state.setdefault(n, {})[k] = a
+            elif kind == "param":
+                param_arrays[rest] = a
+        sd = {**meta, "state": state}
+        try:
+            self._check_state_dict(sd)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        if meta.get("params"):
+            for g in self._groups:
+                for n, p in zip(g.names, g.params, strict=True):
+                    a = param_arrays.get(n)
+                    if a is None or a.shape != p.shape or a.dtype != p.dtype:
+                        raise CheckpointError(f"{path}: parameter {n!r} missing or mismatched")
+            for g in self._groups:
+                for n, p in zip(g.names, g.params, strict=True):
+                    p[...] = _like(p, param_arrays[n])
+        self.load_state_dict(sd)
+
+
+def _first_difference(a: list[str], b: list[str]) -> str:
+    for k, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"position {k}: {x!r} in the checkpoint, {y!r} here"
+    return f"{len(a)} tensors in the checkpoint, {len(b)} here"
+
+
+def _like(target: Any, host: np.ndarray) -> Any:
+    """``host`` on ``target``'s backend."""
+    if isinstance(target, np.ndarray):
+        return host
+    import cupy
+
+    return cupy.asarray(host)
+
+
+def _full_like(a: Any, fill: float) -> Any:
+    out = a.copy()
+    out.fill(fill)
+    return out
+
+
+# ---- the optimizers ---------------------------------------------------------------------
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD: weight decay, momentum, dampening, Nesterov (``gpugd.ops.sgd_``)."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(
+        lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False
+    )
+
+    def _state_fills(self, group):
+        return {"momentum_buffer": 0.0} if group["momentum"] != 0 else {}
+
+    def _kernel(self, group, step, grad_scale, g):
+        h = {k: group[k] for k in self.DEFAULTS}
+        return _ops.sgd_kernel(**h, step=step, grad_scale=grad_scale)
+
+
+class Adagrad(Optimizer):
+    """torch.optim.Adagrad: lr_decay, initial_accumulator_value, eps (``gpugd.ops.adagrad_``)."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(
+        lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10
+    )
+    STATE_KEYS: ClassVar[dict[str, str]] = {"state_sum": "sum"}  # torch's name for it
+
+    def _state_fills(self, group):
+        return {"sum": float(group["initial_accumulator_value"])}
+
+    def _kernel(self, group, step, grad_scale, g):
+        iav = group["initial_accumulator_value"]
+        if not isinstance(iav, int | float) or isinstance(iav, bool) or not iav >= 0:
+            raise ValueError(f"initial_accumulator_value: expected a value ≥ 0, got {iav!r}")
+        h = {k: group[k] for k in self.DEFAULTS if k != "initial_accumulator_value"}
+        return _ops.adagrad_kernel(**h, step=step, grad_scale=grad_scale)
+
+
+class RMSprop(Optimizer):
+    """torch.optim.RMSprop: alpha, eps, momentum, centered (``gpugd.ops.rmsprop_``)."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(
+        lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False
+    )
+
+    def _state_fills(self, group):
+        fills = {"square_avg": 0.0}
+        if group["centered"]:
+            fills["grad_avg"] = 0.0
+        if group["momentum"] > 0:
+            fills["momentum_buffer"] = 0.0
+        return fills
+
+    def _kernel(self, group, step, grad_scale, g):
+        h = {k: group[k] for k in self.DEFAULTS}
+        return _ops.rmsprop_kernel(**h, grad_scale=grad_scale)
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam (with amsgrad), coupled L2 weight decay (``gpugd.ops.adam_``)."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(
+        lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False
+    )
+    DECOUPLED = False
+
+    def _state_fills(self, group):
+        fills = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+        if group["amsgrad"]:
+            fills["max_exp_avg_sq"] = 0.0
+        return fills
+
+    def _kernel(self, group, step, grad_scale, g):
+        h = {k: group[k] for k in self.DEFAULTS}
+        return _ops.adam_kernel(**h, decoupled=self.DECOUPLED, step=step, grad_scale=grad_scale)
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam with decoupled weight decay, default 1e-2."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(Adam.DEFAULTS, weight_decay=1e-2)
+    DECOUPLED = True
+
+
+class NAdam(Optimizer):
+    """torch.optim.NAdam: momentum_decay ψ, optional decoupled weight decay
+    (``gpugd.ops.nadam_``); the running product Π μ is kept per group."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(
+        lr=2e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        momentum_decay=4e-3,
+        decoupled_weight_decay=False,
+    )
+
+    def _state_fills(self, group):
+        return {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+
+    def _kernel(self, group, step, grad_scale, g):
+        h = {k: group[k] for k in self.DEFAULTS if k != "decoupled_weight_decay"}
+        return _ops.nadam_kernel(
+            **h,
+            decoupled=group["decoupled_weight_decay"],
+            step=step,
+            mu_product=g.extra.get("mu_product", 1.0),
+            grad_scale=grad_scale,
+        )
+
+    def _after_step(self, t):
+        for group, g in zip(self.param_groups, self._groups, strict=True):
+            mu = nadam_mu(t, group["betas"][0], group["momentum_decay"])
+            g.extra["mu_product"] = g.extra.get("mu_product", 1.0) * mu
+
+
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "CheckpointError",
+    "NAdam",
+    "Optimizer",
+    "RMSprop",
+]
