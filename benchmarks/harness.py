@@ -214,16 +214,18 @@ def format_ceilings(ceilings: dict[str, float], loops: dict[str, dict[str, Any]]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    kw = max([16, *(len(r["kernel"]) for r in rows)])
     head = (
-        f"{'kernel':<16} {'dtype':<8} {'numel':>10} {'median ms':>10} {'GB/s':>8} "
-        f"{'ceiling':>8} {'% ceil':>7}  baselines (peer time / gpugd time)"
+        f"{'kernel':<{kw}} {'dtype':<8} {'tensors':>7} {'numel':>10} {'median ms':>10} "
+        f"{'GB/s':>8} {'ceiling':>8} {'% ceil':>7}  baselines (peer time / gpugd time)"
     )
     out = [head, "-" * len(head)]
     for r in rows:
         base = ", ".join(f"{k} {v:.2f}x" for k, v in r["baselines"].items()) or "-"
         out.append(
-            f"{r['kernel']:<16} {r['dtype']:<8} {r['numel']:>10} {r['median_s'] * 1e3:>10.3f} "
-            f"{r['gbps']:>8.1f} {r['ceiling']:>8} {r['pct_of_ceiling']:>6.1f}%  {base}"
+            f"{r['kernel']:<{kw}} {r['dtype']:<8} {r['tensors']:>7} {r['numel']:>10} "
+            f"{r['median_s'] * 1e3:>10.3f} {r['gbps']:>8.1f} {r['ceiling']:>8} "
+            f"{r['pct_of_ceiling']:>6.1f}%  {base}"
         )
     return "\n".join(out)
 

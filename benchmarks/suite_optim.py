@@ -1,5 +1,6 @@
-"""Suite ``optim``: each fused update rule on one flat fp32 buffer, against the in-place
-ceiling and its peers.
+"""Suite ``optim``: each fused update rule on one flat fp32 buffer, and the optimizer classes
+on a ResNet-50-like list of 161 separate tensors (the multi-tensor path), against the
+in-place ceiling and their peers.
 
 Fewest bytes per element (w = itemsize): read p, g and each state once, write p and each
 state once: SGD-momentum, Adagrad, RMSprop 5w; Adam, AdamW, NAdam 7w; AMSGrad 9w.
@@ -77,6 +78,82 @@ def _torch_peers(torch, p, g, cls: str, kw: dict, cuda: bool) -> dict[str, Any]:
     return peers
 
 
+def resnet50_shapes(width: float = 1.0) -> list[tuple[int, ...]]:
+    """The parameter shapes of torchvision's ResNet-50, in its order: 161 tensors, 25,557,032
+    elements (53 convolutions, 53 batch norms with weight and bias, the classifier).
+    ``width`` < 1 scales every channel count (and the classes) down, keeping the 161
+    tensors: how ``--numel`` shrinks this benchmark."""
+    c = lambda k: max(1, round(k * width))  # noqa: E731
+    shapes: list[tuple[int, ...]] = [(c(64), 3, 7, 7), (c(64),), (c(64),)]
+    inplanes = c(64)
+    for planes, blocks in ((c(64), 3), (c(128), 4), (c(256), 6), (c(512), 3)):
+        for b in range(blocks):
+            shapes += [(planes, inplanes, 1, 1), (planes,), (planes,)]
+            shapes += [(planes, planes, 3, 3), (planes,), (planes,)]
+            shapes += [(planes * 4, planes, 1, 1), (planes * 4,), (planes * 4,)]
+            if b == 0:
+                shapes += [(planes * 4, inplanes, 1, 1), (planes * 4,), (planes * 4,)]
+            inplanes = planes * 4
+    return [*shapes, (c(1000), inplanes), (c(1000),)]
+
+
+# label -> (gpugd.optim class, hyperparameters, state count); torch takes the same ones.
+LIST_RULES: dict[str, tuple[str, dict, int]] = {
+    "SGD momentum": ("SGD", dict(lr=1e-3, momentum=0.9), 1),
+    "Adam": ("Adam", dict(lr=1e-3), 2),
+    "AdamW": ("AdamW", dict(lr=1e-3, weight_decay=1e-2), 2),
+}
+
+
+def _list_rows(ctx: Context, torch: Any) -> list[dict[str, Any]]:
+    """Each optimizer class stepping the ResNet-50 list; peers: torch.optim with the same
+    tensors (fused, foreach) and a NumPy per-tensor loop for Adam."""
+    from gpugd import optim
+
+    xp = ctx.backend.xp
+    full = 25_557_032
+    shapes = resnet50_shapes(min(1.0, (ctx.numel / full) ** 0.5) if ctx.numel else 1.0)
+    numel = sum(int(np.prod(s)) for s in shapes)
+    ps = [xp.random.standard_normal(s).astype(xp.float32) for s in shapes]
+    gs = [xp.random.standard_normal(s).astype(xp.float32) * 1e-3 for s in shapes]
+    ctx.log(f"optim: ResNet-50-like list, {len(shapes)} tensors, {numel} float32 elements")
+    rows = []
+    for label, (cls, hp, nstates) in LIST_RULES.items():
+        opt = getattr(optim, cls)(ps, grads=gs, **hp)
+        opt.step()  # builds the tensor table outside the timing, as in training
+        peers: dict[str, Any] = {}
+        if label == "Adam":
+            ms = [xp.zeros_like(a) for a in ps]
+            vs = [xp.zeros_like(a) for a in ps]
+
+            def numpy_loop(ms=ms, vs=vs):
+                for p, g, m, v in zip(ps, gs, ms, vs, strict=True):
+                    _numpy_adam(xp, p, g, m, v)
+
+            peers["numpy-loop" if xp is np else "cupy-loop"] = numpy_loop
+        if torch is not None:
+            for peer, flag in (("torch-fused", "fused"), ("torch-foreach", "foreach")):
+                tps = [_as_torch(torch, a.copy()) for a in ps]
+                for tp, g in zip(tps, gs, strict=True):
+                    tp.grad = _as_torch(torch, g)
+                try:
+                    topt = getattr(torch.optim, cls)(tps, **hp, **{flag: True})
+                    topt.step()
+                except (RuntimeError, TypeError, ValueError):
+                    continue
+                peers[peer] = topt.step
+        t, ceil = ctx.measure({"gpugd": opt.step, **peers}, "inplace")
+        nbytes = (3 + 2 * nstates) * 4 * numel
+        base = {k: t[k].median_s for k in peers}
+        kernel = f"{label} resnet50-list"
+        rows.append(
+            row(ctx, kernel, np.float32, numel, t["gpugd"], nbytes, "inplace", ceil, base, len(ps))
+        )
+        r = rows[-1]
+        ctx.log(f"  {kernel:<26} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace")
+    return rows
+
+
 def _as_torch(torch, a):
     return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
 
@@ -119,4 +196,4 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             f"  {label:<15} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace "
             f"({ceil:.1f} GB/s)"
         )
-    return rows
+    return rows + _list_rows(ctx, torch)
