@@ -61,9 +61,11 @@ struct RmspropRule {  // v = α·v + (1−α)·d²; den = √(v − m̄²) | √
   }
 };
 
+// m = β1·m + (1−β1)·d; v = β2·v + (1−β2)·d²; p −= lr/bc1 · m/(√v̂·(1/√bc2) + ε)
+// (1/√bc2 comes from the host: a multiply, not a second division per element)
 template <typename T>
-struct AdamRule {  // m = β1·m + (1−β1)·d; v = β2·v + (1−β2)·d²; p −= lr/bc1 · m/(√v̂/√bc2 + ε)
-  T lr, beta1, beta2, eps, wd, step_size, bc2_sqrt, grad_scale;
+struct AdamRule {
+  T lr, beta1, beta2, eps, wd, step_size, inv_bc2_sqrt, grad_scale;
   int decoupled, amsgrad;
   __device__ __forceinline__ void operator()(T& p, T g, T& m, T& v, T& vmax) const {
     T d = g * grad_scale;
@@ -76,13 +78,13 @@ struct AdamRule {  // m = β1·m + (1−β1)·d; v = β2·v + (1−β2)·d²; p 
       vmax = vmax > v ? vmax : v;
       vh = vmax;
     }
-    p -= step_size * m / (sqrt(vh) / bc2_sqrt + eps);
+    p -= step_size * m / (sqrt(vh) * inv_bc2_sqrt + eps);
   }
 };
 
 template <typename T>
-struct NadamRule {  // den = √(v/bc2) + ε; p −= c_g·d/den + c_m·m/den (c_g, c_m from μ_t, μ_t+1)
-  T lr, beta1, beta2, eps, wd, c_g, c_m, bc2, grad_scale;
+struct NadamRule {  // p −= (c_g·d + c_m·m)/(√(v·(1/bc2)) + ε), c_g, c_m from μ_t, μ_t+1
+  T lr, beta1, beta2, eps, wd, c_g, c_m, inv_bc2, grad_scale;
   int decoupled;
   __device__ __forceinline__ void operator()(T& p, T g, T& m, T& v, T&) const {
     T d = g * grad_scale;
@@ -90,9 +92,7 @@ struct NadamRule {  // den = √(v/bc2) + ε; p −= c_g·d/den + c_m·m/den (c_
     else d += wd * p;
     m = beta1 * m + (T(1) - beta1) * d;
     v = beta2 * v + (T(1) - beta2) * d * d;
-    const T den = sqrt(v / bc2) + eps;
-    p -= c_g * d / den;
-    p -= c_m * m / den;
+    p -= (c_g * d + c_m * m) / (sqrt(v * inv_bc2) + eps);
   }
 };
 
@@ -166,50 +166,50 @@ __device__ __forceinline__ void apply_table(const i64* __restrict__ table, i64 n
 // Both take the same scalars; h0, h1, h2 say which states are in use (non-null), for the
 // rules whose configuration follows from that. A non-zero *skip returns before any access.
 
-#define GPUGD_OPTIM_ENTRIES(NAME, T, SFX, RULE, ...)                                         \
-  extern "C" __global__ void gpugd_optim_##NAME##_##SFX(T* p, const T* g, T* s0, T* s1,      \
-                                                        T* s2, i64 n, __VA_ARGS__,            \
-                                                        const int* skip) {                    \
-    if (skip != nullptr && *skip != 0) return;                                                \
-    const bool h0 = s0 != nullptr, h1 = s1 != nullptr, h2 = s2 != nullptr;                    \
-    (void)h0, (void)h1, (void)h2;                                                             \
-    const auto rule = RULE;                                                                   \
-    gpugd::apply_range<T>(p, g, s0, s1, s2, n, gpugd::grid_start(), gpugd::grid_stride(),     \
-                          rule);                                                              \
-  }                                                                                           \
-  extern "C" __global__ void gpugd_optim_##NAME##_multi_##SFX(                                \
-      const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, __VA_ARGS__, \
-      const int* skip) {                                                                      \
-    if (skip != nullptr && *skip != 0) return;                                                \
-    const bool h0 = table[2 * ntensors] != 0, h1 = table[3 * ntensors] != 0,                  \
-               h2 = table[4 * ntensors] != 0;                                                 \
-    (void)h0, (void)h1, (void)h2;                                                             \
-    const auto rule = RULE;                                                                   \
-    gpugd::apply_table<T>(table, ntensors, chunks, nchunks, chunk, rule);                     \
+#define GPUGD_OPTIM_ENTRIES(NAME, T, SFX, RULE, ...)                                            \
+  extern "C" __global__ void gpugd_optim_##NAME##_##SFX(T* p, const T* g, T* s0, T* s1,         \
+                                                        T* s2, i64 n, __VA_ARGS__,              \
+                                                        const int* skip) {                      \
+    if (skip != nullptr && *skip != 0) return;                                                  \
+    const bool h0 = s0 != nullptr, h1 = s1 != nullptr, h2 = s2 != nullptr;                      \
+    (void)h0, (void)h1, (void)h2;                                                               \
+    const auto rule = RULE;                                                                     \
+    gpugd::apply_range<T>(p, g, s0, s1, s2, n, gpugd::grid_start(), gpugd::grid_stride(),       \
+                          rule);                                                                \
+  }                                                                                             \
+  extern "C" __global__ void gpugd_optim_##NAME##_multi_##SFX(                                  \
+      const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, __VA_ARGS__,   \
+      const int* skip) {                                                                        \
+    if (skip != nullptr && *skip != 0) return;                                                  \
+    const bool h0 = table[2 * ntensors] != 0, h1 = table[3 * ntensors] != 0,                    \
+               h2 = table[4 * ntensors] != 0;                                                   \
+    (void)h0, (void)h1, (void)h2;                                                               \
+    const auto rule = RULE;                                                                     \
+    gpugd::apply_table<T>(table, ntensors, chunks, nchunks, chunk, rule);                       \
   }
 
-#define GPUGD_OPTIM_KERNELS(T, SFX)                                                           \
-  GPUGD_OPTIM_ENTRIES(sgd, T, SFX,                                                            \
-                      (gpugd::SgdRule<T>{lr, wd, momentum, dampening, grad_scale, nesterov,   \
-                                         first, h0}),                                         \
-                      T lr, T wd, T momentum, T dampening, int nesterov, int first,           \
-                      T grad_scale)                                                           \
-  GPUGD_OPTIM_ENTRIES(adagrad, T, SFX, (gpugd::AdagradRule<T>{clr, wd, eps, grad_scale}),     \
-                      T clr, T wd, T eps, T grad_scale)                                       \
-  GPUGD_OPTIM_ENTRIES(rmsprop, T, SFX,                                                        \
-                      (gpugd::RmspropRule<T>{lr, alpha, eps, wd, momentum, grad_scale, h1,    \
-                                             h2}),                                            \
-                      T lr, T alpha, T eps, T wd, T momentum, T grad_scale)                   \
-  GPUGD_OPTIM_ENTRIES(adam, T, SFX,                                                           \
-                      (gpugd::AdamRule<T>{lr, beta1, beta2, eps, wd, step_size, bc2_sqrt,     \
-                                          grad_scale, decoupled, h2}),                        \
-                      T lr, T beta1, T beta2, T eps, T wd, int decoupled, T step_size,        \
-                      T bc2_sqrt, T grad_scale)                                               \
-  GPUGD_OPTIM_ENTRIES(nadam, T, SFX,                                                          \
-                      (gpugd::NadamRule<T>{lr, beta1, beta2, eps, wd, c_g, c_m, bc2,          \
-                                           grad_scale, decoupled}),                           \
-                      T lr, T beta1, T beta2, T eps, T wd, int decoupled, T c_g, T c_m,       \
-                      T bc2, T grad_scale)
+#define GPUGD_OPTIM_KERNELS(T, SFX)                                                             \
+  GPUGD_OPTIM_ENTRIES(sgd, T, SFX,                                                              \
+                      (gpugd::SgdRule<T>{lr, wd, momentum, dampening, grad_scale, nesterov,     \
+                                         first, h0}),                                           \
+                      T lr, T wd, T momentum, T dampening, int nesterov, int first,             \
+                      T grad_scale)                                                             \
+  GPUGD_OPTIM_ENTRIES(adagrad, T, SFX, (gpugd::AdagradRule<T>{clr, wd, eps, grad_scale}),       \
+                      T clr, T wd, T eps, T grad_scale)                                         \
+  GPUGD_OPTIM_ENTRIES(rmsprop, T, SFX,                                                          \
+                      (gpugd::RmspropRule<T>{lr, alpha, eps, wd, momentum, grad_scale, h1,      \
+                                             h2}),                                              \
+                      T lr, T alpha, T eps, T wd, T momentum, T grad_scale)                     \
+  GPUGD_OPTIM_ENTRIES(adam, T, SFX,                                                             \
+                      (gpugd::AdamRule<T>{lr, beta1, beta2, eps, wd, step_size, inv_bc2_sqrt,   \
+                                          grad_scale, decoupled, h2}),                          \
+                      T lr, T beta1, T beta2, T eps, T wd, int decoupled, T step_size,          \
+                      T inv_bc2_sqrt, T grad_scale)                                             \
+  GPUGD_OPTIM_ENTRIES(nadam, T, SFX,                                                            \
+                      (gpugd::NadamRule<T>{lr, beta1, beta2, eps, wd, c_g, c_m, inv_bc2,        \
+                                           grad_scale, decoupled}),                             \
+                      T lr, T beta1, T beta2, T eps, T wd, int decoupled, T c_g, T c_m,         \
+                      T inv_bc2, T grad_scale)
 
 GPUGD_OPTIM_KERNELS(float, f32)
 GPUGD_OPTIM_KERNELS(double, f64)

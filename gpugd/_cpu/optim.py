@@ -74,7 +74,7 @@ def _adam(
     decay_mul,
     amsgrad,
     step_size,
-    bc2_sqrt,
+    inv_bc2_sqrt,
     gs,
 ):
     # Weight decay without a branch: coupled (Adam) has wd_c = wd, decay_mul = 1; decoupled
@@ -87,18 +87,16 @@ def _adam(
     if amsgrad:
         vmax = vmax if vmax > v else v
         vh = vmax
-    return p - step_size * m / (np.sqrt(vh) / bc2_sqrt + eps), m, v, vmax
+    return p - step_size * m / (np.sqrt(vh) * inv_bc2_sqrt + eps), m, v, vmax
 
 
 @njit(inline="always", error_model="numpy")
-def _nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, bc2, gs):
+def _nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, inv_bc2, gs):
     p = p * decay_mul  # weight decay as in _adam: coupled or decoupled without a branch
     d = g * gs + wd_c * p
     m = b1 * m + one_m_b1 * d
     v = b2 * v + one_m_b2 * d * d
-    den = np.sqrt(v / bc2) + eps
-    p = p - c_g * d / den
-    return p - c_m * m / den, m, v
+    return p - (c_g * d + c_m * m) / (np.sqrt(v * inv_bc2) + eps), m, v
 
 
 # ---------------------------------------------------------------- serial range loops
@@ -151,7 +149,7 @@ def _apply_adam(
     decay_mul,
     amsgrad,
     step_size,
-    bc2_sqrt,
+    inv_bc2_sqrt,
     gs,
 ):
     # One loop per configuration, the flag a constant inside it: branch-free, vectorized.
@@ -172,7 +170,7 @@ def _apply_adam(
                 decay_mul,
                 True,
                 step_size,
-                bc2_sqrt,
+                inv_bc2_sqrt,
                 gs,
             )
     else:
@@ -192,13 +190,15 @@ def _apply_adam(
                 decay_mul,
                 False,
                 step_size,
-                bc2_sqrt,
+                inv_bc2_sqrt,
                 gs,
             )
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _apply_nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, bc2, gs):
+def _apply_nadam(
+    p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, inv_bc2, gs
+):
     for i in range(p.size):
         p[i], m[i], v[i] = _nadam(
             p[i],
@@ -214,7 +214,7 @@ def _apply_nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c
             decay_mul,
             c_g,
             c_m,
-            bc2,
+            inv_bc2,
             gs,
         )
 
@@ -301,7 +301,7 @@ def _multi_adam(
     decay_mul,
     amsgrad,
     step_size,
-    bc2_sqrt,
+    inv_bc2_sqrt,
     gs,
 ):
     for k in prange(tasks.shape[0]):
@@ -322,14 +322,28 @@ def _multi_adam(
             decay_mul,
             amsgrad,
             step_size,
-            bc2_sqrt,
+            inv_bc2_sqrt,
             gs,
         )
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _multi_nadam(
-    table, tasks, chunk, like, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, bc2, gs
+    table,
+    tasks,
+    chunk,
+    like,
+    b1,
+    one_m_b1,
+    b2,
+    one_m_b2,
+    eps,
+    wd_c,
+    decay_mul,
+    c_g,
+    c_m,
+    inv_bc2,
+    gs,
 ):
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
@@ -348,7 +362,7 @@ def _multi_nadam(
             decay_mul,
             c_g,
             c_m,
-            bc2,
+            inv_bc2,
             gs,
         )
 

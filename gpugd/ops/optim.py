@@ -451,7 +451,7 @@ def adam_kernel(
     step, gs = _step(step), _grad_scale(grad_scale)
     amsgrad, decoupled = bool(amsgrad), bool(decoupled)
     step_size = lr / (1 - b1**step)
-    bc2_sqrt = math.sqrt(1 - b2**step)
+    inv_bc2_sqrt = 1 / math.sqrt(1 - b2**step)
     return Kernel(
         "adam",
         {
@@ -459,12 +459,12 @@ def adam_kernel(
             "exp_avg_sq": "",
             "max_exp_avg_sq": " when amsgrad=True" if amsgrad else None,
         },
-        (lr, b1, b2, eps, weight_decay, decoupled, step_size, bc2_sqrt, gs),
+        (lr, b1, b2, eps, weight_decay, decoupled, step_size, inv_bc2_sqrt, gs),
         (
             *_cpu_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled),
             amsgrad,
             step_size,
-            bc2_sqrt,
+            inv_bc2_sqrt,
             gs,
         ),
     )
@@ -529,12 +529,12 @@ def nadam_kernel(
     prod = mu_product * mu
     c_g = lr * (1 - mu) / (1 - prod)
     c_m = lr * mu_next / (1 - prod * mu_next)
-    bc2 = 1 - b2**step
+    inv_bc2 = 1 / (1 - b2**step)
     return Kernel(
         "nadam",
         {"exp_avg": "", "exp_avg_sq": ""},
-        (lr, b1, b2, eps, weight_decay, decoupled, c_g, c_m, bc2, gs),
-        (*_cpu_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), c_g, c_m, bc2, gs),
+        (lr, b1, b2, eps, weight_decay, decoupled, c_g, c_m, inv_bc2, gs),
+        (*_cpu_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), c_g, c_m, inv_bc2, gs),
     )
 
 
