@@ -22,7 +22,8 @@ def float_array(name: str, a: Any, *, writable: bool = False) -> None:
             f"{name}: expected a C-contiguous array (strides {a.strides} for shape "
             f"{a.shape}); pass a contiguous copy"
         )
-    if writable and not a.flags.writeable:
+    # CuPy arrays have no read-only state (their flags lack ``writeable``): always writable.
+    if writable and not getattr(a.flags, "writeable", True):
         raise ValueError(f"{name}: the array is read-only but the op writes into it")
 
 

@@ -155,3 +155,19 @@ def test_import_gpugd_does_not_import_cupy(tmp_path):
         check=True,
     )
     assert out.stdout.strip() == "True"
+
+
+def test_validation_accepts_cupy_style_flags():
+    # CuPy's flags have c_contiguous but no ``writeable`` (its arrays are always writable):
+    # the argument checks must read them the way CuPy exposes them, GPU or not.
+    from types import SimpleNamespace
+
+    from gpugd import _validate
+
+    fake = SimpleNamespace(
+        dtype=np.dtype(np.float32), flags=SimpleNamespace(c_contiguous=True), shape=(3,)
+    )
+    _validate.float_array("p", fake, writable=True)
+    fake.flags.c_contiguous = False
+    with pytest.raises(ValueError, match="p: expected a C-contiguous array"):
+        _validate.float_array("p", SimpleNamespace(**vars(fake), strides=(8,)), writable=True)
