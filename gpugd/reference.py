@@ -37,6 +37,12 @@ def sum_of_squares(x) -> float:
 # the new parameters are returned. ``step`` counts from 1 (this step included).
 
 
+def _grad_in(g, grad_scale, clip_value):
+    """The gradient the rules see: g·grad_scale, clamped to ±clip_value when given."""
+    d = _f64(g) * grad_scale
+    return d if clip_value is None else np.clip(d, -clip_value, clip_value)
+
+
 def sgd(
     p,
     g,
@@ -49,11 +55,12 @@ def sgd(
     nesterov=False,
     step=1,
     grad_scale=1.0,
+    clip_value=None,
 ):
     """torch.optim.SGD: d = g + wd·p; buf = d (first step) or μ·buf + (1−τ)·d;
     d = d + μ·buf (Nesterov) or buf; p ← p − lr·d."""
     p = _f64(p)
-    d = _f64(g) * grad_scale + weight_decay * p
+    d = _grad_in(g, grad_scale, clip_value) + weight_decay * p
     if momentum != 0:
         buf = d.copy() if step == 1 else momentum * state["momentum_buffer"] + (1 - dampening) * d
         state["momentum_buffer"] = buf
@@ -61,10 +68,22 @@ def sgd(
     return p - lr * d
 
 
-def adagrad(p, g, state, *, lr, lr_decay=0.0, weight_decay=0.0, eps=1e-10, step=1, grad_scale=1.0):
+def adagrad(
+    p,
+    g,
+    state,
+    *,
+    lr,
+    lr_decay=0.0,
+    weight_decay=0.0,
+    eps=1e-10,
+    step=1,
+    grad_scale=1.0,
+    clip_value=None,
+):
     """torch.optim.Adagrad: d = g + wd·p; s += d²; p ← p − lr/(1+(t−1)·decay) · d/(√s+ε)."""
     p = _f64(p)
-    d = _f64(g) * grad_scale + weight_decay * p
+    d = _grad_in(g, grad_scale, clip_value) + weight_decay * p
     clr = lr / (1 + (step - 1) * lr_decay)
     state["sum"] = state["sum"] + d * d
     return p - clr * d / (np.sqrt(state["sum"]) + eps)
@@ -82,11 +101,12 @@ def rmsprop(
     momentum=0.0,
     centered=False,
     grad_scale=1.0,
+    clip_value=None,
 ):
     """torch.optim.RMSprop: v = α·v + (1−α)·d²; centered: m̄ = α·m̄ + (1−α)·d, den = √(v−m̄²)+ε,
     else √v+ε; momentum: b = μ·b + d/den, p ← p − lr·b; else p ← p − lr·d/den."""
     p = _f64(p)
-    d = _f64(g) * grad_scale + weight_decay * p
+    d = _grad_in(g, grad_scale, clip_value) + weight_decay * p
     state["square_avg"] = alpha * state["square_avg"] + (1 - alpha) * d * d
     if centered:
         state["grad_avg"] = alpha * state["grad_avg"] + (1 - alpha) * d
@@ -99,11 +119,11 @@ def rmsprop(
     return p - lr * d / den
 
 
-def _adam_moments(p, g, state, lr, b1, b2, weight_decay, decoupled, grad_scale):
+def _adam_moments(p, g, state, lr, b1, b2, weight_decay, decoupled, grad_scale, clip_value):
     """The shared head of Adam and NAdam: weight decay (coupled into d, or decoupled on p),
     then m = β1·m + (1−β1)·d and v = β2·v + (1−β2)·d², in place in ``state``. → (p, d)."""
     p = _f64(p)
-    d = _f64(g) * grad_scale
+    d = _grad_in(g, grad_scale, clip_value)
     if decoupled:
         p = p * (1 - lr * weight_decay)
     else:
@@ -126,11 +146,12 @@ def adam(
     decoupled=False,
     step=1,
     grad_scale=1.0,
+    clip_value=None,
 ):
     """torch.optim.Adam / AdamW (decoupled): m = β1·m + (1−β1)·d; v = β2·v + (1−β2)·d²;
     p ← p − lr/(1−β1^t) · m / (√v̂/√(1−β2^t) + ε), v̂ = v or max(v̂, v) (AMSGrad)."""
     b1, b2 = betas
-    p, _ = _adam_moments(p, g, state, lr, b1, b2, weight_decay, decoupled, grad_scale)
+    p, _ = _adam_moments(p, g, state, lr, b1, b2, weight_decay, decoupled, grad_scale, clip_value)
     v = state["exp_avg_sq"]
     if amsgrad:
         state["max_exp_avg_sq"] = np.maximum(state["max_exp_avg_sq"], v)
@@ -158,12 +179,13 @@ def nadam(
     step=1,
     mu_product=1.0,
     grad_scale=1.0,
+    clip_value=None,
 ):
     """torch.optim.NAdam; ``mu_product`` = Π μ_s over the steps before this one.
     p ← p − lr·(1−μ_t)/(1−Π_t) · d/den − lr·μ_{t+1}/(1−Π_t·μ_{t+1}) · m/den,
     den = √(v/(1−β2^t)) + ε."""
     b1, b2 = betas
-    p, d = _adam_moments(p, g, state, lr, b1, b2, weight_decay, decoupled, grad_scale)
+    p, d = _adam_moments(p, g, state, lr, b1, b2, weight_decay, decoupled, grad_scale, clip_value)
     mu, mu_next = nadam_mu(step, b1, momentum_decay), nadam_mu(step + 1, b1, momentum_decay)
     prod = mu_product * mu
     den = np.sqrt(state["exp_avg_sq"] / (1 - b2**step)) + eps

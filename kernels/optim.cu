@@ -2,8 +2,10 @@
 // One read of p, g and the states, one write of p and the states per element; math in T
 // (fp32 registers for fp32 arrays, fp64 for fp64); scalars that depend only on the step
 // (bias corrections, decayed learning rates) are computed once on the host.
-// Every kernel: g is multiplied by grad_scale before use; when `skip` is non-null and
-// *skip != 0 the kernel returns before touching memory (a skipped, non-finite step).
+// Every kernel: g is multiplied by grad_scale and clamped to ±clip (∞: off) before use, in
+// one place (grad_in), so the rules see the gradient they update with (how norm clipping,
+// value clipping and loss scaling fuse in); when `skip` is non-null and *skip != 0 the
+// kernel returns before touching memory (a skipped, non-finite step).
 // The per-element rule of each optimizer lives once, in the Rule structs below; apply_range
 // runs it over one array (16-byte accesses where every pointer allows), apply_table over
 // many tensors listed in device memory (one launch for a whole model, as Apex's
@@ -15,11 +17,11 @@ namespace gpugd {
 // ---- per-element rules (the shared math) ------------------------------------------------
 
 template <typename T>
-struct SgdRule {  // d = g·s + wd·p; buf = d | μ·buf + (1−τ)·d; d = d + μ·buf | buf; p −= lr·d
-  T lr, wd, momentum, dampening, grad_scale;
+struct SgdRule {  // d = g + wd·p; buf = d | μ·buf + (1−τ)·d; d = d + μ·buf | buf; p −= lr·d
+  T lr, wd, momentum, dampening;
   int nesterov, first, has_buf;
   __device__ __forceinline__ void operator()(T& p, T g, T& buf, T&, T&) const {
-    T d = g * grad_scale + wd * p;
+    T d = g + wd * p;
     if (has_buf) {
       buf = first ? d : momentum * buf + (T(1) - dampening) * d;
       d = nesterov ? d + momentum * buf : buf;
@@ -29,10 +31,10 @@ struct SgdRule {  // d = g·s + wd·p; buf = d | μ·buf + (1−τ)·d; d = d + 
 };
 
 template <typename T>
-struct AdagradRule {  // d = g·s + wd·p; sum += d²; p −= clr·d/(√sum + ε)
-  T clr, wd, eps, grad_scale;
+struct AdagradRule {  // d = g + wd·p; sum += d²; p −= clr·d/(√sum + ε)
+  T clr, wd, eps;
   __device__ __forceinline__ void operator()(T& p, T g, T& sum, T&, T&) const {
-    const T d = g * grad_scale + wd * p;
+    const T d = g + wd * p;
     sum += d * d;
     p -= clr * d / (sqrt(sum) + eps);
   }
@@ -40,10 +42,10 @@ struct AdagradRule {  // d = g·s + wd·p; sum += d²; p −= clr·d/(√sum + �
 
 template <typename T>
 struct RmspropRule {  // v = α·v + (1−α)·d²; den = √(v − m̄²) | √v, + ε; b = μ·b + d/den
-  T lr, alpha, eps, wd, momentum, grad_scale;
+  T lr, alpha, eps, wd, momentum;
   int centered, has_buf;
   __device__ __forceinline__ void operator()(T& p, T g, T& sq, T& gavg, T& buf) const {
-    const T d = g * grad_scale + wd * p;
+    const T d = g + wd * p;
     sq = alpha * sq + (T(1) - alpha) * d * d;
     T den;
     if (centered) {
@@ -65,10 +67,10 @@ struct RmspropRule {  // v = α·v + (1−α)·d²; den = √(v − m̄²) | √
 // (1/√bc2 comes from the host: a multiply, not a second division per element)
 template <typename T>
 struct AdamRule {
-  T lr, beta1, beta2, eps, wd, step_size, inv_bc2_sqrt, grad_scale;
+  T lr, beta1, beta2, eps, wd, step_size, inv_bc2_sqrt;
   int decoupled, amsgrad;
   __device__ __forceinline__ void operator()(T& p, T g, T& m, T& v, T& vmax) const {
-    T d = g * grad_scale;
+    T d = g;
     if (decoupled) p *= T(1) - lr * wd;
     else d += wd * p;
     m = beta1 * m + (T(1) - beta1) * d;
@@ -84,10 +86,10 @@ struct AdamRule {
 
 template <typename T>
 struct NadamRule {  // p −= (c_g·d + c_m·m)/(√(v·(1/bc2)) + ε), c_g, c_m from μ_t, μ_t+1
-  T lr, beta1, beta2, eps, wd, c_g, c_m, inv_bc2, grad_scale;
+  T lr, beta1, beta2, eps, wd, c_g, c_m, inv_bc2;
   int decoupled;
   __device__ __forceinline__ void operator()(T& p, T g, T& m, T& v, T&) const {
-    T d = g * grad_scale;
+    T d = g;
     if (decoupled) p *= T(1) - lr * wd;
     else d += wd * p;
     m = beta1 * m + (T(1) - beta1) * d;
@@ -100,11 +102,29 @@ struct NadamRule {  // p −= (c_g·d + c_m·m)/(√(v·(1/bc2)) + ε), c_g, c_m
 
 // rule over n elements of p, g and up to three states (null: unused), from `start` in steps
 // of `stride`; 16-byte packs when every pointer in use is 16-byte aligned.
-template <typename T, typename Rule>
+template <typename T>
+__device__ __forceinline__ void add_update_stats(T old, T now, double* stats) {
+  const double pn = static_cast<double>(now), dp = pn - static_cast<double>(old);
+  stats[0] += pn * pn;
+  stats[1] += dp * dp;
+}
+
+// The gradient every rule sees: g·s clamped to [−clip, clip] (clip = ∞: off); written so a
+// NaN passes through (it compares false), as torch's clamp does.
+template <typename T>
+__device__ __forceinline__ T grad_in(T g, T grad_scale, T clip) {
+  T d = g * grad_scale;
+  d = d > clip ? clip : d;
+  return d < -clip ? -clip : d;
+}
+
+// With `stats`, also adds Σ p_new² to stats[0] and Σ (p_new − p_old)² to stats[1] (double).
+template <typename T, typename Rule, bool STATS = false>
 __device__ __forceinline__ void apply_range(T* __restrict__ p, const T* __restrict__ g,
                                             T* __restrict__ s0, T* __restrict__ s1,
                                             T* __restrict__ s2, i64 n, i64 start, i64 stride,
-                                            const Rule& rule) {
+                                            T grad_scale, T clip, const Rule& rule,
+                                            double* stats = nullptr) {
   constexpr int W = Pack<T>::width;
   const bool h0 = s0 != nullptr, h1 = s1 != nullptr, h2 = s2 != nullptr;
   i64 done = 0;
@@ -120,7 +140,11 @@ __device__ __forceinline__ void apply_range(T* __restrict__ p, const T* __restri
       if (h1) b = reinterpret_cast<P*>(s1)[i];
       if (h2) c = reinterpret_cast<P*>(s2)[i];
 #pragma unroll
-      for (int k = 0; k < W; ++k) rule(pp.v[k], gp.v[k], a.v[k], b.v[k], c.v[k]);
+      for (int k = 0; k < W; ++k) {
+        const T old = pp.v[k];
+        rule(pp.v[k], grad_in(gp.v[k], grad_scale, clip), a.v[k], b.v[k], c.v[k]);
+        if (STATS) add_update_stats(old, pp.v[k], stats);
+      }
       reinterpret_cast<P*>(p)[i] = pp;
       if (h0) reinterpret_cast<P*>(s0)[i] = a;
       if (h1) reinterpret_cast<P*>(s1)[i] = b;
@@ -130,7 +154,9 @@ __device__ __forceinline__ void apply_range(T* __restrict__ p, const T* __restri
   }
   for (i64 i = done + start; i < n; i += stride) {
     T pv = p[i], a = h0 ? s0[i] : T(0), b = h1 ? s1[i] : T(0), c = h2 ? s2[i] : T(0);
-    rule(pv, g[i], a, b, c);
+    const T old = pv;
+    rule(pv, grad_in(g[i], grad_scale, clip), a, b, c);
+    if (STATS) add_update_stats(old, pv, stats);
     p[i] = pv;
     if (h0) s0[i] = a;
     if (h1) s1[i] = b;
@@ -145,7 +171,9 @@ __device__ __forceinline__ void apply_range(T* __restrict__ p, const T* __restri
 template <typename T, typename Rule>
 __device__ __forceinline__ void apply_table(const i64* __restrict__ table, i64 ntensors,
                                             const i64* __restrict__ chunks, i64 nchunks,
-                                            i64 chunk, const Rule& rule) {
+                                            i64 chunk, T grad_scale, T clip, const Rule& rule,
+                                            double* __restrict__ chunk_stats) {
+  __shared__ double scratch[32];
   for (i64 c = blockIdx.x; c < nchunks; c += gridDim.x) {
     const i64 t = chunks[2 * c], lo = chunks[2 * c + 1];
     const i64 size = table[5 * ntensors + t];
@@ -156,7 +184,23 @@ __device__ __forceinline__ void apply_table(const i64* __restrict__ table, i64 n
       const i64 a = table[r * ntensors + t];
       at[r] = a ? reinterpret_cast<T*>(a) + lo : nullptr;
     }
-    apply_range<T>(at[0], at[1], at[2], at[3], at[4], n, threadIdx.x, blockDim.x, rule);
+    if (chunk_stats == nullptr) {
+      apply_range<T, Rule, false>(at[0], at[1], at[2], at[3], at[4], n, threadIdx.x,
+                                  blockDim.x, grad_scale, clip, rule);
+      continue;
+    }
+    // Monitoring: this chunk's Σ p_new² and Σ Δp², fixed-order block sums, no atomics.
+    double st[2] = {0.0, 0.0};
+    apply_range<T, Rule, true>(at[0], at[1], at[2], at[3], at[4], n, threadIdx.x, blockDim.x,
+                               grad_scale, clip, rule, st);
+    const double pn = block_sum(st[0], scratch);
+    __syncthreads();
+    const double dp = block_sum(st[1], scratch);
+    if (threadIdx.x == 0) {
+      chunk_stats[2 * c] = pn;
+      chunk_stats[2 * c + 1] = dp;
+    }
+    __syncthreads();
   }
 }
 
@@ -166,50 +210,48 @@ __device__ __forceinline__ void apply_table(const i64* __restrict__ table, i64 n
 // Both take the same scalars; h0, h1, h2 say which states are in use (non-null), for the
 // rules whose configuration follows from that. A non-zero *skip returns before any access.
 
-#define GPUGD_OPTIM_ENTRIES(NAME, T, SFX, RULE, ...)                                            \
-  extern "C" __global__ void gpugd_optim_##NAME##_##SFX(T* p, const T* g, T* s0, T* s1,         \
-                                                        T* s2, i64 n, __VA_ARGS__,              \
-                                                        const int* skip) {                      \
+#define GPUGD_OPTIM_ENTRIES(NAME, T, SFX, RULE, ...)                                           \
+  extern "C" __global__ void gpugd_optim_##NAME##_##SFX(T* p, const T* g, T* s0, T* s1, T* s2,  \
+                                                        i64 n, __VA_ARGS__, T grad_scale,       \
+                                                        T clip, const int* skip) {              \
     if (skip != nullptr && *skip != 0) return;                                                  \
     const bool h0 = s0 != nullptr, h1 = s1 != nullptr, h2 = s2 != nullptr;                      \
     (void)h0, (void)h1, (void)h2;                                                               \
     const auto rule = RULE;                                                                     \
     gpugd::apply_range<T>(p, g, s0, s1, s2, n, gpugd::grid_start(), gpugd::grid_stride(),       \
-                          rule);                                                                \
+                          grad_scale, clip, rule);                                              \
   }                                                                                             \
   extern "C" __global__ void gpugd_optim_##NAME##_multi_##SFX(                                  \
       const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, __VA_ARGS__,   \
-      const int* skip) {                                                                        \
+      T grad_scale, T clip, const int* skip, double* chunk_stats) {                             \
     if (skip != nullptr && *skip != 0) return;                                                  \
     const bool h0 = table[2 * ntensors] != 0, h1 = table[3 * ntensors] != 0,                    \
                h2 = table[4 * ntensors] != 0;                                                   \
     (void)h0, (void)h1, (void)h2;                                                               \
     const auto rule = RULE;                                                                     \
-    gpugd::apply_table<T>(table, ntensors, chunks, nchunks, chunk, rule);                       \
+    gpugd::apply_table<T>(table, ntensors, chunks, nchunks, chunk, grad_scale, clip, rule,      \
+                          chunk_stats);                                                         \
   }
 
 #define GPUGD_OPTIM_KERNELS(T, SFX)                                                             \
   GPUGD_OPTIM_ENTRIES(sgd, T, SFX,                                                              \
-                      (gpugd::SgdRule<T>{lr, wd, momentum, dampening, grad_scale, nesterov,     \
-                                         first, h0}),                                           \
-                      T lr, T wd, T momentum, T dampening, int nesterov, int first,             \
-                      T grad_scale)                                                             \
-  GPUGD_OPTIM_ENTRIES(adagrad, T, SFX, (gpugd::AdagradRule<T>{clr, wd, eps, grad_scale}),       \
-                      T clr, T wd, T eps, T grad_scale)                                         \
+                      (gpugd::SgdRule<T>{lr, wd, momentum, dampening, nesterov, first, h0}),    \
+                      T lr, T wd, T momentum, T dampening, int nesterov, int first)             \
+  GPUGD_OPTIM_ENTRIES(adagrad, T, SFX, (gpugd::AdagradRule<T>{clr, wd, eps}), T clr, T wd,      \
+                      T eps)                                                                    \
   GPUGD_OPTIM_ENTRIES(rmsprop, T, SFX,                                                          \
-                      (gpugd::RmspropRule<T>{lr, alpha, eps, wd, momentum, grad_scale, h1,      \
-                                             h2}),                                              \
-                      T lr, T alpha, T eps, T wd, T momentum, T grad_scale)                     \
+                      (gpugd::RmspropRule<T>{lr, alpha, eps, wd, momentum, h1, h2}), T lr,      \
+                      T alpha, T eps, T wd, T momentum)                                         \
   GPUGD_OPTIM_ENTRIES(adam, T, SFX,                                                             \
                       (gpugd::AdamRule<T>{lr, beta1, beta2, eps, wd, step_size, inv_bc2_sqrt,   \
-                                          grad_scale, decoupled, h2}),                          \
+                                          decoupled, h2}),                                      \
                       T lr, T beta1, T beta2, T eps, T wd, int decoupled, T step_size,          \
-                      T inv_bc2_sqrt, T grad_scale)                                             \
+                      T inv_bc2_sqrt)                                                           \
   GPUGD_OPTIM_ENTRIES(nadam, T, SFX,                                                            \
                       (gpugd::NadamRule<T>{lr, beta1, beta2, eps, wd, c_g, c_m, inv_bc2,        \
-                                           grad_scale, decoupled}),                             \
+                                           decoupled}),                                         \
                       T lr, T beta1, T beta2, T eps, T wd, int decoupled, T c_g, T c_m,         \
-                      T inv_bc2, T grad_scale)
+                      T inv_bc2)
 
 GPUGD_OPTIM_KERNELS(float, f32)
 GPUGD_OPTIM_KERNELS(double, f64)

@@ -28,8 +28,8 @@ from .vector import CHUNK, PARALLEL_MIN
 
 
 @njit(inline="always", error_model="numpy")
-def _sgd(p, g, buf, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs):
-    d = g * gs + wd * p
+def _sgd(p, g, buf, lr, wd, mom, one_m_damp, nesterov, first, has_buf):
+    d = g + wd * p
     if has_buf:
         buf = d if first else mom * buf + one_m_damp * d
         d = d + mom * buf if nesterov else buf
@@ -37,15 +37,15 @@ def _sgd(p, g, buf, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs):
 
 
 @njit(inline="always", error_model="numpy")
-def _adagrad(p, g, acc, clr, wd, eps, gs):
-    d = g * gs + wd * p
+def _adagrad(p, g, acc, clr, wd, eps):
+    d = g + wd * p
     acc = acc + d * d
     return p - clr * d / (np.sqrt(acc) + eps), acc
 
 
 @njit(inline="always", error_model="numpy")
-def _rmsprop(p, g, sq, gavg, buf, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf, gs):
-    d = g * gs + wd * p
+def _rmsprop(p, g, sq, gavg, buf, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf):
+    d = g + wd * p
     sq = alpha * sq + one_m_alpha * d * d
     if centered:
         gavg = alpha * gavg + one_m_alpha * d
@@ -75,12 +75,11 @@ def _adam(
     amsgrad,
     step_size,
     inv_bc2_sqrt,
-    gs,
 ):
     # Weight decay without a branch: coupled (Adam) has wd_c = wd, decay_mul = 1; decoupled
     # (AdamW) has wd_c = 0, decay_mul = 1 − lr·wd. Both reduce exactly to the CUDA rule.
     p = p * decay_mul
-    d = g * gs + wd_c * p
+    d = g + wd_c * p
     m = b1 * m + one_m_b1 * d
     v = b2 * v + one_m_b2 * d * d
     vh = v
@@ -91,9 +90,9 @@ def _adam(
 
 
 @njit(inline="always", error_model="numpy")
-def _nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, inv_bc2, gs):
+def _nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, inv_bc2):
     p = p * decay_mul  # weight decay as in _adam: coupled or decoupled without a branch
-    d = g * gs + wd_c * p
+    d = g + wd_c * p
     m = b1 * m + one_m_b1 * d
     v = b2 * v + one_m_b2 * d * d
     return p - (c_g * d + c_m * m) / (np.sqrt(v * inv_bc2) + eps), m, v
@@ -102,30 +101,53 @@ def _nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_
 # ---------------------------------------------------------------- serial range loops
 
 
+@njit(inline="always", error_model="numpy")
+def _grad(g, gs, clip):
+    """The gradient a rule sees: g·s clamped to [−clip, clip] (clip = ∞: off). Written so
+    NaN passes through (a NaN compares False), as torch's clamp does."""
+    d = g * gs
+    d = clip if d > clip else d
+    return -clip if d < -clip else d
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def _apply_sgd(p, g, buf, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs):
+def _apply_sgd(p, g, buf, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs, clip):
     for i in range(p.size):
         b = buf[i] if has_buf else buf[0]
-        p[i], b = _sgd(p[i], g[i], b, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs)
+        p[i], b = _sgd(
+            p[i], _grad(g[i], gs, clip), b, lr, wd, mom, one_m_damp, nesterov, first, has_buf
+        )
         if has_buf:
             buf[i] = b
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _apply_adagrad(p, g, acc, clr, wd, eps, gs):
+def _apply_adagrad(p, g, acc, clr, wd, eps, gs, clip):
     for i in range(p.size):
-        p[i], acc[i] = _adagrad(p[i], g[i], acc[i], clr, wd, eps, gs)
+        p[i], acc[i] = _adagrad(p[i], _grad(g[i], gs, clip), acc[i], clr, wd, eps)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _apply_rmsprop(
-    p, g, sq, gavg, buf, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf, gs
+    p, g, sq, gavg, buf, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf, gs, clip
 ):
     for i in range(p.size):
         ga = gavg[i] if centered else gavg[0]
         b = buf[i] if has_buf else buf[0]
         p[i], sq[i], ga, b = _rmsprop(
-            p[i], g[i], sq[i], ga, b, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf, gs
+            p[i],
+            _grad(g[i], gs, clip),
+            sq[i],
+            ga,
+            b,
+            lr,
+            alpha,
+            one_m_alpha,
+            eps,
+            wd,
+            mom,
+            centered,
+            has_buf,
         )
         if centered:
             gavg[i] = ga
@@ -151,13 +173,14 @@ def _apply_adam(
     step_size,
     inv_bc2_sqrt,
     gs,
+    clip,
 ):
     # One loop per configuration, the flag a constant inside it: branch-free, vectorized.
     if amsgrad:
         for i in range(p.size):
             p[i], m[i], v[i], vmax[i] = _adam(
                 p[i],
-                g[i],
+                _grad(g[i], gs, clip),
                 m[i],
                 v[i],
                 vmax[i],
@@ -171,13 +194,12 @@ def _apply_adam(
                 True,
                 step_size,
                 inv_bc2_sqrt,
-                gs,
             )
     else:
         for i in range(p.size):
             p[i], m[i], v[i], _ = _adam(
                 p[i],
-                g[i],
+                _grad(g[i], gs, clip),
                 m[i],
                 v[i],
                 v[i],
@@ -191,18 +213,17 @@ def _apply_adam(
                 False,
                 step_size,
                 inv_bc2_sqrt,
-                gs,
             )
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _apply_nadam(
-    p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, inv_bc2, gs
+    p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, inv_bc2, gs, clip
 ):
     for i in range(p.size):
         p[i], m[i], v[i] = _nadam(
             p[i],
-            g[i],
+            _grad(g[i], gs, clip),
             m[i],
             v[i],
             b1,
@@ -215,23 +236,54 @@ def _apply_nadam(
             c_g,
             c_m,
             inv_bc2,
-            gs,
         )
 
 
 # ---------------------------------------------------------------- tensor-table drivers
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _update_stats(p, old):
+    """Σ p_new² and Σ (p_new − p_old)² of a chunk that is still in cache (float64)."""
+    pn = dp = 0.0
+    for i in range(p.size):
+        a = np.float64(p[i])
+        d = a - np.float64(old[i])
+        pn += a * a
+        dp += d * d
+    return pn, dp
+
+
 # One prange over the chunk tasks of every tensor in the table (a whole model, or one large
 # array split into CHUNK-element tasks): the mirror of the CUDA apply_table. An unused
 # state's table entry is 0 and comes back as the 1-element dummy ``like``.
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _multi_sgd(table, tasks, chunk, like, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs):
+def _multi_sgd(
+    table,
+    tasks,
+    chunk,
+    like,
+    stats,
+    want_stats,
+    lr,
+    wd,
+    mom,
+    one_m_damp,
+    nesterov,
+    first,
+    has_buf,
+    gs,
+    clip,
+):
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
+        p = entry(table, 0, t, lo, n, like)
+        old = p.copy() if want_stats else like
         _apply_sgd(
-            entry(table, 0, t, lo, n, like),
+            p,
             entry(table, 1, t, lo, n, like),
             entry(table, 2, t, lo, n, like),
             lr,
@@ -242,34 +294,59 @@ def _multi_sgd(table, tasks, chunk, like, lr, wd, mom, one_m_damp, nesterov, fir
             first,
             has_buf,
             gs,
+            clip,
         )
+        if want_stats:
+            stats[k, 0], stats[k, 1] = _update_stats(p, old)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _multi_adagrad(table, tasks, chunk, like, clr, wd, eps, gs):
+def _multi_adagrad(table, tasks, chunk, like, stats, want_stats, clr, wd, eps, gs, clip):
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
+        p = entry(table, 0, t, lo, n, like)
+        old = p.copy() if want_stats else like
         _apply_adagrad(
-            entry(table, 0, t, lo, n, like),
+            p,
             entry(table, 1, t, lo, n, like),
             entry(table, 2, t, lo, n, like),
             clr,
             wd,
             eps,
             gs,
+            clip,
         )
+        if want_stats:
+            stats[k, 0], stats[k, 1] = _update_stats(p, old)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def _multi_rmsprop(
-    table, tasks, chunk, like, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf, gs
+    table,
+    tasks,
+    chunk,
+    like,
+    stats,
+    want_stats,
+    lr,
+    alpha,
+    one_m_alpha,
+    eps,
+    wd,
+    mom,
+    centered,
+    has_buf,
+    gs,
+    clip,
 ):
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
+        p = entry(table, 0, t, lo, n, like)
+        old = p.copy() if want_stats else like
         _apply_rmsprop(
-            entry(table, 0, t, lo, n, like),
+            p,
             entry(table, 1, t, lo, n, like),
             entry(table, 2, t, lo, n, like),
             entry(table, 3, t, lo, n, like),
@@ -283,7 +360,10 @@ def _multi_rmsprop(
             centered,
             has_buf,
             gs,
+            clip,
         )
+        if want_stats:
+            stats[k, 0], stats[k, 1] = _update_stats(p, old)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -292,6 +372,8 @@ def _multi_adam(
     tasks,
     chunk,
     like,
+    stats,
+    want_stats,
     b1,
     one_m_b1,
     b2,
@@ -303,12 +385,15 @@ def _multi_adam(
     step_size,
     inv_bc2_sqrt,
     gs,
+    clip,
 ):
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
+        p = entry(table, 0, t, lo, n, like)
+        old = p.copy() if want_stats else like
         _apply_adam(
-            entry(table, 0, t, lo, n, like),
+            p,
             entry(table, 1, t, lo, n, like),
             entry(table, 2, t, lo, n, like),
             entry(table, 3, t, lo, n, like),
@@ -324,7 +409,10 @@ def _multi_adam(
             step_size,
             inv_bc2_sqrt,
             gs,
+            clip,
         )
+        if want_stats:
+            stats[k, 0], stats[k, 1] = _update_stats(p, old)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -333,6 +421,8 @@ def _multi_nadam(
     tasks,
     chunk,
     like,
+    stats,
+    want_stats,
     b1,
     one_m_b1,
     b2,
@@ -344,12 +434,15 @@ def _multi_nadam(
     c_m,
     inv_bc2,
     gs,
+    clip,
 ):
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
+        p = entry(table, 0, t, lo, n, like)
+        old = p.copy() if want_stats else like
         _apply_nadam(
-            entry(table, 0, t, lo, n, like),
+            p,
             entry(table, 1, t, lo, n, like),
             entry(table, 2, t, lo, n, like),
             entry(table, 3, t, lo, n, like),
@@ -364,8 +457,13 @@ def _multi_nadam(
             c_m,
             inv_bc2,
             gs,
+            clip,
         )
+        if want_stats:
+            stats[k, 0], stats[k, 1] = _update_stats(p, old)
 
+
+_NO_STATS = np.zeros((1, 2), np.float64)
 
 _DRIVERS = {
     "sgd": (_apply_sgd, _multi_sgd),
@@ -386,13 +484,18 @@ def run(rule: str, p: np.ndarray, g: np.ndarray, states: list, scalars: tuple) -
         serial(p, g, *(dummy if s is None else s for s in states), *scalars)
         return
     table = layout.build([[p], [g], *([s] if s is not None else None for s in states)], address)
-    multi(table, layout.tasks([p.size], CHUNK), CHUNK, dummy, *scalars)
+    multi(table, layout.tasks([p.size], CHUNK), CHUNK, dummy, _NO_STATS, False, *scalars)
 
 
-def run_table(rule: str, table: np.ndarray, tasks: np.ndarray, like: np.ndarray, *scalars) -> None:
+def run_table(
+    rule: str, table: np.ndarray, tasks: np.ndarray, like: np.ndarray, *scalars, stats=None
+) -> None:
     """Apply ``rule`` to every tensor of a table (``gpugd._tensor_table``): one parallel
-    region for all. ``like``: a 1-element array of the tensors' dtype."""
-    _DRIVERS[rule][1](table, tasks, CHUNK, like, *scalars)
+    region for all. ``like``: a 1-element array of the tensors' dtype. ``stats``: a float64
+    (n_tasks, 2) array to receive each task's Σ p_new² and Σ Δp² (for monitoring)."""
+    want = stats is not None
+    out = stats if want else _NO_STATS
+    _DRIVERS[rule][1](table, tasks, CHUNK, like, out, want, *scalars)
 
 
 def address(a: np.ndarray) -> int:

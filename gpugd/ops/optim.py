@@ -102,34 +102,52 @@ class Tensors:
             if end > reach:
                 reach, owner = end, name
 
-    def launch(self, rule: str, cuda_scalars: tuple, cpu_scalars: tuple, skip_if: Any) -> None:
-        """Run ``rule`` over every tensor: one kernel launch (or one parallel region)."""
+    def launch(
+        self, rule: str, cuda_scalars: tuple, cpu_scalars: tuple, skip_if: Any, stats: bool = False
+    ) -> Any:
+        """Run ``rule`` over every tensor: one kernel launch (or one parallel region). With
+        ``stats`` (lists only) return per tensor [Σ p_new², Σ (p_new − p_old)²] (float64,
+        shape (T, 2), on the arrays' backend), summed in the same pass; else None."""
+        if stats and not self.multi:
+            raise ValueError("stats: update statistics need the multi-tensor (list) path")
         if not sum(self.sizes):
-            return
+            return self._zero_stats() if stats else None
         t = self.dtype.type
         if self.backend == "cpu":
             if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
-                return
-            self._launch_cpu(rule, tuple(_cpu_value(x, t) for x in cpu_scalars))
-        else:
-            self._launch_cuda(rule, tuple(_cuda_value(x, t) for x in cuda_scalars), skip_if)
+                return None
+            return self._launch_cpu(rule, tuple(_cpu_value(x, t) for x in cpu_scalars), stats)
+        return self._launch_cuda(
+            rule, tuple(_cuda_value(x, t) for x in cuda_scalars), skip_if, stats
+        )
 
-    def _launch_cpu(self, rule: str, scalars: tuple) -> None:
+    def _zero_stats(self) -> Any:
+        if self.backend == "cpu":
+            return np.zeros((len(self.sizes), 2))
+        import cupy
+
+        return cupy.zeros((len(self.sizes), 2))
+
+    def _launch_cpu(self, rule: str, scalars: tuple, stats: bool) -> Any:
         from .._cpu import optim as k
+        from .._cpu import reduce as kr
 
         if not self.multi:
             flat = [None if r is None else r[0].reshape(-1) for r in self.rows]
             k.run(rule, flat[0], flat[1], flat[2:], scalars)
-            return
+            return None
         if self._prepared is None:
             self._prepared = (
                 layout.build(self.rows, k.address),
                 layout.tasks(self.sizes, k.CHUNK),
                 np.zeros(1, self.dtype),
             )
-        k.run_table(rule, *self._prepared, *scalars)
+        table, tasks, like = self._prepared
+        out = np.empty((tasks.shape[0], 2)) if stats else None
+        k.run_table(rule, table, tasks, like, *scalars, stats=out)
+        return kr.finish(tasks, out, len(self.sizes))[0] if stats else None
 
-    def _launch_cuda(self, rule: str, scalars: tuple, skip_if: Any) -> None:
+    def _launch_cuda(self, rule: str, scalars: tuple, skip_if: Any, stats: bool) -> Any:
         from .. import _cuda
 
         null = np.uint64(0)
@@ -140,27 +158,45 @@ class Tensors:
             states += [null] * (3 - len(states))
             args = (p, g, *states, np.int64(p.size), *scalars, skip)
             _cuda.launch("optim", f"gpugd_optim_{rule}_{sfx}", p.size, args)
-            return
-        if self._prepared is None:
-            import cupy
+            return None
+        import cupy
 
+        if self._prepared is None:
             chunks = layout.tasks(self.sizes, CUDA_CHUNK)
+            counts = -(-np.asarray(self.sizes, np.int64) // CUDA_CHUNK)
+            first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             table = layout.build(self.rows, lambda a: a.data.ptr)
-            self._prepared = (cupy.asarray(table), cupy.asarray(chunks), len(chunks))
-        table, chunks, nchunks = self._prepared
+            self._prepared = (
+                cupy.asarray(table),
+                cupy.asarray(chunks),
+                len(chunks),
+                cupy.asarray(first),
+            )
+        table, chunks, nchunks, first = self._prepared
+        ntensors = len(self.sizes)
+        chunk_stats = cupy.zeros((nchunks, 2), cupy.float64) if stats else None
         args = (
             table,
-            np.int64(len(self.sizes)),
+            np.int64(ntensors),
             chunks,
             np.int64(nchunks),
             np.int64(CUDA_CHUNK),
             *scalars,
             skip,
+            chunk_stats if stats else null,
         )
         blocks = max(1, min(nchunks, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
         _cuda.get_kernel("optim", f"gpugd_optim_{rule}_multi_{sfx}")(
             (blocks,), (_cuda.THREADS,), args
         )
+        if not stats:
+            return None
+        per = cupy.empty((ntensors, 2), cupy.float64)
+        total = cupy.empty(2, cupy.float64)
+        _cuda.get_kernel("reduce", "gpugd_reduce_stats_finish")(
+            (1,), (256,), (first, np.int64(ntensors), chunk_stats, np.int32(2), per, total, null)
+        )
+        return per
 
 
 def _cpu_value(x: Any, t: Any) -> Any:
@@ -217,6 +253,16 @@ def _grad_scale(grad_scale: Any) -> float:
     return x
 
 
+def _clip_value(clip_value: Any) -> float:
+    """``None`` (off: ∞) or a positive finite bound for |g·grad_scale|."""
+    if clip_value is None:
+        return math.inf
+    x = v.real_scalar("clip_value", clip_value)
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"clip_value: expected a finite value > 0 or None, got {clip_value!r}")
+    return x
+
+
 def _skip_flag(skip_if: Any, be: str) -> Any:
     if skip_if is None:
         return None
@@ -250,6 +296,8 @@ class Kernel(NamedTuple):
     states: dict[str, str | None]
     cuda: tuple
     cpu: tuple
+    grad_scale: float = 1.0
+    clip: float = math.inf
 
     def tensors(self, p: Any, g: Any, given: dict[str, Any]) -> Tensors:
         """Validate p, g and the states this configuration uses (others are ignored)."""
@@ -260,9 +308,12 @@ class Kernel(NamedTuple):
             p, g, {n: given.get(n) if w is not None else None for n, w in self.states.items()}
         )
 
-    def launch(self, tensors: Tensors, skip_if: Any = None) -> None:
+    def launch(self, tensors: Tensors, skip_if: Any = None, stats: bool = False) -> Any:
+        """Run on ``tensors``; with ``stats`` return their per-tensor update statistics
+        (``Tensors.launch``)."""
         skip_if = _skip_flag(skip_if, tensors.backend)
-        tensors.launch(self.rule, self.cuda, self.cpu, skip_if)
+        tail = (self.grad_scale, self.clip)
+        return tensors.launch(self.rule, self.cuda + tail, self.cpu + tail, skip_if, stats)
 
 
 def _apply(kernel: Kernel, p: Any, g: Any, given: dict[str, Any], skip_if: Any) -> Any:
@@ -279,6 +330,7 @@ def sgd_kernel(
     nesterov: bool = False,
     step: int = 1,
     grad_scale: float = 1.0,
+    clip_value: float | None = None,
 ) -> Kernel:
     """The SGD update of ``sgd_`` for these hyperparameters (validated)."""
     lr = _hyper("lr", lr)
@@ -286,14 +338,17 @@ def sgd_kernel(
     dampening = _hyper("dampening", dampening, 0.0, 1.0, hi_open=False)
     weight_decay = _hyper("weight_decay", weight_decay)
     step, gs = _step(step), _grad_scale(grad_scale)
+    clip = _clip_value(clip_value)
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("nesterov: requires momentum > 0 and dampening = 0 (as torch.optim.SGD)")
     has_buf, first, nesterov = momentum != 0, step == 1, bool(nesterov)
     return Kernel(
         "sgd",
         {"momentum_buffer": " when momentum != 0" if has_buf else None},
-        (lr, weight_decay, momentum, dampening, nesterov, first, gs),
-        (lr, weight_decay, momentum, 1 - dampening, nesterov, first, has_buf, gs),
+        (lr, weight_decay, momentum, dampening, nesterov, first),
+        (lr, weight_decay, momentum, 1 - dampening, nesterov, first, has_buf),
+        gs,
+        clip,
     )
 
 
@@ -309,6 +364,7 @@ def sgd_(
     nesterov: bool = False,
     step: int = 1,
     grad_scale: float = 1.0,
+    clip_value: float | None = None,
     skip_if: Any = None,
 ) -> Any:
     """torch.optim.SGD, fused: d = s·g + wd·p; with momentum μ: buf = d on step 1, else
@@ -321,6 +377,7 @@ def sgd_(
         nesterov=nesterov,
         step=step,
         grad_scale=grad_scale,
+        clip_value=clip_value,
     )
     return _apply(k, p, g, {"momentum_buffer": momentum_buffer}, skip_if)
 
@@ -333,6 +390,7 @@ def adagrad_kernel(
     eps: float = 1e-10,
     step: int = 1,
     grad_scale: float = 1.0,
+    clip_value: float | None = None,
 ) -> Kernel:
     """The Adagrad update of ``adagrad_`` for these hyperparameters (validated)."""
     lr = _hyper("lr", lr)
@@ -340,8 +398,9 @@ def adagrad_kernel(
     weight_decay = _hyper("weight_decay", weight_decay)
     eps = _hyper("eps", eps, lo_open=True)
     step, gs = _step(step), _grad_scale(grad_scale)
-    sc = (lr / (1 + (step - 1) * lr_decay), weight_decay, eps, gs)
-    return Kernel("adagrad", {"state_sum": ""}, sc, sc)
+    clip = _clip_value(clip_value)
+    sc = (lr / (1 + (step - 1) * lr_decay), weight_decay, eps)
+    return Kernel("adagrad", {"state_sum": ""}, sc, sc, gs, clip)
 
 
 def adagrad_(
@@ -355,6 +414,7 @@ def adagrad_(
     eps: float = 1e-10,
     step: int = 1,
     grad_scale: float = 1.0,
+    clip_value: float | None = None,
     skip_if: Any = None,
 ) -> Any:
     """torch.optim.Adagrad, fused: d = s·g + wd·p; sum += d²;
@@ -366,6 +426,7 @@ def adagrad_(
         eps=eps,
         step=step,
         grad_scale=grad_scale,
+        clip_value=clip_value,
     )
     return _apply(k, p, g, {"state_sum": state_sum}, skip_if)
 
@@ -379,6 +440,7 @@ def rmsprop_kernel(
     momentum: float = 0.0,
     centered: bool = False,
     grad_scale: float = 1.0,
+    clip_value: float | None = None,
 ) -> Kernel:
     """The RMSprop update of ``rmsprop_`` for these hyperparameters (validated)."""
     lr = _hyper("lr", lr)
@@ -387,6 +449,7 @@ def rmsprop_kernel(
     weight_decay = _hyper("weight_decay", weight_decay)
     momentum = _hyper("momentum", momentum)
     gs = _grad_scale(grad_scale)
+    clip = _clip_value(clip_value)
     has_buf, centered = momentum > 0, bool(centered)
     return Kernel(
         "rmsprop",
@@ -395,8 +458,10 @@ def rmsprop_kernel(
             "grad_avg": " when centered=True" if centered else None,
             "momentum_buffer": " when momentum > 0" if has_buf else None,
         },
-        (lr, alpha, eps, weight_decay, momentum, gs),
-        (lr, alpha, 1 - alpha, eps, weight_decay, momentum, centered, has_buf, gs),
+        (lr, alpha, eps, weight_decay, momentum),
+        (lr, alpha, 1 - alpha, eps, weight_decay, momentum, centered, has_buf),
+        gs,
+        clip,
     )
 
 
@@ -414,6 +479,7 @@ def rmsprop_(
     momentum: float = 0.0,
     centered: bool = False,
     grad_scale: float = 1.0,
+    clip_value: float | None = None,
     skip_if: Any = None,
 ) -> Any:
     """torch.optim.RMSprop, fused: v = α·v + (1−α)·d²; centered: m̄ = α·m̄ + (1−α)·d and
@@ -427,6 +493,7 @@ def rmsprop_(
         momentum=momentum,
         centered=centered,
         grad_scale=grad_scale,
+        clip_value=clip_value,
     )
     given = {"square_avg": square_avg, "grad_avg": grad_avg, "momentum_buffer": momentum_buffer}
     return _apply(k, p, g, given, skip_if)
@@ -442,6 +509,7 @@ def adam_kernel(
     decoupled: bool = False,
     step: int = 1,
     grad_scale: float = 1.0,
+    clip_value: float | None = None,
 ) -> Kernel:
     """The Adam/AdamW update of ``adam_`` for these hyperparameters (validated)."""
     lr = _hyper("lr", lr)
@@ -449,6 +517,7 @@ def adam_kernel(
     eps = _hyper("eps", eps, lo_open=True)
     weight_decay = _hyper("weight_decay", weight_decay)
     step, gs = _step(step), _grad_scale(grad_scale)
+    clip = _clip_value(clip_value)
     amsgrad, decoupled = bool(amsgrad), bool(decoupled)
     step_size = lr / (1 - b1**step)
     inv_bc2_sqrt = 1 / math.sqrt(1 - b2**step)
@@ -459,14 +528,15 @@ def adam_kernel(
             "exp_avg_sq": "",
             "max_exp_avg_sq": " when amsgrad=True" if amsgrad else None,
         },
-        (lr, b1, b2, eps, weight_decay, decoupled, step_size, inv_bc2_sqrt, gs),
+        (lr, b1, b2, eps, weight_decay, decoupled, step_size, inv_bc2_sqrt),
         (
             *_cpu_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled),
             amsgrad,
             step_size,
             inv_bc2_sqrt,
-            gs,
         ),
+        gs,
+        clip,
     )
 
 
@@ -485,6 +555,7 @@ def adam_(
     decoupled: bool = False,
     step: int = 1,
     grad_scale: float = 1.0,
+    clip_value: float | None = None,
     skip_if: Any = None,
 ) -> Any:
     """torch.optim.Adam; AdamW with ``decoupled=True`` (p ← p·(1 − lr·wd) first, instead of
@@ -499,6 +570,7 @@ def adam_(
         decoupled=decoupled,
         step=step,
         grad_scale=grad_scale,
+        clip_value=clip_value,
     )
     given = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "max_exp_avg_sq": max_exp_avg_sq}
     return _apply(k, p, g, given, skip_if)
@@ -515,6 +587,7 @@ def nadam_kernel(
     step: int = 1,
     mu_product: float = 1.0,
     grad_scale: float = 1.0,
+    clip_value: float | None = None,
 ) -> Kernel:
     """The NAdam update of ``nadam_`` for these hyperparameters (validated)."""
     lr = _hyper("lr", lr)
@@ -524,6 +597,7 @@ def nadam_kernel(
     momentum_decay = _hyper("momentum_decay", momentum_decay)
     mu_product = _hyper("mu_product", mu_product, 0.0, 1.0, lo_open=True, hi_open=False)
     step, gs = _step(step), _grad_scale(grad_scale)
+    clip = _clip_value(clip_value)
     decoupled = bool(decoupled)
     mu, mu_next = nadam_mu(step, b1, momentum_decay), nadam_mu(step + 1, b1, momentum_decay)
     prod = mu_product * mu
@@ -533,8 +607,10 @@ def nadam_kernel(
     return Kernel(
         "nadam",
         {"exp_avg": "", "exp_avg_sq": ""},
-        (lr, b1, b2, eps, weight_decay, decoupled, c_g, c_m, inv_bc2, gs),
-        (*_cpu_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), c_g, c_m, inv_bc2, gs),
+        (lr, b1, b2, eps, weight_decay, decoupled, c_g, c_m, inv_bc2),
+        (*_cpu_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), c_g, c_m, inv_bc2),
+        gs,
+        clip,
     )
 
 
@@ -553,6 +629,7 @@ def nadam_(
     step: int = 1,
     mu_product: float = 1.0,
     grad_scale: float = 1.0,
+    clip_value: float | None = None,
     skip_if: Any = None,
 ) -> Any:
     """torch.optim.NAdam. ``mu_product``: Π μ_s over the steps *before* this one (1.0 at
@@ -569,5 +646,6 @@ def nadam_(
         step=step,
         mu_product=mu_product,
         grad_scale=grad_scale,
+        clip_value=clip_value,
     )
     return _apply(k, p, g, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, skip_if)

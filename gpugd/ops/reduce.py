@@ -1,0 +1,219 @@
+"""Gradient statistics and clipping: ``tensor_norms``, ``global_norm``,
+``clip_by_global_norm_``, ``clip_by_norm_``, ``clip_by_value_``.
+
+One read-only pass over one array or a list of arrays gives, per tensor, Σ x² (float64),
+the count of non-finite elements and the count of exact zeros, and from them the global L2
+norm and a non-finite flag. Deterministic: two stages without atomics on the GPU, fixed
+chunks summed in order on the CPU (``kernels/reduce.cu``, ``gpugd/_cpu/reduce.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .. import _tensor_table as layout
+from .. import _validate as v
+
+CUDA_KERNELS = (
+    "gpugd_reduce_stats_partial_f32",
+    "gpugd_reduce_stats_partial_f64",
+    "gpugd_reduce_stats_finish",
+)
+CHUNK = 1 << 16  # elements per chunk task, both backends
+FINISH_THREADS = 256
+TORCH_EPS = 1e-6  # torch's clip_grad_norm_: coefficient max_norm / (norm + 1e-6)
+
+
+class GradStats(NamedTuple):
+    """What one pass over the tensors gives. On the GPU every field is a CuPy array (no
+    host synchronization); on the CPU NumPy values."""
+
+    norm: Any  # global L2 norm, float64 (0-d)
+    norms: Any  # per-tensor L2 norms, float64 (T,)
+    nonfinite: Any  # True when any element is NaN or ±Inf (0-d bool)
+    nonfinite_counts: Any  # per tensor, int64 (T,)
+    zero_counts: Any  # per tensor, int64 (T,)
+    flag: Any  # int32 (1,): 1 when non-finite — the ``skip_if`` of the update kernels
+
+
+class Reduction:
+    """A validated list of arrays (or one array) with its tensor table, reusable: the
+    optimizers keep one over their gradients and run it every step."""
+
+    def __init__(self, xs: Any, name: str = "xs"):
+        self.multi = isinstance(xs, list | tuple)
+        arrays = list(xs) if self.multi else [xs]
+        labelled = {(f"{name}[{i}]" if self.multi else name): a for i, a in enumerate(arrays)}
+        self.backend = v.array_backend(**labelled) if labelled else "cpu"
+        for label, a in labelled.items():
+            v.float_array(label, a)
+            if a.dtype != arrays[0].dtype:
+                raise TypeError(
+                    f"{label}: dtype {a.dtype} differs from {name}[0]'s {arrays[0].dtype}; "
+                    "reduce each dtype separately"
+                )
+        self.arrays = arrays
+        self.sizes = [int(a.size) for a in arrays]
+        self._prepared: Any = None
+
+    def run(self) -> GradStats:
+        if self.backend == "cpu":
+            return self._run_cpu()
+        return self._run_cuda()
+
+    def _run_cpu(self) -> GradStats:
+        from .._cpu import reduce as k
+        from .._cpu.optim import address
+        from .._cpu.vector import PARALLEL_MIN
+
+        n = len(self.arrays)
+        if not sum(self.sizes):
+            per, total = np.zeros((n, 3)), np.zeros(3)
+        else:
+            if self._prepared is None:
+                self._prepared = (
+                    layout.build([self.arrays], address),
+                    layout.tasks(self.sizes, k.CHUNK),
+                    np.zeros(1, self.arrays[0].dtype),
+                )
+            table, tasks, like = self._prepared
+            per, total = k.stats(table, tasks, like, sum(self.sizes) >= PARALLEL_MIN)
+        return GradStats(
+            norm=np.float64(math.sqrt(total[0])),
+            norms=np.sqrt(per[:, 0]),
+            nonfinite=np.bool_(total[1] > 0),
+            nonfinite_counts=per[:, 1].astype(np.int64),
+            zero_counts=per[:, 2].astype(np.int64),
+            flag=np.array([int(total[1] > 0)], np.int32),
+        )
+
+    def _run_cuda(self) -> GradStats:
+        import cupy
+
+        from .. import _cuda
+
+        n = len(self.arrays)
+        per = cupy.zeros((n, 3), cupy.float64)
+        total = cupy.zeros(3, cupy.float64)
+        flag = cupy.zeros(1, cupy.int32)
+        if sum(self.sizes):
+            if self._prepared is None:
+                tasks = layout.tasks(self.sizes, CHUNK)
+                counts = -(-np.asarray(self.sizes, np.int64) // CHUNK)
+                first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+                table = layout.build([self.arrays], lambda a: a.data.ptr)
+                self._prepared = (
+                    cupy.asarray(table),
+                    cupy.asarray(tasks),
+                    len(tasks),
+                    cupy.asarray(first),
+                )
+            table, chunks, nchunks, first = self._prepared
+            partial = cupy.empty((nchunks, 3), cupy.float64)
+            sfx = _cuda.dtype_suffix(self.arrays[0].dtype)
+            blocks = max(1, min(nchunks, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
+            _cuda.get_kernel("reduce", f"gpugd_reduce_stats_partial_{sfx}")(
+                (blocks,),
+                (_cuda.THREADS,),
+                (table, np.int64(n), chunks, np.int64(nchunks), np.int64(CHUNK), partial),
+            )
+            _cuda.get_kernel("reduce", "gpugd_reduce_stats_finish")(
+                (1,),
+                (FINISH_THREADS,),
+                (first, np.int64(n), partial, np.int32(3), per, total, flag),
+            )
+        return GradStats(
+            norm=cupy.sqrt(total[0]),
+            norms=cupy.sqrt(per[:, 0]),
+            nonfinite=total[1] > 0,
+            nonfinite_counts=per[:, 1].astype(cupy.int64),
+            zero_counts=per[:, 2].astype(cupy.int64),
+            flag=flag,
+        )
+
+
+def tensor_norms(xs: Any) -> GradStats:
+    """Per-tensor and global L2 norms, non-finite and zero counts of one array or a list of
+    arrays, in one read-only pass. An empty list gives norm 0."""
+    return Reduction(xs).run()
+
+
+def global_norm(xs: Any) -> Any:
+    """‖xs‖₂ over every element of one array or a list (float64; 0-d CuPy on the GPU)."""
+    return Reduction(xs).run().norm
+
+
+def _max_norm(name: str, x: Any) -> float:
+    f = v.real_scalar(name, x)
+    if not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{name}: expected a finite value > 0, got {x!r}")
+    return f
+
+
+def _writable_list(grads: Any) -> list:
+    arrays = list(grads) if isinstance(grads, list | tuple) else [grads]
+    for i, a in enumerate(arrays):
+        v.float_array(f"grads[{i}]", a, writable=True)
+    return arrays
+
+
+def clip_coefficient(norm: float, max_norm: float) -> float:
+    """torch's clip_grad_norm_ factor: min(1, max_norm / (norm + 1e-6)); NaN for a NaN norm
+    and 0 for an infinite one, as torch computes them."""
+    c = max_norm / (norm + TORCH_EPS)
+    return c if (c < 1.0 or c != c) else 1.0
+
+
+def clip_by_global_norm_(grads: Any, max_norm: float, *, error_if_nonfinite: bool = False) -> float:
+    """torch.nn.utils.clip_grad_norm_: scale every gradient by min(1, max_norm/(‖g‖ + 1e-6))
+    where ‖g‖ is the global norm; returns ‖g‖ before clipping (a Python float: reading it
+    synchronizes the GPU). With ``error_if_nonfinite`` a NaN/Inf norm raises and nothing is
+    written. The fused alternative that never rewrites gradients: the optimizers'
+    ``max_grad_norm=``."""
+    max_norm = _max_norm("max_norm", max_norm)
+    arrays = _writable_list(grads)
+    norm = float(Reduction(arrays, "grads").run().norm)
+    if error_if_nonfinite and not math.isfinite(norm):
+        raise FloatingPointError(f"the global gradient norm is {norm}; nothing was clipped")
+    coef = clip_coefficient(norm, max_norm)
+    if coef != 1.0:  # includes NaN: torch multiplies by it too
+        for a in arrays:
+            a *= a.dtype.type(coef)
+    return norm
+
+
+def clip_by_norm_(grads: Any, max_norm: float) -> Any:
+    """Keras ``clipnorm`` / tf.clip_by_norm per tensor: g ← g · max_norm / max(‖g‖, max_norm).
+    Returns the per-tensor norms before clipping (float64 array on the arrays' backend)."""
+    max_norm = _max_norm("max_norm", max_norm)
+    arrays = _writable_list(grads)
+    norms = Reduction(arrays, "grads").run().norms
+    host = norms.get() if hasattr(norms, "get") else norms
+    for a, nrm in zip(arrays, host, strict=True):
+        if nrm > max_norm:
+            a *= a.dtype.type(max_norm / nrm)
+    return norms
+
+
+def clip_by_value_(grads: Any, clip_value: float) -> None:
+    """Keras ``clipvalue`` / torch clip_grad_value_: g ← clamp(g, −c, c) elementwise, NaN
+    kept. The fused alternative: the optimizers' ``clip_value=``."""
+    c = _max_norm("clip_value", clip_value)
+    for a in _writable_list(grads):
+        xp = np if isinstance(a, np.ndarray) else __import__("cupy")
+        xp.clip(a, -c, c, out=a)
+
+
+__all__ = [
+    "GradStats",
+    "Reduction",
+    "clip_by_global_norm_",
+    "clip_by_norm_",
+    "clip_by_value_",
+    "clip_coefficient",
+    "global_norm",
+    "tensor_norms",
+]

@@ -1,0 +1,101 @@
+// gpugd reduce family: gradient statistics of many tensors in one read-only pass.
+// For every tensor of a tensor table (row 0: addresses, row 5: sizes; see optim.cu's
+// apply_table) and in the same pass: Σ x² (in double), the count of non-finite elements and
+// the count of exact zeros. Two stages, no atomics, so the result is bitwise the same run
+// to run whatever the grid size:
+//   1. stats_partial: one block per chunk (of at most `chunk` elements of one tensor) at a
+//      time writes that chunk's three sums — a fixed-order block reduction, so a chunk's
+//      partials depend only on its data and the block size.
+//   2. stats_finish (one block): per tensor, its chunks' partials in order; then the
+//      totals over tensors by a fixed tree.
+#include "common.cuh"
+
+namespace gpugd {
+
+template <typename T>
+__device__ __forceinline__ void stats_add(T x, double& ssq, double& nonfinite, double& zeros) {
+  const double v = static_cast<double>(x);
+  ssq += v * v;
+  nonfinite += isfinite(x) ? 0.0 : 1.0;
+  zeros += x == T(0) ? 1.0 : 0.0;
+}
+
+template <typename T>
+__device__ __forceinline__ void stats_partial_body(const i64* __restrict__ table, i64 ntensors,
+                                                   const i64* __restrict__ chunks, i64 nchunks,
+                                                   i64 chunk, double* __restrict__ partial) {
+  __shared__ double scratch[32];
+  constexpr int W = Pack<T>::width;
+  for (i64 c = blockIdx.x; c < nchunks; c += gridDim.x) {
+    const i64 t = chunks[2 * c], lo = chunks[2 * c + 1];
+    const i64 size = table[5 * ntensors + t];
+    const i64 n = size - lo < chunk ? size - lo : chunk;
+    const T* x = reinterpret_cast<const T*>(table[t]) + lo;
+    double ssq = 0.0, nonfinite = 0.0, zeros = 0.0;
+    i64 done = 0;
+    if (aligned16(x)) {
+      typedef AlignedPack<T> P;
+      const i64 nv = n / W;
+      for (i64 i = threadIdx.x; i < nv; i += blockDim.x) {
+        const P v = reinterpret_cast<const P*>(x)[i];
+#pragma unroll
+        for (int k = 0; k < W; ++k) stats_add<T>(v.v[k], ssq, nonfinite, zeros);
+      }
+      done = nv * W;
+    }
+    for (i64 i = done + threadIdx.x; i < n; i += blockDim.x) stats_add<T>(x[i], ssq, nonfinite, zeros);
+    ssq = block_sum(ssq, scratch);
+    __syncthreads();
+    nonfinite = block_sum(nonfinite, scratch);
+    __syncthreads();
+    zeros = block_sum(zeros, scratch);
+    if (threadIdx.x == 0) {
+      partial[3 * c] = ssq;
+      partial[3 * c + 1] = nonfinite;
+      partial[3 * c + 2] = zeros;
+    }
+    __syncthreads();
+  }
+}
+
+}  // namespace gpugd
+
+extern "C" __global__ void gpugd_reduce_stats_partial_f32(const i64* table, i64 ntensors,
+                                                          const i64* chunks, i64 nchunks,
+                                                          i64 chunk, double* partial) {
+  gpugd::stats_partial_body<float>(table, ntensors, chunks, nchunks, chunk, partial);
+}
+
+extern "C" __global__ void gpugd_reduce_stats_partial_f64(const i64* table, i64 ntensors,
+                                                          const i64* chunks, i64 nchunks,
+                                                          i64 chunk, double* partial) {
+  gpugd::stats_partial_body<double>(table, ntensors, chunks, nchunks, chunk, partial);
+}
+
+// One block. first_chunk[t] .. first_chunk[t + 1]: tensor t's chunks (ntensors + 1 entries).
+// `partial` holds `ncols` (≤ 3) sums per chunk; per_tensor[ncols·t + k] sums tensor t's chunks
+// in order, total[k] the tensors by a fixed tree. Also folds the optim family's per-chunk
+// update statistics. flag (may be null) = 1 when column 1, the non-finite count, is > 0.
+extern "C" __global__ void gpugd_reduce_stats_finish(const i64* first_chunk, i64 ntensors,
+                                                     const double* partial, int ncols,
+                                                     double* per_tensor, double* total,
+                                                     int* flag) {
+  __shared__ double scratch[32];
+  double acc[3] = {0.0, 0.0, 0.0};
+  for (i64 t = threadIdx.x; t < ntensors; t += blockDim.x) {
+    double s[3] = {0.0, 0.0, 0.0};
+    for (i64 c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
+      for (int k = 0; k < ncols; ++k) s[k] += partial[ncols * c + k];
+    }
+    for (int k = 0; k < ncols; ++k) {
+      per_tensor[ncols * t + k] = s[k];
+      acc[k] += s[k];
+    }
+  }
+  for (int k = 0; k < ncols; ++k) {
+    const double v = gpugd::block_sum(acc[k], scratch);
+    if (threadIdx.x == 0) total[k] = v;
+    __syncthreads();
+  }
+  if (flag != nullptr && threadIdx.x == 0) flag[0] = total[1] > 0.0 ? 1 : 0;
+}
