@@ -4,7 +4,7 @@ CuPy arrays run CUDA kernels compiled from ``kernels/*.cu``; NumPy arrays run Nu
 kernels. ``import gpugd`` never imports CuPy by itself.
 """
 
-from . import ops, optim, schedules
+from . import monitor, ops, optim, schedules
 from .backend import Backend, BackendUnavailableError, array_backend, get_backend
 from .flat import FlatParams
 
@@ -17,6 +17,7 @@ __all__ = [
     "__version__",
     "array_backend",
     "get_backend",
+    "monitor",
     "ops",
     "optim",
     "schedules",

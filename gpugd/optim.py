@@ -27,19 +27,42 @@ continues bit for bit.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from .flat import FlatParams
 from .ops import optim as _ops
+from .ops import reduce as _reduce
 from .reference import nadam_mu
 
 FORMAT = "gpugd-checkpoint-1"
+NONFINITE_POLICIES = ("propagate", "skip", "error")
+
+
+class StepReport(NamedTuple):
+    """What ``step()`` did: the step number it took (or tried), whether it was skipped, the
+    global gradient norm before clipping (None when no norm pass ran), the clip
+    coefficient applied, and the tensors with non-finite gradients (name → count)."""
+
+    step: int
+    skipped: bool
+    grad_norm: float | None
+    clip_coef: float
+    nonfinite: dict[str, int]
+
+
+def _positive(name: str, x: Any) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float | np.floating | np.integer):
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__}")
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"{name}: expected a finite value > 0, got {x!r}")
+    return float(x)
 
 
 class CheckpointError(ValueError):
@@ -124,7 +147,23 @@ class Optimizer:
     DEFAULTS: ClassVar[dict[str, Any]] = {}
     STATE_KEYS: ClassVar[dict[str, str]] = {}  # op argument → state name, where they differ
 
-    def __init__(self, params: Any, grads: Sequence[Any] | None = None, **hyper: Any):
+    def __init__(
+        self,
+        params: Any,
+        grads: Sequence[Any] | None = None,
+        *,
+        max_grad_norm: float | None = None,
+        clip_value: float | None = None,
+        nonfinite: str = "propagate",
+        **hyper: Any,
+    ):
+        self.max_grad_norm = (
+            None if max_grad_norm is None else _positive("max_grad_norm", max_grad_norm)
+        )
+        self.clip_value = None if clip_value is None else _positive("clip_value", clip_value)
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite: expected one of {NONFINITE_POLICIES}, got {nonfinite!r}")
+        self.nonfinite = nonfinite
         unknown = sorted(set(hyper) - set(self.DEFAULTS))
         if unknown:
             raise TypeError(
@@ -166,6 +205,10 @@ class Optimizer:
         ]
         self.step_count = 0
         self.scheduler: Any = None  # set by a schedule from gpugd.schedules
+        self.monitor: Any = None  # set by gpugd.monitor.GradientMonitor
+        self.skipped_steps = 0  # steps skipped for non-finite gradients (nonfinite="skip")
+        self.last_report: StepReport | None = None
+        self._grad_reduction: _reduce.Reduction | None = None
         for gi, group in enumerate(self.param_groups):
             self._kernel(group, 1, 1.0, self._groups[gi])  # validate every hyperparameter now
         self._allocate()
@@ -215,7 +258,8 @@ class Optimizer:
     def _tensors(self, gi: int, kernel: _ops.Kernel) -> _ops.Tensors:
         """The group's validated arrays for this kernel configuration (cached)."""
         g = self._groups[gi]
-        key = tuple(why is not None for why in kernel.states.values())
+        per_name = self.monitor is not None  # per-tensor update statistics need the list path
+        key = (*(why is not None for why in kernel.states.values()), per_name)
         if g.tensors is None or g.tensors_key != key:
             given = {}
             for arg, why in kernel.states.items():
@@ -227,11 +271,11 @@ class Optimizer:
                         f"param_groups[{gi}]: the configuration now needs state {sname!r}, "
                         "which this optimizer was not created with; build a new optimizer"
                     )
-                if g.flat is not None:
+                if g.flat is not None and not per_name:
                     given[arg] = g.kernel_arrays(self._buffers[sname].data)
                 else:
                     given[arg] = [self.state[n][sname] for n in g.names]
-            if g.flat is not None:
+            if g.flat is not None and not per_name:
                 p, gr = g.kernel_arrays(g.flat.data), g.kernel_arrays(g.flat.grad_data)
             else:
                 p, gr = g.params, g.grads
@@ -249,22 +293,80 @@ class Optimizer:
         skip_if: Any = None,
     ) -> Any:
         """One update of every group (one launch each). ``grad_scale`` multiplies every
-        gradient (clipping, loss scaling); ``skip_if`` as in ``gpugd.ops``: a skipped step
-        touches no state and does not advance the step counter (reading the flag
-        synchronizes the GPU once). Returns the closure's loss when a closure is given."""
+        gradient (loss scaling); ``skip_if`` as in ``gpugd.ops``. A skipped step touches no
+        state and does not advance the step counter (reading a flag synchronizes the GPU
+        once). With ``max_grad_norm``, a non-finite policy other than "propagate", or a
+        monitor, one read-only pass over the gradients comes first (norms, non-finite
+        counts); the clip coefficient then enters the update through its grad scale, so
+        gradients are never rewritten. ``last_report`` tells what happened. Returns the
+        closure's loss when a closure is given."""
         loss = closure() if closure is not None else None
         t = self.step_count + 1
         kernels = [
             self._kernel(group, t, grad_scale, g)
             for group, g in zip(self.param_groups, self._groups, strict=True)
         ]
+        report = StepReport(step=t, skipped=False, grad_norm=None, clip_coef=1.0, nonfinite={})
+        coef = 1.0
+        gstats = None
+        if self.max_grad_norm is not None or self.nonfinite != "propagate" or self.monitor:
+            gstats = self._gradients().run()
+            if self.nonfinite != "propagate" and bool(gstats.nonfinite):
+                bad = self._nonfinite_names(gstats)
+                if self.nonfinite == "error":
+                    raise FloatingPointError(
+                        f"step {t}: non-finite gradients in {bad} (elements per tensor); "
+                        "nothing was changed"
+                    )
+                self.skipped_steps += 1
+                self.last_report = report._replace(
+                    skipped=True, grad_norm=float(gstats.norm), nonfinite=bad
+                )
+                if self.monitor is not None:
+                    self.monitor._record_skip(t, bad)
+                return loss
+            norm = float(gstats.norm) * abs(grad_scale)
+            report = report._replace(grad_norm=norm)
+            if self.max_grad_norm is not None:
+                coef = _reduce.clip_coefficient(norm, self.max_grad_norm)
+                report = report._replace(clip_coef=coef)
+        clip = math.inf if self.clip_value is None else self.clip_value
+        want_stats = self.monitor is not None
+        update_stats = []
         for gi, k in enumerate(kernels):
-            k.launch(self._tensors(gi, k), skip_if)
+            k = k._replace(grad_scale=k.grad_scale * coef, clip=clip)
+            update_stats.append(k.launch(self._tensors(gi, k), skip_if, stats=want_stats))
         if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
+            self.last_report = report._replace(skipped=True)
             return loss  # skipped: no state touched, the step counter not advanced
         self._after_step(t)
         self.step_count = t
+        self.last_report = report
+        if self.monitor is not None:
+            self.monitor._record(t, gstats, abs(grad_scale), update_stats)
         return loss
+
+    def _gradients(self) -> _reduce.Reduction:
+        """The reduction over every gradient tensor, in group and name order (cached)."""
+        if self._grad_reduction is None:
+            arrays = [a for g in self._groups for a in g.grads]
+            self._grad_reduction = _reduce.Reduction(arrays, "grads")
+        return self._grad_reduction
+
+    def _nonfinite_names(self, gstats: Any) -> dict[str, int]:
+        counts = gstats.nonfinite_counts
+        counts = counts.get() if hasattr(counts, "get") else counts
+        names = [n for g in self._groups for n in g.names]
+        return {n: int(c) for n, c in zip(names, counts, strict=True) if c}
+
+    @property
+    def names(self) -> list[str]:
+        """Every tensor's name, in group order."""
+        return [n for g in self._groups for n in g.names]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(p.size) for g in self._groups for p in g.params]
 
     def _after_step(self, t: int) -> None:
         """Per-group bookkeeping after a step (NAdam's running product of μ)."""
@@ -305,6 +407,7 @@ class Optimizer:
             "state": {n: {k: _to_numpy(a) for k, a in st.items()} for n, st in self.state.items()},
             "group_state": [dict(g.extra) for g in self._groups],
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "skipped_steps": self.skipped_steps,
         }
 
     def _check_state_dict(self, sd: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -402,6 +505,7 @@ class Optimizer:
         for g, extra in zip(self._groups, sd.get("group_state", []), strict=False):
             g.extra = {k: float(val) for k, val in extra.items()}
         self.step_count = int(sd["step"])
+        self.skipped_steps = int(sd.get("skipped_steps", 0))
         if self.scheduler is not None:
             self.scheduler.load_state_dict(sd["scheduler"])
 
@@ -629,4 +733,5 @@ __all__ = [
     "NAdam",
     "Optimizer",
     "RMSprop",
+    "StepReport",
 ]

@@ -1,0 +1,160 @@
+"""Gradient statistics (tensor_norms, global_norm) and the clipping ops, against float64
+and torch's definitions; determinism; bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from conftest import ODD_SIZES, to_numpy
+
+from gpugd import ops
+from gpugd.ops.reduce import CHUNK
+
+SIZES = (*ODD_SIZES, CHUNK, CHUNK + 1, 3 * CHUNK - 5)
+
+
+def _ref_norm(arrays):
+    return math.sqrt(
+        sum(
+            float(np.dot(a.astype(np.float64).ravel(), a.astype(np.float64).ravel()))
+            for a in arrays
+        )
+    )
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stats_match_float64(xp, dtype):
+    rng = np.random.default_rng(0)
+    host = [rng.standard_normal(n).astype(dtype) for n in SIZES]
+    host[3][::7] = 0
+    arrays = [xp.array(a) for a in host]
+    st = ops.tensor_norms(arrays)
+    want = np.array([np.linalg.norm(a.astype(np.float64)) for a in host])
+    np.testing.assert_allclose(to_numpy(st.norms), want, rtol=1e-12)
+    assert float(st.norm) == pytest.approx(_ref_norm(host), rel=1e-12)
+    np.testing.assert_array_equal(to_numpy(st.zero_counts), [int((a == 0).sum()) for a in host])
+    assert not bool(st.nonfinite) and to_numpy(st.flag).tolist() == [0]
+    np.testing.assert_array_equal(to_numpy(st.nonfinite_counts), 0)
+
+
+def test_one_array_and_arena_shapes(xp):
+    a = xp.asarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    assert float(ops.global_norm(a)) == pytest.approx(math.sqrt(sum(i * i for i in range(12))))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_is_counted_and_flagged(xp, bad):
+    host = [np.ones(n, np.float32) for n in (5, CHUNK + 3, 9)]
+    host[1][CHUNK + 1] = bad
+    st = ops.tensor_norms([xp.array(a) for a in host])
+    assert bool(st.nonfinite) and to_numpy(st.flag).tolist() == [1]
+    np.testing.assert_array_equal(to_numpy(st.nonfinite_counts), [0, 1, 0])
+    assert not math.isfinite(float(st.norm))
+    assert math.isfinite(float(to_numpy(st.norms)[0]))
+
+
+def test_empty_list_is_norm_zero(xp):
+    st = ops.tensor_norms([])
+    assert float(st.norm) == 0.0 and len(st.norms) == 0
+    assert float(ops.global_norm([xp.zeros(0, np.float32)])) == 0.0
+
+
+def test_bitwise_deterministic_over_repeats(xp):
+    rng = np.random.default_rng(1)
+    arrays = [
+        xp.asarray(rng.standard_normal(n).astype(np.float32) * 1e3)
+        for n in (3 * CHUNK + 7, 1 << 18, 11)
+    ]
+    first = ops.tensor_norms(arrays)
+    for _ in range(5):
+        again = ops.tensor_norms(arrays)
+        assert to_numpy(again.norm).tobytes() == to_numpy(first.norm).tobytes()
+        assert to_numpy(again.norms).tobytes() == to_numpy(first.norms).tobytes()
+
+
+@pytest.mark.slow
+def test_global_norm_accuracy_on_2_27_elements(xp):
+    # The issue's accuracy bar: relative error under 1e-6 against float64 on 2^27 fp32.
+    x = np.random.default_rng(2).standard_normal(1 << 27, dtype=np.float32)
+    want = math.sqrt(float(np.dot(x.astype(np.float64), x.astype(np.float64))))
+    got = float(ops.global_norm(xp.asarray(x)))
+    assert abs(got - want) / want < 1e-6, (got, want)
+
+
+# ---- clipping ---------------------------------------------------------------------------
+
+
+def test_clip_by_global_norm_is_torchs(xp):
+    rng = np.random.default_rng(3)
+    host = [rng.standard_normal(n).astype(np.float64) for n in (10, 1000, 3)]
+    arrays = [xp.array(a) for a in host]
+    norm = ops.clip_by_global_norm_(arrays, 2.0)
+    want = _ref_norm(host)
+    assert norm == pytest.approx(want, rel=1e-12)
+    coef = 2.0 / (want + 1e-6)
+    for a, h in zip(arrays, host, strict=True):
+        np.testing.assert_allclose(to_numpy(a), h * coef, rtol=1e-14)
+    # under the bound: untouched
+    before = [to_numpy(a).copy() for a in arrays]
+    ops.clip_by_global_norm_(arrays, 100.0)
+    for a, b in zip(arrays, before, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), b)
+
+
+def test_clip_by_global_norm_matches_torch_when_importable():
+    torch = pytest.importorskip("torch", reason="torch is an optional peer")
+    rng = np.random.default_rng(4)
+    host = [rng.standard_normal(n).astype(np.float32) for n in (100, 7, 5000)]
+    tp = [torch.zeros(len(h), requires_grad=True) for h in host]
+    for t, h in zip(tp, host, strict=True):
+        t.grad = torch.tensor(h)
+    tnorm = torch.nn.utils.clip_grad_norm_(tp, 1.0)
+    norm = ops.clip_by_global_norm_(host, 1.0)
+    assert norm == pytest.approx(float(tnorm), rel=1e-6)
+    for t, h in zip(tp, host, strict=True):
+        np.testing.assert_allclose(h, t.grad.numpy(), rtol=1e-6)
+
+
+def test_clip_by_norm_is_keras_clipnorm(xp):
+    host = [np.full(4, 3.0), np.full(4, 0.1)]
+    arrays = [xp.array(a) for a in host]
+    norms = to_numpy(ops.clip_by_norm_(arrays, 1.0))
+    np.testing.assert_allclose(norms, [6.0, 0.2])
+    np.testing.assert_allclose(to_numpy(arrays[0]), np.full(4, 0.5))  # 3·1/6
+    np.testing.assert_array_equal(to_numpy(arrays[1]), host[1])  # under the bound
+
+
+def test_clip_by_value_keeps_nan(xp):
+    a = xp.asarray(np.array([-5.0, -0.5, 0.5, 5.0, np.nan], np.float32))
+    ops.clip_by_value_([a], 1.0)
+    np.testing.assert_array_equal(to_numpy(a), [-1.0, -0.5, 0.5, 1.0, np.nan])
+
+
+def test_nonfinite_norm_raises_when_asked_and_writes_nothing():
+    a = np.ones(10, np.float32)
+    a[3] = np.inf
+    before = a.copy()
+    with pytest.raises(FloatingPointError, match="nothing was clipped"):
+        ops.clip_by_global_norm_([a], 1.0, error_if_nonfinite=True)
+    np.testing.assert_array_equal(a, before)
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda a: ops.clip_by_global_norm_([a], -1.0), ValueError, "max_norm: expected"),
+        (lambda a: ops.clip_by_global_norm_([a], math.nan), ValueError, "max_norm"),
+        (lambda a: ops.clip_by_norm_([a], 0), ValueError, "max_norm"),
+        (lambda a: ops.clip_by_value_([a], -2), ValueError, "clip_value"),
+        (lambda a: ops.tensor_norms([a, a.astype(np.float64)]), TypeError, r"xs\[1\]: dtype"),
+        (lambda a: ops.tensor_norms([a, a.tolist()]), TypeError, r"xs\[1\]"),
+        (lambda a: ops.clip_by_value_([a[::2]], 1.0), ValueError, "C-contiguous"),
+    ],
+)
+def test_bad_input_is_refused_before_any_write(call, exc, match):
+    a = np.full(8, 10.0, np.float32)
+    with pytest.raises(exc, match=match):
+        call(a)
+    assert (a == 10.0).all()
