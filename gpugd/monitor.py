@@ -12,7 +12,8 @@ exactly-zero gradient elements (dead ReLU units) and the count of non-finite one
 gradient figures come from the optimizer's read-only norm pass, the parameter and update
 norms from the fused update kernel itself (it sums p² and Δp² per chunk while the data
 is in registers or cache), so monitoring adds no pass over memory; what is kept is
-O(number of tensors) per recorded step.
+O(number of tensors) per recorded step. ``every=k`` records every k-th step only; the
+other steps run exactly as without a monitor.
 
 Flags, per step and tensor:
 * vanishing: gradient norm below ``vanishing_ratio`` × the reference tensor's (by default
@@ -88,9 +89,12 @@ class GradientMonitor:
 
     # ---- called by the optimizer
 
+    def wants(self, step: int) -> bool:
+        """Whether ``step`` is recorded (every ``every``-th, from step 1): the optimizer
+        takes the extra statistics only then."""
+        return (step - 1) % self.every == 0
+
     def _record(self, step: int, gstats: Any, grad_scale: float, update_stats: list) -> None:
-        if (step - 1) % self.every:
-            return
         grad = _host(gstats.norms) * grad_scale
         upd = np.concatenate([_host(u) for u in update_stats], axis=0)
         pnorm = np.sqrt(upd[:, 0])
@@ -133,9 +137,7 @@ class GradientMonitor:
             if self.sizes[i] and g < self.vanishing_floor:
                 self._event(step, name, "vanishing", g, f"norm below {self.vanishing_floor:g}")
             elif name != self.reference and ref > 0 and g < self.vanishing_ratio * ref:
-                self._event(
-                    step, name, "vanishing", g, f"{g / ref:.2e} × {self.reference}'s norm"
-                )
+                self._event(step, name, "vanishing", g, f"{g / ref:.2e} × {self.reference}'s norm")
 
     def _event(self, step: int, name: str, kind: str, value: float, detail: str) -> None:
         self.events.append(
@@ -156,8 +158,7 @@ class GradientMonitor:
         if not self.steps:
             return {}
         return {
-            n: {m: float(self.history[m][-1][i]) for m in METRICS}
-            for i, n in enumerate(self.names)
+            n: {m: float(self.history[m][-1][i]) for m in METRICS} for i, n in enumerate(self.names)
         }
 
     def to_csv(self, path: str | os.PathLike) -> Path:

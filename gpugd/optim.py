@@ -309,8 +309,9 @@ class Optimizer:
         report = StepReport(step=t, skipped=False, grad_norm=None, clip_coef=1.0, nonfinite={})
         coef = 1.0
         gstats = None
-        if self.max_grad_norm is not None or self.nonfinite != "propagate" or self.monitor:
-            gstats = self._gradients().run()
+        watch = self.monitor is not None and self.monitor.wants(t)
+        if self.max_grad_norm is not None or self.nonfinite != "propagate" or watch:
+            gstats = self._gradients().run(zeros=watch)
             if self.nonfinite != "propagate" and bool(gstats.nonfinite):
                 bad = self._nonfinite_names(gstats)
                 if self.nonfinite == "error":
@@ -331,18 +332,17 @@ class Optimizer:
                 coef = _reduce.clip_coefficient(norm, self.max_grad_norm)
                 report = report._replace(clip_coef=coef)
         clip = math.inf if self.clip_value is None else self.clip_value
-        want_stats = self.monitor is not None
         update_stats = []
         for gi, k in enumerate(kernels):
             k = k._replace(grad_scale=k.grad_scale * coef, clip=clip)
-            update_stats.append(k.launch(self._tensors(gi, k), skip_if, stats=want_stats))
+            update_stats.append(k.launch(self._tensors(gi, k), skip_if, stats=watch))
         if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
             self.last_report = report._replace(skipped=True)
             return loss  # skipped: no state touched, the step counter not advanced
         self._after_step(t)
         self.step_count = t
         self.last_report = report
-        if self.monitor is not None:
+        if watch:
             self.monitor._record(t, gstats, abs(grad_scale), update_stats)
         return loss
 

@@ -131,3 +131,14 @@ def test_bad_configuration():
     monitor.GradientMonitor(opt)
     with pytest.raises(ValueError, match="already has a monitor"):
         monitor.GradientMonitor(opt)
+
+
+def test_every_k_records_only_those_steps():
+    flat = _model(np)
+    opt = optim.SGD(flat, lr=0.01)
+    mon = monitor.GradientMonitor(opt, every=3)
+    rng = np.random.default_rng(5)
+    for _ in range(7):
+        _grads(flat, rng)
+        opt.step()
+    assert mon.steps == [1, 4, 7] and mon.series("param_norm").shape == (3, 4)

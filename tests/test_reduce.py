@@ -44,10 +44,11 @@ def test_one_array_and_arena_shapes(xp):
     assert float(ops.global_norm(a)) == pytest.approx(math.sqrt(sum(i * i for i in range(12))))
 
 
+@pytest.mark.parametrize("where", [5, CHUNK + 1])  # a full (four-stream) chunk, a tail chunk
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_nonfinite_is_counted_and_flagged(xp, bad):
+def test_nonfinite_is_counted_and_flagged(xp, bad, where):
     host = [np.ones(n, np.float32) for n in (5, CHUNK + 3, 9)]
-    host[1][CHUNK + 1] = bad
+    host[1][where] = bad
     st = ops.tensor_norms([xp.array(a) for a in host])
     assert bool(st.nonfinite) and to_numpy(st.flag).tolist() == [1]
     np.testing.assert_array_equal(to_numpy(st.nonfinite_counts), [0, 1, 0])

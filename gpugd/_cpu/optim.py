@@ -18,7 +18,7 @@ Arguments are validated by ``gpugd.ops.optim``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, get_thread_id, njit, prange
 
 from .. import _tensor_table as layout
 from .tensor_table import SIZE_ROW, entry
@@ -267,6 +267,7 @@ def _multi_sgd(
     like,
     stats,
     want_stats,
+    scratch,
     lr,
     wd,
     mom,
@@ -281,7 +282,9 @@ def _multi_sgd(
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, like)
-        old = p.copy() if want_stats else like
+        old = scratch[get_thread_id(), :n] if want_stats else like
+        if want_stats:
+            old[:] = p
         _apply_sgd(
             p,
             entry(table, 1, t, lo, n, like),
@@ -301,12 +304,14 @@ def _multi_sgd(
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _multi_adagrad(table, tasks, chunk, like, stats, want_stats, clr, wd, eps, gs, clip):
+def _multi_adagrad(table, tasks, chunk, like, stats, want_stats, scratch, clr, wd, eps, gs, clip):
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, like)
-        old = p.copy() if want_stats else like
+        old = scratch[get_thread_id(), :n] if want_stats else like
+        if want_stats:
+            old[:] = p
         _apply_adagrad(
             p,
             entry(table, 1, t, lo, n, like),
@@ -329,6 +334,7 @@ def _multi_rmsprop(
     like,
     stats,
     want_stats,
+    scratch,
     lr,
     alpha,
     one_m_alpha,
@@ -344,7 +350,9 @@ def _multi_rmsprop(
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, like)
-        old = p.copy() if want_stats else like
+        old = scratch[get_thread_id(), :n] if want_stats else like
+        if want_stats:
+            old[:] = p
         _apply_rmsprop(
             p,
             entry(table, 1, t, lo, n, like),
@@ -374,6 +382,7 @@ def _multi_adam(
     like,
     stats,
     want_stats,
+    scratch,
     b1,
     one_m_b1,
     b2,
@@ -391,7 +400,9 @@ def _multi_adam(
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, like)
-        old = p.copy() if want_stats else like
+        old = scratch[get_thread_id(), :n] if want_stats else like
+        if want_stats:
+            old[:] = p
         _apply_adam(
             p,
             entry(table, 1, t, lo, n, like),
@@ -423,6 +434,7 @@ def _multi_nadam(
     like,
     stats,
     want_stats,
+    scratch,
     b1,
     one_m_b1,
     b2,
@@ -440,7 +452,9 @@ def _multi_nadam(
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, like)
-        old = p.copy() if want_stats else like
+        old = scratch[get_thread_id(), :n] if want_stats else like
+        if want_stats:
+            old[:] = p
         _apply_nadam(
             p,
             entry(table, 1, t, lo, n, like),
@@ -464,6 +478,8 @@ def _multi_nadam(
 
 
 _NO_STATS = np.zeros((1, 2), np.float64)
+_NO_SCRATCH = {np.dtype(t): np.zeros((1, 1), t) for t in (np.float32, np.float64)}
+STATS_CHUNK = 1 << 12  # task size when update statistics are taken (copy and sums in L1)
 
 _DRIVERS = {
     "sgd": (_apply_sgd, _multi_sgd),
@@ -484,18 +500,28 @@ def run(rule: str, p: np.ndarray, g: np.ndarray, states: list, scalars: tuple) -
         serial(p, g, *(dummy if s is None else s for s in states), *scalars)
         return
     table = layout.build([[p], [g], *([s] if s is not None else None for s in states)], address)
-    multi(table, layout.tasks([p.size], CHUNK), CHUNK, dummy, _NO_STATS, False, *scalars)
+    tasks = layout.tasks([p.size], CHUNK)
+    multi(table, tasks, CHUNK, dummy, _NO_STATS, False, _NO_SCRATCH[p.dtype], *scalars)
 
 
 def run_table(
-    rule: str, table: np.ndarray, tasks: np.ndarray, like: np.ndarray, *scalars, stats=None
+    rule: str,
+    table: np.ndarray,
+    tasks: np.ndarray,
+    like: np.ndarray,
+    *scalars,
+    stats=None,
+    chunk: int = CHUNK,
 ) -> None:
     """Apply ``rule`` to every tensor of a table (``gpugd._tensor_table``): one parallel
     region for all. ``like``: a 1-element array of the tensors' dtype. ``stats``: a float64
-    (n_tasks, 2) array to receive each task's Σ p_new² and Σ Δp² (for monitoring)."""
+    (n_tasks, 2) array to receive each task's Σ p_new² and Σ Δp² (for monitoring): each
+    task first copies its p into a per-thread scratch row, so ``tasks`` should then be cut
+    in ``STATS_CHUNK``-element pieces (``chunk``) that keep the copy and the sums in L1."""
     want = stats is not None
     out = stats if want else _NO_STATS
-    _DRIVERS[rule][1](table, tasks, CHUNK, like, out, want, *scalars)
+    scratch = np.empty((get_num_threads(), chunk), like.dtype) if want else _NO_SCRATCH[like.dtype]
+    _DRIVERS[rule][1](table, tasks, chunk, like, out, want, scratch, *scalars)
 
 
 def address(a: np.ndarray) -> int:

@@ -2,11 +2,13 @@
 read-only pass over a tensor table (``gpugd._tensor_table``, row 0).
 
 Per chunk of at most ``CHUNK`` elements of one tensor (the CUDA chunk size too): Σ x² in
-float64, the count of non-finite elements, the count of exact zeros. A full chunk is read
-as four interleaved sequential streams (more cache misses in flight per core, as in
-``vector.sum_of_squares``), the inner loops vectorize (``{'reassoc', 'contract'}``: no
-flag that assumes away NaN/Inf, which must be counted). Then, in task order, each tensor's
-chunks are summed and the tensors' sums are summed: deterministic for any thread count.
+float64, the count of exact zeros when asked (the monitor's dead-unit fraction), and the
+count of non-finite elements — taken only for a chunk whose Σ x² is not finite, so the hot
+loop is the plain sum of squares. A full chunk is read as four interleaved sequential
+streams (more cache misses in flight per core, as in ``vector.sum_of_squares``); the inner
+loops vectorize (``{'reassoc', 'contract'}``: no flag that assumes away NaN/Inf). Then, in
+task order, each tensor's chunks are summed and the tensors' sums are summed:
+deterministic for any thread count.
 """
 
 from __future__ import annotations
@@ -15,32 +17,26 @@ import numpy as np
 from numba import njit, prange
 
 from .tensor_table import SIZE_ROW, entry
-from .vector import _REDUCE_MATH
+from .vector import _REDUCE_MATH, _ssq_four_streams, _ssq_stream
 
 CHUNK = 1 << 16  # elements per task: the CUDA reduce chunk
 STREAM = CHUNK // 4
 
 
-@njit(inline="always")
-def _nonfinite(v):
-    return np.int64(not (abs(v) < np.inf))  # NaN compares False, so it counts too
-
-
 @njit(cache=True, nogil=True, fastmath=_REDUCE_MATH)
-def _stats_stream(x):
-    ssq, nf, z = 0.0, 0, 0
+def _ssq_zeros_stream(x):
+    ssq, z = 0.0, 0.0
     for i in range(x.size):
         v = np.float64(x[i])
         ssq += v * v
-        nf += _nonfinite(v)
-        z += np.int64(v == 0.0)
-    return ssq, nf, z
+        z += 1.0 if v == 0.0 else 0.0
+    return ssq, z
 
 
 @njit(cache=True, nogil=True, fastmath=_REDUCE_MATH)
-def _stats_four_streams(x0, x1, x2, x3):
+def _ssq_zeros_four_streams(x0, x1, x2, x3):
     a0 = a1 = a2 = a3 = 0.0
-    nf = z = 0
+    z0 = z1 = z2 = z3 = 0.0
     for i in range(x0.size):
         v0 = np.float64(x0[i])
         v1 = np.float64(x1[i])
@@ -50,36 +46,49 @@ def _stats_four_streams(x0, x1, x2, x3):
         a1 += v1 * v1
         a2 += v2 * v2
         a3 += v3 * v3
-        nf += _nonfinite(v0) + _nonfinite(v1) + _nonfinite(v2) + _nonfinite(v3)
-        z += np.int64(v0 == 0.0) + np.int64(v1 == 0.0) + np.int64(v2 == 0.0)
-        z += np.int64(v3 == 0.0)
-    return (a0 + a1) + (a2 + a3), nf, z
+        z0 += 1.0 if v0 == 0.0 else 0.0
+        z1 += 1.0 if v1 == 0.0 else 0.0
+        z2 += 1.0 if v2 == 0.0 else 0.0
+        z3 += 1.0 if v3 == 0.0 else 0.0
+    return (a0 + a1) + (a2 + a3), (z0 + z1) + (z2 + z3)
 
 
 @njit(cache=True, nogil=True)
-def _task(table, tasks, k, like, out):
+def _count_nonfinite(x):
+    n = 0
+    for i in range(x.size):
+        n += not (abs(x[i]) < np.inf)  # NaN compares False, so it counts too
+    return n
+
+
+@njit(cache=True, nogil=True)
+def _task(table, tasks, k, like, out, zeros):
     t, lo = tasks[k, 0], tasks[k, 1]
     n = min(CHUNK, table[SIZE_ROW, t] - lo)
     x = entry(table, 0, t, lo, n, like)
-    if n == CHUNK:
-        s = _stats_four_streams(
-            x[:STREAM], x[STREAM : 2 * STREAM], x[2 * STREAM : 3 * STREAM], x[3 * STREAM :]
-        )
+    four = n == CHUNK
+    q0, q1, q2, q3 = x[:STREAM], x[STREAM : 2 * STREAM], x[2 * STREAM : 3 * STREAM], x[3 * STREAM :]
+    if zeros:
+        s, z = _ssq_zeros_four_streams(q0, q1, q2, q3) if four else _ssq_zeros_stream(x)
     else:
-        s = _stats_stream(x)
-    out[k, 0], out[k, 1], out[k, 2] = s[0], s[1], s[2]
+        s, z = (_ssq_four_streams(q0, q1, q2, q3) if four else _ssq_stream(x)), 0.0
+    out[k, 0], out[k, 1], out[k, 2] = s, 0.0, z
+    # Σ x² is finite exactly when every element is (fp32 squares cannot overflow a double;
+    # fp64 ones can, and then the norm is infinite too): count only then, off the hot loop.
+    if not (abs(s) < np.inf):
+        out[k, 1] = _count_nonfinite(x)
 
 
 @njit(cache=True, nogil=True)
-def _partials_serial(table, tasks, like, out):
+def _partials_serial(table, tasks, like, out, zeros):
     for k in range(tasks.shape[0]):
-        _task(table, tasks, k, like, out)
+        _task(table, tasks, k, like, out, zeros)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _partials_parallel(table, tasks, like, out):
+def _partials_parallel(table, tasks, like, out, zeros):
     for k in prange(tasks.shape[0]):
-        _task(table, tasks, k, like, out)
+        _task(table, tasks, k, like, out, zeros)
 
 
 @njit(cache=True, nogil=True)
@@ -103,8 +112,9 @@ def finish(tasks: np.ndarray, partial: np.ndarray, ntensors: int):
     return per_tensor, total
 
 
-def stats(table: np.ndarray, tasks: np.ndarray, like: np.ndarray, parallel: bool):
-    """(per-tensor (T, 3), totals (3,)) float64: Σ x², non-finite count, zero count."""
+def stats(table: np.ndarray, tasks: np.ndarray, like: np.ndarray, parallel: bool, zeros: bool):
+    """(per-tensor (T, 3), totals (3,)) float64: Σ x², non-finite count, zero count (0 unless
+    ``zeros``)."""
     partial = np.empty((tasks.shape[0], 3), np.float64)
-    (_partials_parallel if parallel else _partials_serial)(table, tasks, like, partial)
+    (_partials_parallel if parallel else _partials_serial)(table, tasks, like, partial, zeros)
     return finish(tasks, partial, table.shape[1])

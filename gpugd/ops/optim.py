@@ -141,11 +141,15 @@ class Tensors:
                 layout.build(self.rows, k.address),
                 layout.tasks(self.sizes, k.CHUNK),
                 np.zeros(1, self.dtype),
+                layout.tasks(self.sizes, k.STATS_CHUNK),
             )
-        table, tasks, like = self._prepared
-        out = np.empty((tasks.shape[0], 2)) if stats else None
-        k.run_table(rule, table, tasks, like, *scalars, stats=out)
-        return kr.finish(tasks, out, len(self.sizes))[0] if stats else None
+        table, tasks, like, stats_tasks = self._prepared
+        if not stats:
+            k.run_table(rule, table, tasks, like, *scalars)
+            return None
+        out = np.empty((stats_tasks.shape[0], 2))
+        k.run_table(rule, table, stats_tasks, like, *scalars, stats=out, chunk=k.STATS_CHUNK)
+        return kr.finish(stats_tasks, out, len(self.sizes))[0]
 
     def _launch_cuda(self, rule: str, scalars: tuple, skip_if: Any, stats: bool) -> Any:
         from .. import _cuda

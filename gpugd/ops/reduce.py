@@ -35,7 +35,7 @@ class GradStats(NamedTuple):
     norms: Any  # per-tensor L2 norms, float64 (T,)
     nonfinite: Any  # True when any element is NaN or ±Inf (0-d bool)
     nonfinite_counts: Any  # per tensor, int64 (T,)
-    zero_counts: Any  # per tensor, int64 (T,)
+    zero_counts: Any  # per tensor, int64 (T,); None when not asked for
     flag: Any  # int32 (1,): 1 when non-finite — the ``skip_if`` of the update kernels
 
 
@@ -59,12 +59,14 @@ class Reduction:
         self.sizes = [int(a.size) for a in arrays]
         self._prepared: Any = None
 
-    def run(self) -> GradStats:
+    def run(self, zeros: bool = True) -> GradStats:
+        """One pass. ``zeros=False`` skips the zero counts (``zero_counts`` is then None):
+        the CPU's plain sum-of-squares loop, for clipping without monitoring."""
         if self.backend == "cpu":
-            return self._run_cpu()
-        return self._run_cuda()
+            return self._run_cpu(zeros)
+        return self._run_cuda(zeros)
 
-    def _run_cpu(self) -> GradStats:
+    def _run_cpu(self, zeros: bool) -> GradStats:
         from .._cpu import reduce as k
         from .._cpu.optim import address
         from .._cpu.vector import PARALLEL_MIN
@@ -80,17 +82,17 @@ class Reduction:
                     np.zeros(1, self.arrays[0].dtype),
                 )
             table, tasks, like = self._prepared
-            per, total = k.stats(table, tasks, like, sum(self.sizes) >= PARALLEL_MIN)
+            per, total = k.stats(table, tasks, like, sum(self.sizes) >= PARALLEL_MIN, zeros)
         return GradStats(
             norm=np.float64(math.sqrt(total[0])),
             norms=np.sqrt(per[:, 0]),
             nonfinite=np.bool_(total[1] > 0),
             nonfinite_counts=per[:, 1].astype(np.int64),
-            zero_counts=per[:, 2].astype(np.int64),
+            zero_counts=per[:, 2].astype(np.int64) if zeros else None,
             flag=np.array([int(total[1] > 0)], np.int32),
         )
 
-    def _run_cuda(self) -> GradStats:
+    def _run_cuda(self, zeros: bool) -> GradStats:
         import cupy
 
         from .. import _cuda
@@ -130,7 +132,7 @@ class Reduction:
             norms=cupy.sqrt(per[:, 0]),
             nonfinite=total[1] > 0,
             nonfinite_counts=per[:, 1].astype(cupy.int64),
-            zero_counts=per[:, 2].astype(cupy.int64),
+            zero_counts=per[:, 2].astype(cupy.int64) if zeros else None,
             flag=flag,
         )
 
@@ -143,7 +145,7 @@ def tensor_norms(xs: Any) -> GradStats:
 
 def global_norm(xs: Any) -> Any:
     """‖xs‖₂ over every element of one array or a list (float64; 0-d CuPy on the GPU)."""
-    return Reduction(xs).run().norm
+    return Reduction(xs).run(zeros=False).norm
 
 
 def _max_norm(name: str, x: Any) -> float:
@@ -175,7 +177,7 @@ def clip_by_global_norm_(grads: Any, max_norm: float, *, error_if_nonfinite: boo
     ``max_grad_norm=``."""
     max_norm = _max_norm("max_norm", max_norm)
     arrays = _writable_list(grads)
-    norm = float(Reduction(arrays, "grads").run().norm)
+    norm = float(Reduction(arrays, "grads").run(zeros=False).norm)
     if error_if_nonfinite and not math.isfinite(norm):
         raise FloatingPointError(f"the global gradient norm is {norm}; nothing was clipped")
     coef = clip_coefficient(norm, max_norm)
@@ -190,7 +192,7 @@ def clip_by_norm_(grads: Any, max_norm: float) -> Any:
     Returns the per-tensor norms before clipping (float64 array on the arrays' backend)."""
     max_norm = _max_norm("max_norm", max_norm)
     arrays = _writable_list(grads)
-    norms = Reduction(arrays, "grads").run().norms
+    norms = Reduction(arrays, "grads").run(zeros=False).norms
     host = norms.get() if hasattr(norms, "get") else norms
     for a, nrm in zip(arrays, host, strict=True):
         if nrm > max_norm:
