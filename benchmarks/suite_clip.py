@@ -81,12 +81,20 @@ def _clipped_adam_rows(ctx: Context, torch: Any, label: str, ps: list, gs: list)
         watched = optim.Adam(ps, grads=gs, lr=1e-3, max_grad_norm=MAX_NORM)
         GradientMonitor(watched, every=every)
         watched.step()
-        t, ceil = ctx.measure({"gpugd": watched.step, "without monitor": opt.step}, "inplace")
+
+        def steps(o=watched, k=every):  # a whole recording period per timed call
+            for _ in range(k):
+                o.step()
+
+        def plain_steps(k=every):
+            for _ in range(k):
+                opt.step()
+
+        t, ceil = ctx.measure({"gpugd": steps, "without monitor": plain_steps}, "inplace")
         base = {"without monitor": t["without monitor"].median_s}
         kernel = f"{label} +monitor/{every}"
-        r = row(
-            ctx, kernel, np.float32, numel, t["gpugd"], 32 * numel, "inplace", ceil, base, len(ps)
-        )
+        nbytes = 32 * numel * every
+        r = row(ctx, kernel, np.float32, numel, t["gpugd"], nbytes, "inplace", ceil, base, len(ps))
         ctx.log(f"  {kernel:<30} no-monitor/monitor time {r['baselines']['without monitor']:.3f}")
         rows.append(r)
     return rows

@@ -45,7 +45,14 @@ def test_rows_follow_the_schema(small_run):
     assert data["rows"] == json.loads(json.dumps(result["rows"]))
     kernels = {r["kernel"] for r in data["rows"]}
     lists = {f"{k} resnet50-list" for k in benchmarks.suite_optim.LIST_RULES}
-    assert kernels == {"axpy_", "scale_", "sum_of_squares", *benchmarks.suite_optim.RULES, *lists}
+    clipped = {
+        f"Adam clipped {w}{m}"
+        for w in ("flat", "resnet50-list")
+        for m in ("", " +monitor/1", " +monitor/10")
+    }
+    clip = {"global_norm", "tensor_norms 1000 tensors", *clipped}
+    expected = {"axpy_", "scale_", "sum_of_squares", *benchmarks.suite_optim.RULES, *lists, *clip}
+    assert kernels == expected
     words = {
         "axpy_": 3,
         "scale_": 2,
@@ -60,12 +67,15 @@ def test_rows_follow_the_schema(small_run):
         "SGD momentum resnet50-list": 5,
         "Adam resnet50-list": 7,
         "AdamW resnet50-list": 7,
+        "global_norm": 1,
+        "tensor_norms 1000 tensors": 1,
+        **{k: 8 * (10 if k.endswith("/10") else 1) for k in clipped},
     }
     for r in data["rows"]:
         assert set(r) == SCHEMA
         # flat rows take --numel as given; the ResNet-50 list rows scale to about it
         assert r["backend"] == "cpu"
-        assert r["numel"] == 1 << 16 if r["tensors"] == 1 else r["tensors"] == 161
+        assert r["numel"] == 1 << 16 if r["tensors"] == 1 else r["tensors"] in (161, 1000)
         assert r["bytes"] == words[r["kernel"]] * 4 * r["numel"]
         assert r["gbps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
         # held against its class's ceiling from its own rounds (so not the run-wide figure)
