@@ -195,6 +195,7 @@ class GradientMonitor:
 
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
+            import matplotlib.ticker
         except ImportError:
             raise ImportError(
                 "plot needs matplotlib: pip install 'gpugd[plot]' (or pip install matplotlib)"
@@ -209,6 +210,7 @@ class GradientMonitor:
             y = np.where(grad[:, i] > 0, grad[:, i], np.nan) if len(grad) else []
             ax.plot(self.steps, y, color=cmap(i / max(n - 1, 1)), lw=1.2, label=name)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("step")
         ax.set_ylabel("‖gradient‖₂")
         ax.set_title(title)

@@ -9,6 +9,13 @@
 
     loss = ...; (write gradients into params.grads / grad_arrays); opt.step(); opt.zero_grad()
 
+Clipping and non-finite gradients: ``max_grad_norm=`` (torch's global-norm clipping, fused:
+one read-only norm pass, then the coefficient enters the update kernel through its grad
+scale; gradients are never rewritten), ``clip_value=`` (elementwise, inside the update
+kernel), ``nonfinite="propagate" | "skip" | "error"``; ``last_report`` and
+``skipped_steps`` tell what happened. ``gpugd.monitor.GradientMonitor`` records gradient
+health from the same passes.
+
 A param group is either names of a ``FlatParams`` arena or a list of arrays with a list of
 gradient arrays beside it (``grads``), plus hyperparameter overrides. Each step is one
 launch per group: one fused kernel over the group's span of the arena (its tensors merged
