@@ -1,0 +1,81 @@
+"""Experiment: how fast can any loop with Adam's memory streams run on this CPU?
+
+Adam moves 7 streams per element (reads p, g, m, v; writes p, m, v: 28 B in fp32). This
+times, round-robin with caches swept before every call, a loop with exactly those streams
+and almost no arithmetic (p += g; m += g; v += g), gpugd's fused Adam, and torch's CPU
+fused Adam when importable. If the add loop is no faster than the two Adam kernels, both
+kernels sit at what the memory system gives this stream mix, and no Adam kernel can be
+much faster than torch's on this machine.
+
+    python -m benchmarks.experiment_streams [--numel N] [--rounds R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from numba import njit, prange
+
+from gpugd import ops
+from gpugd._cpu.vector import CHUNK
+
+from .harness import optional_torch
+
+
+@njit(cache=True, nogil=True)
+def _seven_serial(p, g, m, v):
+    for i in range(p.size):
+        gi = g[i]
+        m[i] = m[i] + gi
+        v[i] = v[i] + gi
+        p[i] = p[i] + gi
+
+
+@njit(cache=True, parallel=True)
+def _seven_streams(p, g, m, v):
+    # Chunks of a prange, each a serial (vectorized) loop on slices: gpugd's own layout.
+    n = p.size
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
+        _seven_serial(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--numel", type=int, default=1 << 24)
+    ap.add_argument("--rounds", type=int, default=25)
+    args = ap.parse_args(argv)
+    n = args.numel
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n, dtype=np.float32)
+    g = rng.standard_normal(n, dtype=np.float32)
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    fns = {
+        "7-stream add loop": lambda: _seven_streams(p, g, m, v),
+        "gpugd adam_": lambda: ops.adam_(p, g, m, v, lr=1e-3, step=5),
+    }
+    torch = optional_torch()
+    if torch is not None:
+        tp = torch.from_numpy(p.copy())
+        tp.grad = torch.from_numpy(g.copy())
+        opt = torch.optim.Adam([tp], lr=1e-3, fused=True)
+        fns["torch fused Adam"] = opt.step
+    flush = np.ones(1 << 27, np.float32)  # 512 MiB: more than the shared L3
+    for f in fns.values():
+        f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(args.rounds):
+        for k, f in fns.items():
+            flush += 1.0
+            t = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t)
+    for k, t in times.items():
+        med = float(np.median(t))
+        print(f"{k:20s} {med * 1e3:8.2f} ms  {28 * n / med / 1e9:6.1f} GB/s (28 B/element)")
+
+
+if __name__ == "__main__":
+    main()
