@@ -6,6 +6,8 @@ float64 results; it never modifies its inputs.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -191,3 +193,86 @@ def nadam(
     den = np.sqrt(state["exp_avg_sq"] / (1 - b2**step)) + eps
     p = p - lr * (1 - mu) / (1 - prod) * d / den
     return p - lr * mu_next / (1 - prod * mu_next) * state["exp_avg"] / den
+
+
+# ---------------------------------------------------------------- activations
+# torch's definitions and defaults, in float64. ``act_forward(kind, x, a, b)`` and
+# ``act_backward(kind, dy, v, a, b)`` where v is the output y for sigmoid and tanh (their
+# backward is written from the output) and the input x for the others; a, b: the
+# activation's parameters (leaky_relu: negative_slope; elu: alpha; softplus: beta,
+# threshold), ignored by the others.
+
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_SCALE = 1.0507009873554804934193349852946
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def _erf64(x):
+    return _erf(x).astype(np.float64)
+
+
+def _sigmoid64(x):
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def act_forward(kind: str, x, a: float = 0.0, b: float = 0.0) -> np.ndarray:
+    x = _f64(x)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind == "sigmoid":
+            return _sigmoid64(x)
+        if kind == "tanh":
+            return np.tanh(x)
+        if kind == "relu":
+            return np.where(x > 0, x, 0.0)
+        if kind == "leaky_relu":
+            return np.where(x > 0, x, a * x)
+        if kind == "elu":
+            return np.where(x > 0, x, a * np.expm1(np.minimum(x, 0)))
+        if kind == "selu":
+            return SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0)))
+        if kind == "gelu":
+            return 0.5 * x * (1.0 + _erf64(x / math.sqrt(2.0)))
+        if kind == "gelu_tanh":
+            return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3)))
+        if kind == "softplus":
+            bx = a * x
+            soft = (np.maximum(bx, 0) + np.log1p(np.exp(-np.abs(bx)))) / a
+            return np.where(bx > b, x, soft)
+        if kind == "silu":
+            return x * _sigmoid64(x)
+    raise ValueError(f"unknown activation {kind!r}")
+
+
+def act_backward(kind: str, dy, v, a: float = 0.0, b: float = 0.0) -> np.ndarray:
+    dy, v = _f64(dy), _f64(v)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if kind == "sigmoid":
+            return dy * v * (1.0 - v)
+        if kind == "tanh":
+            return dy * (1.0 - v * v)
+        if kind == "relu":
+            return np.where(v > 0, dy, 0.0)
+        if kind == "leaky_relu":
+            return np.where(v > 0, dy, a * dy)
+        if kind == "elu":
+            return np.where(v > 0, dy, dy * a * np.exp(np.minimum(v, 0)))
+        if kind == "selu":
+            return SELU_SCALE * np.where(v > 0, dy, dy * SELU_ALPHA * np.exp(np.minimum(v, 0)))
+        if kind == "gelu":
+            cdf = 0.5 * (1.0 + _erf64(v / math.sqrt(2.0)))
+            pdf = np.exp(-0.5 * v * v) / math.sqrt(2.0 * math.pi)
+            return dy * (cdf + v * pdf)
+        if kind == "gelu_tanh":
+            t = np.tanh(_SQRT_2_OVER_PI * (v + _GELU_C * v**3))
+            dt = (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3.0 * _GELU_C * v * v)
+            return dy * (0.5 * (1.0 + t) + 0.5 * v * dt)
+        if kind == "softplus":
+            bx = a * v
+            return np.where(bx > b, dy, dy * _sigmoid64(bx))
+        if kind == "silu":
+            s = _sigmoid64(v)
+            return dy * s * (1.0 + v * (1.0 - s))
+    raise ValueError(f"unknown activation {kind!r}")

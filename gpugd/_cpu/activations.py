@@ -1,0 +1,234 @@
+"""CPU (Numba) mirror of ``kernels/activations.cu``: activation forward and fused backward.
+
+Each activation's math is one pair of inline functions (``_<kind>_f(x, a, b)`` and
+``_<kind>_b(dy, v, a, b)``, v = output for sigmoid/tanh, input otherwise), in the stable
+forms of the CUDA file: exponentials only of non-positive arguments (no overflow for any
+finite input), ``expm1`` where 1 − e^x would cancel. ``forward``/``backward`` run one
+loop per kind (the kind is chosen outside the loop, so each loop vectorizes; exp is the
+vectorizable ``vmath.vexp``), in CHUNK-element tasks of a ``prange`` for large arrays.
+GELU's exact form and softplus' forward use libm's erf/log1p (scalar: correct, slower).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .vector import CHUNK, PARALLEL_MIN
+from .vmath import vexp, vexpm1
+
+# kernel ids, the same in kernels/activations.cu; selu runs as elu with its constants
+KINDS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "softplus", "silu")
+_K = 0.7978845608028654  # √(2/π)
+_C = 0.044715
+_INV_SQRT2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+
+_J = dict(inline="always", error_model="numpy")
+
+
+@njit(**_J)
+def _sig(x):
+    e = vexp(-abs(x))
+    return 1 / (1 + e) if x >= 0 else e / (1 + e)
+
+
+@njit(**_J)
+def _tanh(x):
+    m = vexpm1(-2 * abs(x))  # tanh|x| = −m/(2 + m): no cancellation near 0
+    t = -m / (2 + m)
+    return t if x >= 0 else -t
+
+
+# ---- per-element rules: forward f(x) and backward dx = dy·f'(·) --------------------------
+
+
+@njit(**_J)
+def _sigmoid_f(x, a, b):
+    return _sig(x)
+
+
+@njit(**_J)
+def _sigmoid_b(dy, y, a, b):
+    return dy * y * (1 - y)
+
+
+@njit(**_J)
+def _tanh_f(x, a, b):
+    return _tanh(x)
+
+
+@njit(**_J)
+def _tanh_b(dy, y, a, b):
+    return dy * (1 - y * y)
+
+
+@njit(**_J)
+def _relu_f(x, a, b):
+    return x if x > 0 else x * 0
+
+
+@njit(**_J)
+def _relu_b(dy, x, a, b):
+    return dy if x > 0 else dy * 0
+
+
+@njit(**_J)
+def _leaky_relu_f(x, a, b):
+    return x if x > 0 else a * x
+
+
+@njit(**_J)
+def _leaky_relu_b(dy, x, a, b):
+    return dy if x > 0 else a * dy
+
+
+@njit(**_J)
+def _elu_f(x, a, b):
+    return b * x if x > 0 else b * a * vexpm1(x)  # a = α, b = scale (1 for elu; selu's)
+
+
+@njit(**_J)
+def _elu_b(dy, x, a, b):
+    return b * dy if x > 0 else b * a * dy * vexp(x)
+
+
+@njit(**_J)
+def _gelu_f(x, a, b):
+    return 0.5 * x * (1 + math.erf(x * _INV_SQRT2))
+
+
+@njit(**_J)
+def _gelu_b(dy, x, a, b):
+    cdf = 0.5 * (1 + math.erf(x * _INV_SQRT2))
+    return dy * (cdf + x * _INV_SQRT_2PI * vexp(-0.5 * x * x))
+
+
+@njit(**_J)
+def _gelu_tanh_f(x, a, b):
+    return 0.5 * x * (1 + _tanh(_K * (x + _C * x * x * x)))
+
+
+@njit(**_J)
+def _gelu_tanh_b(dy, x, a, b):
+    t = _tanh(_K * (x + _C * x * x * x))
+    dt = (1 - t * t) * _K * (1 + 3 * _C * x * x)
+    return dy * (0.5 * (1 + t) + 0.5 * x * dt)
+
+
+@njit(**_J)
+def _softplus_f(x, a, b):
+    bx = a * x  # a = β, b = threshold: linear above it, as torch
+    return x if bx > b else ((bx if bx > 0 else bx * 0) + np.log1p(vexp(-abs(bx)))) / a
+
+
+@njit(**_J)
+def _softplus_b(dy, x, a, b):
+    bx = a * x
+    return dy if bx > b else dy * _sig(bx)
+
+
+@njit(**_J)
+def _silu_f(x, a, b):
+    return x * _sig(x)
+
+
+@njit(**_J)
+def _silu_b(dy, x, a, b):
+    s = _sig(x)
+    return dy * s * (1 + x * (1 - s))
+
+
+# ---- loops: the kind picked outside, one vectorizable loop each --------------------------
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _forward_serial(kind, x, y, a, b):
+    n = x.size
+    if kind == 0:
+        for i in range(n):
+            y[i] = _sigmoid_f(x[i], a, b)
+    elif kind == 1:
+        for i in range(n):
+            y[i] = _tanh_f(x[i], a, b)
+    elif kind == 2:
+        for i in range(n):
+            y[i] = _relu_f(x[i], a, b)
+    elif kind == 3:
+        for i in range(n):
+            y[i] = _leaky_relu_f(x[i], a, b)
+    elif kind == 4:
+        for i in range(n):
+            y[i] = _elu_f(x[i], a, b)
+    elif kind == 5:
+        for i in range(n):
+            y[i] = _gelu_f(x[i], a, b)
+    elif kind == 6:
+        for i in range(n):
+            y[i] = _gelu_tanh_f(x[i], a, b)
+    elif kind == 7:
+        for i in range(n):
+            y[i] = _softplus_f(x[i], a, b)
+    elif kind == 8:
+        for i in range(n):
+            y[i] = _silu_f(x[i], a, b)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _backward_serial(kind, dy, v, dx, a, b):
+    n = dy.size
+    if kind == 0:
+        for i in range(n):
+            dx[i] = _sigmoid_b(dy[i], v[i], a, b)
+    elif kind == 1:
+        for i in range(n):
+            dx[i] = _tanh_b(dy[i], v[i], a, b)
+    elif kind == 2:
+        for i in range(n):
+            dx[i] = _relu_b(dy[i], v[i], a, b)
+    elif kind == 3:
+        for i in range(n):
+            dx[i] = _leaky_relu_b(dy[i], v[i], a, b)
+    elif kind == 4:
+        for i in range(n):
+            dx[i] = _elu_b(dy[i], v[i], a, b)
+    elif kind == 5:
+        for i in range(n):
+            dx[i] = _gelu_b(dy[i], v[i], a, b)
+    elif kind == 6:
+        for i in range(n):
+            dx[i] = _gelu_tanh_b(dy[i], v[i], a, b)
+    elif kind == 7:
+        for i in range(n):
+            dx[i] = _softplus_b(dy[i], v[i], a, b)
+    elif kind == 8:
+        for i in range(n):
+            dx[i] = _silu_b(dy[i], v[i], a, b)
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _forward_parallel(kind, x, y, a, b):
+    n = x.size
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
+        _forward_serial(kind, x[lo:hi], y[lo:hi], a, b)
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _backward_parallel(kind, dy, v, dx, a, b):
+    n = dy.size
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
+        _backward_serial(kind, dy[lo:hi], v[lo:hi], dx[lo:hi], a, b)
+
+
+def forward(kind: int, x: np.ndarray, y: np.ndarray, a, b) -> None:
+    """y = f(x) elementwise (1-D contiguous, same dtype; y may be x)."""
+    (_forward_parallel if x.size >= PARALLEL_MIN else _forward_serial)(kind, x, y, a, b)
+
+
+def backward(kind: int, dy: np.ndarray, v: np.ndarray, dx: np.ndarray, a, b) -> None:
+    """dx = dy·f'(·) elementwise (dx may be dy or v)."""
+    (_backward_parallel if dy.size >= PARALLEL_MIN else _backward_serial)(kind, dy, v, dx, a, b)
