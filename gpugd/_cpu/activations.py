@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from .vector import CHUNK, PARALLEL_MIN
-from .vmath import vexp, vexpm1
+from .vmath import like, vexp, vexpm1
 
 # kernel ids, the same in kernels/activations.cu; selu runs as elu with its constants
 KINDS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "softplus", "silu")
@@ -31,18 +31,20 @@ _J = dict(inline="always", error_model="numpy")
 
 @njit(**_J)
 def _sig(x):
+    one = like(x, 1.0)
     e = vexp(-abs(x))
-    return 1 / (1 + e) if x >= 0 else e / (1 + e)
+    return one / (one + e) if x >= 0 else e / (one + e)
 
 
 @njit(**_J)
 def _tanh(x):
-    m = vexpm1(-2 * abs(x))  # tanh|x| = −m/(2 + m): no cancellation near 0
-    t = -m / (2 + m)
+    m = vexpm1(like(x, -2.0) * abs(x))  # tanh|x| = −m/(2 + m): no cancellation near 0
+    t = -m / (like(x, 2.0) + m)
     return t if x >= 0 else -t
 
 
 # ---- per-element rules: forward f(x) and backward dx = dy·f'(·) --------------------------
+# Constants go through ``like`` so float32 stays float32 (a bare 0.5 would promote).
 
 
 @njit(**_J)
@@ -52,7 +54,7 @@ def _sigmoid_f(x, a, b):
 
 @njit(**_J)
 def _sigmoid_b(dy, y, a, b):
-    return dy * y * (1 - y)
+    return dy * y * (like(y, 1.0) - y)
 
 
 @njit(**_J)
@@ -62,17 +64,17 @@ def _tanh_f(x, a, b):
 
 @njit(**_J)
 def _tanh_b(dy, y, a, b):
-    return dy * (1 - y * y)
+    return dy * (like(y, 1.0) - y * y)
 
 
 @njit(**_J)
 def _relu_f(x, a, b):
-    return x if x > 0 else x * 0
+    return x if x > 0 else x * like(x, 0.0)
 
 
 @njit(**_J)
 def _relu_b(dy, x, a, b):
-    return dy if x > 0 else dy * 0
+    return dy if x > 0 else dy * like(dy, 0.0)
 
 
 @njit(**_J)
@@ -97,31 +99,36 @@ def _elu_b(dy, x, a, b):
 
 @njit(**_J)
 def _gelu_f(x, a, b):
-    return 0.5 * x * (1 + math.erf(x * _INV_SQRT2))
+    half = like(x, 0.5)
+    return half * x * (like(x, 1.0) + math.erf(x * like(x, _INV_SQRT2)))
 
 
 @njit(**_J)
 def _gelu_b(dy, x, a, b):
-    cdf = 0.5 * (1 + math.erf(x * _INV_SQRT2))
-    return dy * (cdf + x * _INV_SQRT_2PI * vexp(-0.5 * x * x))
+    half = like(x, 0.5)
+    cdf = half * (like(x, 1.0) + math.erf(x * like(x, _INV_SQRT2)))
+    return dy * (cdf + x * like(x, _INV_SQRT_2PI) * vexp(-half * x * x))
 
 
 @njit(**_J)
 def _gelu_tanh_f(x, a, b):
-    return 0.5 * x * (1 + _tanh(_K * (x + _C * x * x * x)))
+    half, one = like(x, 0.5), like(x, 1.0)
+    return half * x * (one + _tanh(like(x, _K) * (x + like(x, _C) * x * x * x)))
 
 
 @njit(**_J)
 def _gelu_tanh_b(dy, x, a, b):
-    t = _tanh(_K * (x + _C * x * x * x))
-    dt = (1 - t * t) * _K * (1 + 3 * _C * x * x)
-    return dy * (0.5 * (1 + t) + 0.5 * x * dt)
+    half, one, k, c = like(x, 0.5), like(x, 1.0), like(x, _K), like(x, _C)
+    t = _tanh(k * (x + c * x * x * x))
+    dt = (one - t * t) * k * (one + like(x, 3.0) * c * x * x)
+    return dy * (half * (one + t) + half * x * dt)
 
 
 @njit(**_J)
 def _softplus_f(x, a, b):
     bx = a * x  # a = β, b = threshold: linear above it, as torch
-    return x if bx > b else ((bx if bx > 0 else bx * 0) + np.log1p(vexp(-abs(bx)))) / a
+    pos = bx if bx > 0 else bx * like(x, 0.0)
+    return x if bx > b else (pos + np.log1p(vexp(-abs(bx)))) / a
 
 
 @njit(**_J)
@@ -137,8 +144,9 @@ def _silu_f(x, a, b):
 
 @njit(**_J)
 def _silu_b(dy, x, a, b):
+    one = like(x, 1.0)
     s = _sig(x)
-    return dy * s * (1 + x * (1 - s))
+    return dy * s * (one + x * (one - s))
 
 
 # ---- loops: the kind picked outside, one vectorizable loop each --------------------------

@@ -112,30 +112,141 @@ def vexpm1(x):
     return math.expm1(x)
 
 
-@overload(vexpm1)
+@overload(vexpm1, inline="always")
 def _vexpm1(x):
-    # |x| < 1/2: the Taylor series x(1 + x/2(1 + x/3(…))) by Horner (9 / 17 terms reach
-    # 1 ulp); beyond, e^x − 1 loses nothing.
+    # |x| < 1/2: the Taylor series Σ x^k/k! by Horner (9 / 17 terms reach
+    # 1 ulp); beyond, e^x − 1 loses nothing. Both are computed (the series on x clamped to
+    # ±1/2, so it stays finite) and blended by a 0/1 weight: no branch, so the loop around
+    # it vectorizes; inlined into the caller's IR, since LLVM finds it too big to inline.
     if x == types.float32:
 
         def f32(x):
-            if abs(x) < np.float32(0.5):
-                s = np.float32(0.0)
-                for j in range(9, 0, -1):
-                    s = (s + np.float32(1.0)) * x / np.float32(j)
-                return s
-            return _exp32(x) - np.float32(1.0)
+            h = np.float32(0.5)
+            xs = min(max(x, -h), h)
+            s = xs * (
+                np.float32(1.0)
+                + xs
+                * (
+                    np.float32(0.5)
+                    + xs
+                    * (
+                        np.float32(0.16666666666666666)
+                        + xs
+                        * (
+                            np.float32(0.041666666666666664)
+                            + xs
+                            * (
+                                np.float32(0.008333333333333333)
+                                + xs
+                                * (
+                                    np.float32(0.001388888888888889)
+                                    + xs
+                                    * (
+                                        np.float32(0.0001984126984126984)
+                                        + xs
+                                        * (
+                                            np.float32(2.48015873015873e-05)
+                                            + xs * (np.float32(2.7557319223985893e-06))
+                                        )
+                                    )
+                                )
+                            )
+                        )
+                    )
+                )
+            )
+            w = np.float32(abs(x) < h)
+            return w * s + (np.float32(1.0) - w) * (_exp32(x) - np.float32(1.0))
 
         return f32
     if x == types.float64:
 
         def f64(x):
-            if abs(x) < 0.5:
-                s = 0.0
-                for j in range(17, 0, -1):
-                    s = (s + 1.0) * x / j
-                return s
-            return _exp64(x) - 1.0
+            xs = min(max(x, -0.5), 0.5)
+            s = xs * (
+                1.0
+                + xs
+                * (
+                    0.5
+                    + xs
+                    * (
+                        0.16666666666666666
+                        + xs
+                        * (
+                            0.041666666666666664
+                            + xs
+                            * (
+                                0.008333333333333333
+                                + xs
+                                * (
+                                    0.001388888888888889
+                                    + xs
+                                    * (
+                                        0.0001984126984126984
+                                        + xs
+                                        * (
+                                            2.48015873015873e-05
+                                            + xs
+                                            * (
+                                                2.7557319223985893e-06
+                                                + xs
+                                                * (
+                                                    2.755731922398589e-07
+                                                    + xs
+                                                    * (
+                                                        2.505210838544172e-08
+                                                        + xs
+                                                        * (
+                                                            2.08767569878681e-09
+                                                            + xs
+                                                            * (
+                                                                1.6059043836821613e-10
+                                                                + xs
+                                                                * (
+                                                                    1.1470745597729725e-11
+                                                                    + xs
+                                                                    * (
+                                                                        7.647163731819816e-13
+                                                                        + xs
+                                                                        * (
+                                                                            4.779477332387385e-14
+                                                                            + xs
+                                                                            * (
+                                                                                2.8114572543455206e-15
+                                                                            )
+                                                                        )
+                                                                    )
+                                                                )
+                                                            )
+                                                        )
+                                                    )
+                                                )
+                                            )
+                                        )
+                                    )
+                                )
+                            )
+                        )
+                    )
+                )
+            )
+            w = np.float64(abs(x) < 0.5)
+            return w * s + (1.0 - w) * (_exp64(x) - 1.0)
 
         return f64
+    return None
+
+
+def like(x, value):
+    """``value`` as a constant of x's float type (a bare literal would promote a float32
+    computation to float64, which halves the vector width)."""
+    return value
+
+
+@overload(like)
+def _like(x, value):
+    if x == types.float32:
+        return lambda x, value: np.float32(value)
+    if x == types.float64:
+        return lambda x, value: np.float64(value)
     return None

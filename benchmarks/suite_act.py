@@ -1,0 +1,97 @@
+"""Suite ``act``: each activation's fused backward dx = dy·f'(·) on one fp32 buffer.
+
+Fewest bytes per element: read dy and x (or y), write dx: 12 (3 words), against the
+``inplace`` ceiling. gpugd writes into a preallocated ``out``. Peers: NumPy composition of
+the same derivative (several passes), and torch's ATen backward kernels when importable
+(``sigmoid_backward``, ``threshold_backward``, ``gelu_backward``, … — what autograd runs).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gpugd import ops
+
+from .harness import Context, optional_torch, row
+from .suite_optim import _as_torch
+
+NAME = "act"
+SELU = (1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+
+
+def _numel(ctx: Context) -> int:
+    if ctx.numel:
+        return ctx.numel
+    return 1 << 28 if ctx.backend.name == "cuda" else 1 << 24
+
+
+def _numpy(xp, name: str, dy, v, out):
+    """The derivative composed from array ops, as a user would write it."""
+    if name == "sigmoid":
+        return xp.multiply(dy * v, 1 - v, out=out)
+    if name == "tanh":
+        return xp.multiply(dy, 1 - v * v, out=out)
+    if name == "relu":
+        return xp.multiply(dy, v > 0, out=out)
+    if name == "leaky_relu":
+        return xp.multiply(dy, xp.where(v > 0, 1.0, 0.01).astype(v.dtype), out=out)
+    if name == "silu":
+        s = 1 / (1 + xp.exp(-v))
+        return xp.multiply(dy * s, 1 + v * (1 - s), out=out)
+    return None
+
+
+def _torch_peer(torch, name: str, tdy, tv):
+    aten = torch.ops.aten
+    return {
+        "sigmoid": lambda: aten.sigmoid_backward(tdy, tv),
+        "tanh": lambda: aten.tanh_backward(tdy, tv),
+        "relu": lambda: aten.threshold_backward(tdy, tv, 0.0),
+        "leaky_relu": lambda: aten.leaky_relu_backward(tdy, tv, 0.01, False),
+        "elu": lambda: aten.elu_backward(tdy, 1.0, 1.0, 1.0, False, tv),
+        "selu": lambda: aten.elu_backward(tdy, SELU[0], SELU[1], 1.0, False, tv),
+        "gelu": lambda: aten.gelu_backward(tdy, tv),
+        "gelu tanh": lambda: aten.gelu_backward(tdy, tv, approximate="tanh"),
+        "softplus": lambda: aten.softplus_backward(tdy, tv, 1.0, 20.0),
+        "silu": lambda: aten.silu_backward(tdy, tv),
+    }[name]
+
+
+def run(ctx: Context) -> list[dict[str, Any]]:
+    xp = ctx.backend.xp
+    torch = optional_torch()
+    n = _numel(ctx)
+    ctx.log(f"act: float32 n={n}")
+    dy = xp.random.standard_normal(n).astype(xp.float32)
+    x = (xp.random.standard_normal(n) * 3).astype(xp.float32)
+    y_sig = ops.sigmoid(x)
+    y_tanh = ops.tanh(x)
+    out = xp.empty_like(x)
+    peer = "cupy" if xp is not np else "numpy"
+    names = ["sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "gelu tanh"]
+    names += ["softplus", "silu"]
+    if ctx.quick:
+        names = ["sigmoid", "relu", "gelu", "silu"]
+    rows = []
+    for name in names:
+        v = y_sig if name == "sigmoid" else (y_tanh if name == "tanh" else x)
+        op = getattr(ops, name.split()[0] + "_backward")
+        kw = {"approximate": "tanh"} if name == "gelu tanh" else {}
+
+        def call(op=op, v=v, kw=kw):
+            op(dy, v, out=out, **kw)
+
+        peers: dict[str, Any] = {}
+        if _numpy(xp, name, dy[:8], v[:8], out[:8]) is not None:
+            peers[peer] = lambda name=name, v=v: _numpy(xp, name, dy, v, out)
+        if torch is not None:
+            peers["torch"] = _torch_peer(torch, name, _as_torch(torch, dy), _as_torch(torch, v))
+        t, ceil = ctx.measure({"gpugd": call, **peers}, "inplace")
+        base = {k: t[k].median_s for k in peers}
+        label = f"{name.replace(' ', '_')}_backward"
+        rows.append(row(ctx, label, np.float32, n, t["gpugd"], 12 * n, "inplace", ceil, base))
+        r = rows[-1]
+        ctx.log(f"  {label:<24} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace")
+    return rows

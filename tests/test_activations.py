@@ -1,0 +1,155 @@
+"""Activations against the float64 reference, finite differences of the forward, torch's
+definitions, stability for large inputs, out=/in-place, and bad input. Both backends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import ODD_SIZES, assert_rel_close, to_numpy
+
+from gpugd import ops
+from gpugd import reference as ref
+
+# public name -> (reference kind, op kwargs, reference a, b; backward from the output?)
+ACTS = {
+    "sigmoid": ("sigmoid", {}, 0.0, 0.0, True),
+    "tanh": ("tanh", {}, 0.0, 0.0, True),
+    "relu": ("relu", {}, 0.0, 0.0, False),
+    "leaky_relu": ("leaky_relu", {"negative_slope": 0.2}, 0.2, 0.0, False),
+    "elu": ("elu", {"alpha": 0.7}, 0.7, 0.0, False),
+    "selu": ("selu", {}, 0.0, 0.0, False),
+    "gelu": ("gelu", {}, 0.0, 0.0, False),
+    "gelu-tanh": ("gelu_tanh", {"approximate": "tanh"}, 0.0, 0.0, False),
+    "softplus": ("softplus", {"beta": 2.0, "threshold": 5.0}, 2.0, 5.0, False),
+    "silu": ("silu", {}, 0.0, 0.0, False),
+}
+RTOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+def _op(name):
+    return name.split("-")[0]
+
+
+def _kw(name):
+    kw = dict(ACTS[name][1])
+    return kw
+
+
+def _call(name, direction, *args, **extra):
+    fn = getattr(ops, _op(name) + ("_backward" if direction == "bwd" else ""))
+    kw = _kw(name)
+    if _op(name) in ("leaky_relu", "elu"):  # positional parameters, as torch's functional
+        return fn(*args, *kw.values(), **extra)
+    return fn(*args, **kw, **extra)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", ODD_SIZES)
+@pytest.mark.parametrize("name", list(ACTS))
+def test_forward_and_backward_match_float64(xp, name, n, dtype):
+    kind, _, a, b, from_output = ACTS[name]
+    rng = np.random.default_rng(n)
+    x0 = (rng.standard_normal(n) * 3).astype(dtype)
+    dy0 = rng.standard_normal(n).astype(dtype)
+    y = _call(name, "fwd", xp.asarray(x0))
+    assert_rel_close(y, ref.act_forward(kind, x0, a, b), RTOL[dtype], f"{name} forward")
+    v0 = to_numpy(y) if from_output else x0
+    dx = _call(name, "bwd", xp.asarray(dy0), xp.asarray(v0))
+    assert_rel_close(dx, ref.act_backward(kind, dy0, v0, a, b), RTOL[dtype], f"{name} backward")
+
+
+@pytest.mark.parametrize("name", list(ACTS))
+def test_backward_is_the_derivative_of_the_forward(name):
+    # central differences of the float64 forward kernel, away from kinks
+    kind, _, a, b, from_output = ACTS[name]
+    x = np.random.default_rng(1).uniform(-4, 4, 2001)
+    x = x[np.abs(x) > 1e-3]
+    if kind == "softplus":
+        x = x[np.abs(a * x - b) > 1e-3]
+    h = 1e-6
+    fd = (_call(name, "fwd", x + h) - _call(name, "fwd", x - h)) / (2 * h)
+    v = _call(name, "fwd", x) if from_output else x
+    dx = _call(name, "bwd", np.ones_like(x), v)
+    np.testing.assert_allclose(dx, fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", list(ACTS))
+def test_large_inputs_stay_finite(xp, name):
+    x = xp.asarray(np.array([-1e4, -100.0, -88.0, -20.0, 20.0, 88.0, 100.0, 1e4], np.float32))
+    y = _call(name, "fwd", x)
+    v = y if ACTS[name][4] else x
+    dx = _call(name, "bwd", xp.ones_like(x), v)
+    assert np.isfinite(to_numpy(y)).all(), to_numpy(y)
+    assert np.isfinite(to_numpy(dx)).all(), to_numpy(dx)
+
+
+def test_nan_propagates(xp):
+    x = xp.asarray(np.array([np.nan, 1.0], np.float32))
+    for name in ACTS:
+        assert np.isnan(to_numpy(_call(name, "fwd", x))[0]), name
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "gelu", "softplus", "leaky_relu"])
+def test_out_and_in_place(xp, name):
+    x0 = np.linspace(-3, 3, 1001).astype(np.float32)
+    want = to_numpy(_call(name, "fwd", xp.asarray(x0)))
+    out = xp.full_like(xp.asarray(x0), np.nan)
+    assert _call(name, "fwd", xp.asarray(x0), out=out) is out
+    np.testing.assert_array_equal(to_numpy(out), want)
+    x = xp.asarray(x0)
+    _call(name, "fwd", x, out=x)  # in place
+    np.testing.assert_array_equal(to_numpy(x), want)
+    dy = xp.asarray(np.ones(1001, np.float32))
+    v = xp.asarray(want) if ACTS[name][4] else xp.asarray(x0)
+    want_dx = to_numpy(_call(name, "bwd", dy, v))
+    _call(name, "bwd", dy, v, out=dy)  # into grad_out
+    np.testing.assert_array_equal(to_numpy(dy), want_dx)
+
+
+def test_matches_torch_when_importable():
+    torch = pytest.importorskip("torch", reason="torch is an optional peer")
+    F = torch.nn.functional
+    x = np.random.default_rng(2).standard_normal(5000) * 3
+    tx = torch.tensor(x, requires_grad=True)
+    pairs = {
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "relu": F.relu,
+        "leaky_relu": lambda t: F.leaky_relu(t, 0.2),
+        "elu": lambda t: F.elu(t, 0.7),
+        "selu": F.selu,
+        "gelu": F.gelu,
+        "gelu-tanh": lambda t: F.gelu(t, approximate="tanh"),
+        "softplus": lambda t: F.softplus(t, beta=2.0, threshold=5.0),
+        "silu": F.silu,
+    }
+    for name, f in pairs.items():
+        ty = f(tx)
+        (g,) = torch.autograd.grad(ty.sum(), tx)
+        y = _call(name, "fwd", x)
+        np.testing.assert_allclose(y, ty.detach().numpy(), rtol=1e-12, atol=1e-15, err_msg=name)
+        v = y if ACTS[name][4] else x
+        dx = _call(name, "bwd", np.ones_like(x), v)
+        np.testing.assert_allclose(dx, g.numpy(), rtol=1e-11, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda x: ops.relu(x.astype(np.int32)), TypeError, "x: expected dtype"),
+        (lambda x: ops.relu(x[::2]), ValueError, "x: expected a C-contiguous"),
+        (lambda x: ops.relu(x, out=np.empty(3, np.float32)), ValueError, "out: shape"),
+        (lambda x: ops.relu(x, out=np.empty(8)), TypeError, "out: dtype"),
+        (lambda x: ops.relu(x[:6], out=x[2:]), ValueError, "out partially overlaps x"),
+        (lambda x: ops.relu_backward(x, x[:4]), ValueError, "x: shape"),
+        (lambda x: ops.softplus(x, beta=0.0), ValueError, "beta: expected a finite value > 0"),
+        (lambda x: ops.gelu(x, approximate="fast"), ValueError, "approximate"),
+        (lambda x: ops.leaky_relu(x, float("nan")), ValueError, "negative_slope"),
+        (lambda x: ops.elu(x, "1"), TypeError, "alpha"),
+    ],
+)
+def test_bad_input_is_refused_before_any_write(call, exc, match):
+    x = np.full(8, -2.0, np.float32)
+    with pytest.raises(exc, match=match):
+        call(x)
+    assert (x == -2.0).all()
