@@ -206,11 +206,12 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
-_erf = np.frompyfunc(math.erf, 1, 1)
+_erfc = np.frompyfunc(math.erfc, 1, 1)
 
 
-def _erf64(x):
-    return _erf(x).astype(np.float64)
+def _phi64(x):
+    """Φ(x) = ½·erfc(−x/√2): no cancellation in the lower tail."""
+    return 0.5 * _erfc(-x / math.sqrt(2.0)).astype(np.float64)
 
 
 def _sigmoid64(x):
@@ -234,7 +235,7 @@ def act_forward(kind: str, x, a: float = 0.0, b: float = 0.0) -> np.ndarray:
         if kind == "selu":
             return SELU_SCALE * np.where(x > 0, x, SELU_ALPHA * np.expm1(np.minimum(x, 0)))
         if kind == "gelu":
-            return 0.5 * x * (1.0 + _erf64(x / math.sqrt(2.0)))
+            return x * _phi64(x)
         if kind == "gelu_tanh":
             return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + _GELU_C * x**3)))
         if kind == "softplus":
@@ -262,7 +263,7 @@ def act_backward(kind: str, dy, v, a: float = 0.0, b: float = 0.0) -> np.ndarray
         if kind == "selu":
             return SELU_SCALE * np.where(v > 0, dy, dy * SELU_ALPHA * np.exp(np.minimum(v, 0)))
         if kind == "gelu":
-            cdf = 0.5 * (1.0 + _erf64(v / math.sqrt(2.0)))
+            cdf = _phi64(v)
             pdf = np.exp(-0.5 * v * v) / math.sqrt(2.0 * math.pi)
             return dy * (cdf + v * pdf)
         if kind == "gelu_tanh":

@@ -4,7 +4,8 @@
 // selu), 5 gelu (erf), 6 gelu_tanh, 7 softplus (a = β, b = threshold), 8 silu.
 // Backward takes v = the output y for sigmoid and tanh, the input x for the others.
 // Stable forms: exponentials only of non-positive arguments, expm1 where 1 − e^x would
-// cancel. Grid-stride, 16-byte packs when both pointers allow; math in T.
+// cancel, Φ(x) = ½·erfc(−x/√2) rather than ½(1 + erf(x/√2)), which cancels for x ≪ 0.
+// Grid-stride, 16-byte packs when both pointers allow; math in T.
 #include "common.cuh"
 
 namespace gpugd {
@@ -35,7 +36,7 @@ struct Act {
       case 2: return x > T(0) ? x : x * T(0);
       case 3: return x > T(0) ? x : a * x;
       case 4: return x > T(0) ? b * x : b * a * expm1(x);
-      case 5: return T(0.5) * x * (T(1) + erf(x * T(0.7071067811865476)));
+      case 5: return x * T(0.5) * erfc(-x * T(0.7071067811865476));  // x·Φ(x), both tails
       case 6: return T(0.5) * x * (T(1) + stable_tanh(K * (x + C * x * x * x)));
       case 7: {
         const T bx = a * x;
@@ -54,7 +55,7 @@ struct Act {
       case 3: return v > T(0) ? dy : a * dy;
       case 4: return v > T(0) ? b * dy : b * a * dy * exp(v);
       case 5: {
-        const T cdf = T(0.5) * (T(1) + erf(v * T(0.7071067811865476)));
+        const T cdf = T(0.5) * erfc(-v * T(0.7071067811865476));  // Φ(v), no cancellation
         return dy * (cdf + v * T(0.3989422804014327) * exp(T(-0.5) * v * v));
       }
       case 6: {

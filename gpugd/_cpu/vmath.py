@@ -250,3 +250,44 @@ def _like(x, value):
     if x == types.float64:
         return lambda x, value: np.float64(value)
     return None
+
+
+def vphi(x):
+    """Φ(x), the standard normal CDF: for float32 vectorizable, for float64 libm's erfc."""
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+@njit(inline="always", error_model="numpy")
+def _phi32(x):
+    # Φ(x) = ½·erfc(−x/√2). erfc by Numerical Recipes' Chebyshev fit (fractional error
+    # under 1.2e-7 over the whole line, so the tails keep their relative accuracy), with the
+    # vectorizable exp: no branch, no libm call.
+    z = abs(x) * np.float32(0.7071067811865476)
+    t = np.float32(1.0) / (np.float32(1.0) + np.float32(0.5) * z)
+    q = np.float32(0.17087277)
+    q = q * t + np.float32(-0.82215223)
+    q = q * t + np.float32(1.48851587)
+    q = q * t + np.float32(-1.13520398)
+    q = q * t + np.float32(0.27886807)
+    q = q * t + np.float32(-0.18628806)
+    q = q * t + np.float32(0.09678418)
+    q = q * t + np.float32(0.37409196)
+    q = q * t + np.float32(1.00002368)
+    c = t * _exp32(-z * z - np.float32(1.26551223) + t * q)  # erfc(|x|/√2)
+    half = np.float32(0.5) * c
+    w = np.float32(x >= 0)  # a blend, not a branch (both sides finite)
+    return w * (np.float32(1.0) - half) + (np.float32(1.0) - w) * half
+
+
+@njit(error_model="numpy")
+def _phi64(x):
+    return 0.5 * math.erfc(-x * 0.7071067811865476)
+
+
+@overload(vphi, inline="always")
+def _vphi(x):
+    if x == types.float32:
+        return lambda x: _phi32(x)
+    if x == types.float64:
+        return lambda x: _phi64(x)
+    return None
