@@ -21,6 +21,7 @@ from .activations import (
     tanh,
     tanh_backward,
 )
+from .dropout import dropout, dropout_backward, dropout_mask
 from .optim import adagrad_, adam_, nadam_, rmsprop_, sgd_
 from .reduce import (
     GradStats,
@@ -40,6 +41,9 @@ __all__ = [
     "clip_by_global_norm_",
     "clip_by_norm_",
     "clip_by_value_",
+    "dropout",
+    "dropout_backward",
+    "dropout_mask",
     "elu",
     "elu_backward",
     "gelu",
