@@ -277,3 +277,46 @@ def act_backward(kind: str, dy, v, a: float = 0.0, b: float = 0.0) -> np.ndarray
             s = _sigmoid64(v)
             return dy * s * (1.0 + v * (1.0 - s))
     raise ValueError(f"unknown activation {kind!r}")
+
+
+# ---------------------------------------------------------------- batch normalization
+# float64, written with NumPy reductions over the non-channel axes of each layout.
+
+_BN_AXES = {"NC": ((0,), 1), "NCHW": ((0, 2, 3), 1), "NHWC": ((0, 1, 2), 3)}
+
+
+def _bn_shape(layout, x):
+    axes, ch = _BN_AXES[layout]
+    shape = [1] * x.ndim
+    shape[ch] = x.shape[ch]
+    return axes, shape
+
+
+def batch_norm_stats(x, layout):
+    """Per-channel mean and biased variance (two-pass, float64)."""
+    x = _f64(x)
+    axes, _ = _bn_shape(layout, x)
+    return x.mean(axis=axes), x.var(axis=axes)
+
+
+def batch_norm_forward(x, weight, bias, mean, var, eps, layout):
+    x = _f64(x)
+    _, shape = _bn_shape(layout, x)
+    xhat = (x - _f64(mean).reshape(shape)) / np.sqrt(_f64(var).reshape(shape) + eps)
+    return xhat * _f64(weight).reshape(shape) + _f64(bias).reshape(shape)
+
+
+def batch_norm_backward(dy, x, weight, eps, layout):
+    """Training-mode (dx, dweight, dbias) with the batch's own statistics."""
+    dy, x = _f64(dy), _f64(x)
+    axes, shape = _bn_shape(layout, x)
+    mean, var = batch_norm_stats(x, layout)
+    invstd = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    m = x.size // x.shape[_BN_AXES[layout][1]]
+    s1 = dy.sum(axis=axes)
+    s2 = (dy * xhat).sum(axis=axes)
+    dx = (_f64(weight) * invstd).reshape(shape) * (
+        dy - s1.reshape(shape) / m - xhat * s2.reshape(shape) / m
+    )
+    return dx, s2, s1

@@ -21,6 +21,12 @@ from .activations import (
     tanh,
     tanh_backward,
 )
+from .batchnorm import (
+    BatchNormOutput,
+    batch_norm_backward,
+    batch_norm_forward,
+    batch_norm_stats,
+)
 from .dropout import dropout, dropout_backward, dropout_mask
 from .optim import adagrad_, adam_, nadam_, rmsprop_, sgd_
 from .reduce import (
@@ -34,10 +40,14 @@ from .reduce import (
 from .vector import axpy_, scale_, sum_of_squares
 
 __all__ = [
+    "BatchNormOutput",
     "GradStats",
     "adagrad_",
     "adam_",
     "axpy_",
+    "batch_norm_backward",
+    "batch_norm_forward",
+    "batch_norm_stats",
     "clip_by_global_norm_",
     "clip_by_norm_",
     "clip_by_value_",

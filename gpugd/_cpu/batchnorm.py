@@ -1,0 +1,181 @@
+"""CPU (Numba) batch-normalization kernels on a canonical (A, C, B) view of the input:
+element (a, c, b) at (a·C + c)·B + b. (N, C) is (N, C, 1), (N, C, H, W) is (N, C, H·W) and
+channels-last (N, H, W, C) is (N·H·W, C, 1).
+
+Statistics are computed tile by tile — a tile's mean from its sum, then its Σ(x − mean)²
+while the tile is still in cache (exact two-pass, float64) — and the tiles are merged with
+Chan's formula in a fixed order, so the variance is right even when |mean| ≫ std (the
+E[x²] − E[x]² formula loses every digit there) and the result does not depend on the
+thread count. Tiles: one (a, c) plane when B > 1; ``ROWS`` rows × all channels when
+B = 1 (the loops then run along C, contiguous). The elementwise passes are one per-channel
+affine map ``out = p[c]·u + q[c]·(w − m[c]) + r[c]`` (forward: p = 0, w = x, m = mean;
+backward: u = dy, w = x): x − mean is taken first, so nothing cancels when |mean| ≫ std.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+ROWS = 256  # rows per tile when B = 1
+
+
+@njit(inline="always")
+def _chan(n_a, m_a, s_a, n_b, m_b, s_b):
+    """Chan et al.: merge (count, mean, M2) of two disjoint sets."""
+    n = n_a + n_b
+    if n == 0:
+        return 0.0, 0.0, 0.0
+    d = m_b - m_a
+    return n, m_a + d * (n_b / n), s_a + s_b + d * d * (n_a * n_b / n)
+
+
+# ---- statistics ---------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _stats_planes(x, mean, m2):
+    """B > 1: per channel, the planes x[a, c, :] merged over a."""
+    A, C, B = x.shape
+    for c in prange(C):
+        n_t, m_t, s_t = 0.0, 0.0, 0.0
+        for a in range(A):
+            plane = x[a, c]
+            s = 0.0
+            for b in range(B):
+                s += np.float64(plane[b])
+            m = s / B
+            q = 0.0
+            for b in range(B):
+                d = np.float64(plane[b]) - m
+                q += d * d
+            n_t, m_t, s_t = _chan(n_t, m_t, s_t, float(B), m, q)
+        mean[c], m2[c] = m_t, s_t
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _stats_rows(x, tile_mean, tile_m2):
+    """B = 1: per tile of ROWS rows, each channel's mean and M2 (vectorized along C)."""
+    A, C = x.shape[0], x.shape[1]
+    ntiles = tile_mean.shape[0]
+    for t in prange(ntiles):
+        lo, hi = t * ROWS, min(t * ROWS + ROWS, A)
+        s = np.zeros(C)
+        for a in range(lo, hi):
+            row = x[a, :, 0]
+            for c in range(C):
+                s[c] += np.float64(row[c])
+        m = s / (hi - lo)
+        q = np.zeros(C)
+        for a in range(lo, hi):
+            row = x[a, :, 0]
+            for c in range(C):
+                d = np.float64(row[c]) - m[c]
+                q[c] += d * d
+        tile_mean[t] = m
+        tile_m2[t] = q
+
+
+def stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, biased variance) per channel, float64, of the (A, C, B) view ``x3``."""
+    A, C, B = x3.shape
+    mean, m2 = np.zeros(C), np.zeros(C)
+    if A * B == 0:
+        return mean, m2
+    if B > 1:
+        _stats_planes(x3, mean, m2)
+    else:
+        ntiles = -(-A // ROWS)
+        tm, tq = np.empty((ntiles, C)), np.empty((ntiles, C))
+        _stats_rows(x3, tm, tq)
+        _merge_rows(tm, tq, A, mean, m2)
+    return mean, m2 / (A * B)
+
+
+@njit(cache=True, nogil=True)
+def _merge_rows(tile_mean, tile_m2, A, mean, m2):
+    ntiles, C = tile_mean.shape
+    for c in range(C):
+        n_t, m_t, s_t = 0.0, 0.0, 0.0
+        for t in range(ntiles):
+            nb = float(min(ROWS, A - t * ROWS))
+            n_t, m_t, s_t = _chan(n_t, m_t, s_t, nb, tile_mean[t, c], tile_m2[t, c])
+        mean[c], m2[c] = m_t, s_t
+
+
+# ---- backward reduction: Σ dy and Σ dy·(x − mean) per channel ------------------------------
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _sums_planes(dy, x, mean, sum_dy, sum_dyx):
+    A, C, B = x.shape
+    for c in prange(C):
+        s1, s2 = 0.0, 0.0
+        m = mean[c]
+        for a in range(A):
+            g, u = dy[a, c], x[a, c]
+            for b in range(B):
+                gv = np.float64(g[b])
+                s1 += gv
+                s2 += gv * (np.float64(u[b]) - m)
+        sum_dy[c], sum_dyx[c] = s1, s2
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _sums_rows(dy, x, mean, t1, t2):
+    A, C = x.shape[0], x.shape[1]
+    for t in prange(t1.shape[0]):
+        lo, hi = t * ROWS, min(t * ROWS + ROWS, A)
+        s1, s2 = np.zeros(C), np.zeros(C)
+        for a in range(lo, hi):
+            g, u = dy[a, :, 0], x[a, :, 0]
+            for c in range(C):
+                gv = np.float64(g[c])
+                s1[c] += gv
+                s2[c] += gv * (np.float64(u[c]) - mean[c])
+        t1[t], t2[t] = s1, s2
+
+
+def grad_sums(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Σ dy, Σ dy·(x − mean)) per channel, float64; tiles summed in order."""
+    A, C, B = x3.shape
+    if B > 1:
+        s1, s2 = np.empty(C), np.empty(C)
+        _sums_planes(dy3, x3, mean, s1, s2)
+        return s1, s2
+    ntiles = max(1, -(-A // ROWS))
+    t1, t2 = np.zeros((ntiles, C)), np.zeros((ntiles, C))
+    _sums_rows(dy3, x3, mean, t1, t2)
+    return t1.sum(axis=0), t2.sum(axis=0)
+
+
+# ---- the elementwise pass: out = p[c]·u + q[c]·(w − m[c]) + r[c] ---------------------------
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _affine_planes(u, w, out, p, q, m, r):
+    A, C, B = u.shape
+    for k in prange(A * C):
+        a, c = k // C, k % C
+        pc, qc, mc, rc = p[c], q[c], m[c], r[c]
+        uu, ww, oo = u[a, c], w[a, c], out[a, c]
+        for b in range(B):
+            oo[b] = pc * uu[b] + qc * (ww[b] - mc) + rc
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _affine_rows(u, w, out, p, q, m, r):
+    A, C = u.shape[0], u.shape[1]
+    for t in prange(-(-A // ROWS)):
+        for a in range(t * ROWS, min(t * ROWS + ROWS, A)):
+            uu, ww, oo = u[a, :, 0], w[a, :, 0], out[a, :, 0]
+            for c in range(C):
+                oo[c] = p[c] * uu[c] + q[c] * (ww[c] - m[c]) + r[c]
+
+
+def affine(u3, w3, out3, p, q, m, r) -> None:
+    """out = p[c]·u + q[c]·(w − m[c]) + r[c] over the (A, C, B) views (per-channel arrays in
+    the arrays' dtype)."""
+    if u3.size == 0:
+        return
+    (_affine_planes if u3.shape[2] > 1 else _affine_rows)(u3, w3, out3, p, q, m, r)
