@@ -51,7 +51,14 @@ def test_rows_follow_the_schema(small_run):
         for m in ("", " +monitor/1", " +monitor/10")
     }
     clip = {"global_norm", "tensor_norms 1000 tensors", *clipped}
+    acts = {
+        f"{a}_backward"
+        for a in ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "selu", "gelu", "gelu_tanh")
+    } | {"softplus_backward", "silu_backward"}
+    acts = {a for a in acts if a.split("_backward")[0] in ("sigmoid", "relu", "gelu", "silu")}
+    bn = {f"batch_norm {d} {lay}" for d in ("forward", "backward") for lay in ("NCHW", "NC")}
     expected = {"axpy_", "scale_", "sum_of_squares", *benchmarks.suite_optim.RULES, *lists, *clip}
+    expected |= acts | bn
     assert kernels == expected
     words = {
         "axpy_": 3,
@@ -70,12 +77,17 @@ def test_rows_follow_the_schema(small_run):
         "global_norm": 1,
         "tensor_norms 1000 tensors": 1,
         **{k: 8 * (10 if k.endswith("/10") else 1) for k in clipped},
+        **dict.fromkeys(acts, 3),
+        **{k: 3 if "forward" in k else 5 for k in bn},
     }
     for r in data["rows"]:
         assert set(r) == SCHEMA
         # flat rows take --numel as given; the ResNet-50 list rows scale to about it
         assert r["backend"] == "cpu"
-        assert r["numel"] == 1 << 16 if r["tensors"] == 1 else r["tensors"] in (161, 1000)
+        if r["kernel"].startswith("batch_norm"):  # fixed small shapes when --numel is given
+            assert r["numel"] in (4 * 8 * 8 * 8, 256 * 16)
+        else:
+            assert r["numel"] == 1 << 16 if r["tensors"] == 1 else r["tensors"] in (161, 1000)
         assert r["bytes"] == words[r["kernel"]] * 4 * r["numel"]
         assert r["gbps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
         # held against its class's ceiling from its own rounds (so not the run-wide figure)

@@ -1,0 +1,100 @@
+"""Suite ``bn``: batch-norm training forward and backward, fp32.
+
+Shapes: (256, 64, 32, 32) in NCHW and the same tensor in NHWC, and (65536, 512) NC.
+Fewest bytes per element: forward 12 (the statistics pass reads x; the normalizing pass
+reads x and writes y), backward 20 (the reduction reads dy and x; the elementwise pass
+reads dy and x and writes dx); against the ``inplace`` ceiling. Peers: NumPy composition
+(mean, var, normalize) and torch when importable (``F.batch_norm`` training forward,
+``aten.native_batch_norm_backward``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gpugd import ops
+
+from .harness import Context, optional_torch, row
+from .suite_optim import _as_torch
+
+NAME = "bn"
+
+
+def _shapes(ctx: Context) -> list[tuple[str, tuple[int, ...]]]:
+    if ctx.numel:  # scaled down (tests): keep the layouts
+        shapes = [("NCHW", (4, 8, 8, 8)), ("NHWC", (4, 8, 8, 8)), ("NC", (256, 16))]
+    else:
+        shapes = [("NCHW", (256, 64, 32, 32)), ("NHWC", (256, 32, 32, 64)), ("NC", (65536, 512))]
+    return [s for s in shapes if s[0] != "NHWC"] if ctx.quick else shapes
+
+
+def _numpy_forward(xp, x, w, b, axes, shape, out):
+    mean = x.mean(axis=axes, keepdims=True)
+    var = x.var(axis=axes, keepdims=True)
+    xp.multiply(x - mean, (w.reshape(shape) / xp.sqrt(var + 1e-5)), out=out)
+    out += b.reshape(shape)
+
+
+def run(ctx: Context) -> list[dict[str, Any]]:
+    xp = ctx.backend.xp
+    torch = optional_torch()
+    rows = []
+    for layout, shape in _shapes(ctx):
+        n = int(np.prod(shape))
+        C = shape[-1] if layout == "NHWC" else shape[1]
+        axes = {"NC": (0,), "NCHW": (0, 2, 3), "NHWC": (0, 1, 2)}[layout]
+        bshape = [1] * len(shape)
+        bshape[-1 if layout == "NHWC" else 1] = C
+        ctx.log(f"bn: {layout} {shape} float32")
+        x = xp.random.standard_normal(shape).astype(xp.float32)
+        dy = xp.random.standard_normal(shape).astype(xp.float32)
+        w, b = xp.ones(C, xp.float32), xp.zeros(C, xp.float32)
+        y, dx = xp.empty_like(x), xp.empty_like(x)
+        saved = ops.batch_norm_forward(x, w, b, layout=layout, out=y)
+
+        def fwd(x=x, w=w, b=b, layout=layout, y=y):
+            ops.batch_norm_forward(x, w, b, layout=layout, out=y)
+
+        def bwd(x=x, dy=dy, w=w, layout=layout, dx=dx, s=saved):
+            ops.batch_norm_backward(dy, x, w, s.mean, s.invstd, layout=layout, out=dx)
+
+        peers_f: dict[str, Any] = {
+            "numpy" if xp is np else "cupy": lambda x=x, w=w, b=b, a=axes, s=bshape, y=y: (
+                _numpy_forward(xp, x, w, b, a, s, y)
+            )
+        }
+        peers_b: dict[str, Any] = {}
+        if torch is not None:
+            tx = _as_torch(torch, x)
+            if layout == "NHWC":  # the same memory as a channels-last NCHW tensor
+                tx = tx.permute(0, 3, 1, 2)
+            tdy = _as_torch(torch, dy)
+            if layout == "NHWC":
+                tdy = tdy.permute(0, 3, 1, 2)
+            tw, tb = _as_torch(torch, w), _as_torch(torch, b)
+            peers_f["torch"] = lambda tx=tx, tw=tw, tb=tb: torch.nn.functional.batch_norm(
+                tx, None, None, tw, tb, training=True
+            )
+            _, tmean, tinv = torch.ops.aten.native_batch_norm(
+                tx, tw, tb, None, None, True, 0.1, 1e-5
+            )
+            peers_b["torch"] = lambda tx=tx, tdy=tdy, tw=tw, m=tmean, i=tinv: (
+                torch.ops.aten.native_batch_norm_backward(
+                    tdy, tx, tw, None, None, m, i, True, 1e-5, [True, True, True]
+                )
+            )
+        for direction, fn, peers, words in (
+            ("forward", fwd, peers_f, 3),
+            ("backward", bwd, peers_b, 5),
+        ):
+            t, ceil = ctx.measure({"gpugd": fn, **peers}, "inplace")
+            base = {k: t[k].median_s for k in peers}
+            label = f"batch_norm {direction} {layout}"
+            rows.append(
+                row(ctx, label, np.float32, n, t["gpugd"], 4 * words * n, "inplace", ceil, base)
+            )
+            r = rows[-1]
+            ctx.log(f"  {label:<26} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace")
+    return rows
