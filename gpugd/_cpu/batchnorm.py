@@ -2,11 +2,12 @@
 element (a, c, b) at (a·C + c)·B + b. (N, C) is (N, C, 1), (N, C, H, W) is (N, C, H·W) and
 channels-last (N, H, W, C) is (N·H·W, C, 1).
 
-Statistics are computed tile by tile — a tile's mean from its sum, then its Σ(x − mean)²
-while the tile is still in cache (exact two-pass, float64) — and the tiles are merged with
-Chan's formula in a fixed order, so the variance is right even when |mean| ≫ std (the
-E[x²] − E[x]² formula loses every digit there) and the result does not depend on the
-thread count. Tiles: one (a, c) plane when B > 1; ``ROWS`` rows × all channels when
+Statistics are computed tile by tile in float64 — a plane's shifted sums Σ(x − K) and
+Σ(x − K)² about its first element K (one pass; K is near the mean, so nothing cancels),
+or for row tiles the mean and then Σ(x − mean)² while the tile is in cache — and the
+tiles are merged with Chan's formula in a fixed order, so the variance is right even when
+|mean| ≫ std (the E[x²] − E[x]² formula loses every digit there) and the result does not
+depend on the thread count. Tiles: one (a, c) plane when B > 1; ``ROWS`` rows × all channels when
 B = 1 (the loops then run along C, contiguous). The elementwise passes are one per-channel
 affine map ``out = p[c]·u + q[c]·(w − m[c]) + r[c]`` (forward: p = 0, w = x, m = mean;
 backward: u = dy, w = x): x − mean is taken first, so nothing cancels when |mean| ≫ std.
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from .vector import _REDUCE_MATH  # reassociation lets the sums vectorize; no NaN assumed away
 
 ROWS = 256  # rows per tile when B = 1
 
@@ -33,7 +36,7 @@ def _chan(n_a, m_a, s_a, n_b, m_b, s_b):
 # ---- statistics ---------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
 def _stats_planes(x, mean, m2):
     """B > 1: per channel, the planes x[a, c, :] merged over a."""
     A, C, B = x.shape
@@ -41,39 +44,43 @@ def _stats_planes(x, mean, m2):
         n_t, m_t, s_t = 0.0, 0.0, 0.0
         for a in range(A):
             plane = x[a, c]
-            s = 0.0
+            # one pass of shifted sums: with the shift K = the plane's first element (close
+            # to its mean, in float64) Σ(x − K) and Σ(x − K)² do not cancel
+            k = np.float64(plane[0])
+            s1, s2 = 0.0, 0.0
             for b in range(B):
-                s += np.float64(plane[b])
-            m = s / B
-            q = 0.0
-            for b in range(B):
-                d = np.float64(plane[b]) - m
-                q += d * d
-            n_t, m_t, s_t = _chan(n_t, m_t, s_t, float(B), m, q)
+                d = np.float64(plane[b]) - k
+                s1 += d
+                s2 += d * d
+            m = s1 / B
+            n_t, m_t, s_t = _chan(n_t, m_t, s_t, float(B), k + m, max(s2 - s1 * m, 0.0))
         mean[c], m2[c] = m_t, s_t
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
 def _stats_rows(x, tile_mean, tile_m2):
-    """B = 1: per tile of ROWS rows, each channel's mean and M2 (vectorized along C)."""
-    A, C = x.shape[0], x.shape[1]
+    """B = 1, ``x`` the 2-D (A, C) view: per tile of ROWS rows, each channel's mean and M2
+    (the inner loops run along the contiguous C and vectorize)."""
+    A, C = x.shape
     ntiles = tile_mean.shape[0]
     for t in prange(ntiles):
         lo, hi = t * ROWS, min(t * ROWS + ROWS, A)
-        s = np.zeros(C)
+        s = tile_mean[t]
+        s[:] = 0.0
         for a in range(lo, hi):
-            row = x[a, :, 0]
+            row = x[a]
             for c in range(C):
                 s[c] += np.float64(row[c])
-        m = s / (hi - lo)
-        q = np.zeros(C)
+        inv = 1.0 / (hi - lo)
+        for c in range(C):
+            s[c] *= inv
+        q = tile_m2[t]
+        q[:] = 0.0
         for a in range(lo, hi):
-            row = x[a, :, 0]
+            row = x[a]
             for c in range(C):
-                d = np.float64(row[c]) - m[c]
+                d = np.float64(row[c]) - s[c]
                 q[c] += d * d
-        tile_mean[t] = m
-        tile_m2[t] = q
 
 
 def stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +94,7 @@ def stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     else:
         ntiles = -(-A // ROWS)
         tm, tq = np.empty((ntiles, C)), np.empty((ntiles, C))
-        _stats_rows(x3, tm, tq)
+        _stats_rows(x3.reshape(A, C), tm, tq)
         _merge_rows(tm, tq, A, mean, m2)
     return mean, m2 / (A * B)
 
@@ -106,7 +113,7 @@ def _merge_rows(tile_mean, tile_m2, A, mean, m2):
 # ---- backward reduction: Σ dy and Σ dy·(x − mean) per channel ------------------------------
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
 def _sums_planes(dy, x, mean, sum_dy, sum_dyx):
     A, C, B = x.shape
     for c in prange(C):
@@ -121,19 +128,18 @@ def _sums_planes(dy, x, mean, sum_dy, sum_dyx):
         sum_dy[c], sum_dyx[c] = s1, s2
 
 
-@njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
 def _sums_rows(dy, x, mean, t1, t2):
-    A, C = x.shape[0], x.shape[1]
+    A, C = x.shape  # 2-D (A, C) views
     for t in prange(t1.shape[0]):
         lo, hi = t * ROWS, min(t * ROWS + ROWS, A)
-        s1, s2 = np.zeros(C), np.zeros(C)
+        s1, s2 = t1[t], t2[t]
         for a in range(lo, hi):
-            g, u = dy[a, :, 0], x[a, :, 0]
+            g, u = dy[a], x[a]
             for c in range(C):
                 gv = np.float64(g[c])
                 s1[c] += gv
                 s2[c] += gv * (np.float64(u[c]) - mean[c])
-        t1[t], t2[t] = s1, s2
 
 
 def grad_sums(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +151,7 @@ def grad_sums(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray) -> tuple[np.nda
         return s1, s2
     ntiles = max(1, -(-A // ROWS))
     t1, t2 = np.zeros((ntiles, C)), np.zeros((ntiles, C))
-    _sums_rows(dy3, x3, mean, t1, t2)
+    _sums_rows(dy3.reshape(A, C), x3.reshape(A, C), mean, t1, t2)
     return t1.sum(axis=0), t2.sum(axis=0)
 
 
@@ -165,10 +171,10 @@ def _affine_planes(u, w, out, p, q, m, r):
 
 @njit(cache=True, nogil=True, parallel=True)
 def _affine_rows(u, w, out, p, q, m, r):
-    A, C = u.shape[0], u.shape[1]
+    A, C = u.shape  # 2-D (A, C) views
     for t in prange(-(-A // ROWS)):
         for a in range(t * ROWS, min(t * ROWS + ROWS, A)):
-            uu, ww, oo = u[a, :, 0], w[a, :, 0], out[a, :, 0]
+            uu, ww, oo = u[a], w[a], out[a]
             for c in range(C):
                 oo[c] = p[c] * uu[c] + q[c] * (ww[c] - m[c]) + r[c]
 
@@ -178,4 +184,8 @@ def affine(u3, w3, out3, p, q, m, r) -> None:
     the arrays' dtype)."""
     if u3.size == 0:
         return
-    (_affine_planes if u3.shape[2] > 1 else _affine_rows)(u3, w3, out3, p, q, m, r)
+    A, C, B = u3.shape
+    if B > 1:
+        _affine_planes(u3, w3, out3, p, q, m, r)
+    else:
+        _affine_rows(u3.reshape(A, C), w3.reshape(A, C), out3.reshape(A, C), p, q, m, r)
