@@ -48,6 +48,26 @@ def no_partial_overlap(name_a: str, a: Any, name_b: str, b: Any, xp: Any) -> Non
         raise ValueError(f"{name_b} partially overlaps {name_a}; pass disjoint arrays")
 
 
+def output(out: Any, like_name: str, like: Any, inputs: dict[str, Any]) -> Any:
+    """The output array of an elementwise op: a new one shaped like ``like`` when ``out`` is
+    None, else ``out`` checked — the inputs' backend, a writable float array of like's
+    shape and dtype, and either the very memory of an input (in place) or disjoint from it."""
+    be = array_backend(**inputs)
+    if be == "cpu":
+        xp = np
+    else:
+        import cupy as xp
+    if out is None:
+        return xp.empty_like(like)
+    if array_backend(**inputs, out=out) != be:
+        raise TypeError("out: must be on the same backend as the inputs")
+    float_array("out", out, writable=True)
+    same_layout(like_name, like, "out", out)
+    for name, a in inputs.items():
+        no_partial_overlap(name, a, "out", out, xp)
+    return out
+
+
 def real_scalar(name: str, v: Any) -> float:
     """``v`` is a real Python/NumPy scalar (not an array, not complex, not bool)."""
     if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real):
@@ -55,4 +75,11 @@ def real_scalar(name: str, v: Any) -> float:
     return float(v)
 
 
-__all__ = ["array_backend", "float_array", "no_partial_overlap", "real_scalar", "same_layout"]
+__all__ = [
+    "array_backend",
+    "float_array",
+    "no_partial_overlap",
+    "output",
+    "real_scalar",
+    "same_layout",
+]

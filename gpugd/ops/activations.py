@@ -36,28 +36,6 @@ SELU_ALPHA = 1.6732632423543772848170429916717
 SELU_SCALE = 1.0507009873554804934193349852946
 
 
-def _xp(be: str) -> Any:
-    if be == "cpu":
-        return np
-    import cupy
-
-    return cupy
-
-
-def _out(name: str, out: Any, like: Any, be: str, inputs: dict[str, Any]) -> Any:
-    """The output array: ``out`` checked (same layout, writable, the same memory as an
-    input or disjoint from every input), or a new one."""
-    if out is None:
-        return _xp(be).empty_like(like)
-    if v.array_backend(**inputs, out=out) != be:
-        raise TypeError("out: must be on the same backend as the inputs")
-    v.float_array("out", out, writable=True)
-    v.same_layout(name, like, "out", out)
-    for k, a in inputs.items():
-        v.no_partial_overlap(k, a, "out", out, _xp(be))
-    return out
-
-
 def _launch(kind: str, direction: str, arrays: list, a: float, b: float) -> None:
     n = arrays[0].size
     if n == 0:
@@ -78,9 +56,9 @@ def _launch(kind: str, direction: str, arrays: list, a: float, b: float) -> None
 
 
 def _forward(kind: str, x: Any, out: Any, a: float = 0.0, b: float = 0.0) -> Any:
-    be = v.array_backend(x=x)
+    v.array_backend(x=x)  # names a non-array argument
     v.float_array("x", x)
-    y = _out("x", out, x, be, {"x": x})
+    y = v.output(out, "x", x, {"x": x})
     _launch(kind, "forward", [x, y], a, b)
     return y
 
@@ -88,11 +66,11 @@ def _forward(kind: str, x: Any, out: Any, a: float = 0.0, b: float = 0.0) -> Any
 def _backward(
     kind: str, grad_out: Any, xy: Any, xy_name: str, out: Any, a: float = 0.0, b: float = 0.0
 ) -> Any:
-    be = v.array_backend(grad_out=grad_out, **{xy_name: xy})
+    v.array_backend(grad_out=grad_out, **{xy_name: xy})  # TypeError on mixed backends
     v.float_array("grad_out", grad_out)
     v.float_array(xy_name, xy)
     v.same_layout("grad_out", grad_out, xy_name, xy)
-    dx = _out("grad_out", out, grad_out, be, {"grad_out": grad_out, xy_name: xy})
+    dx = v.output(out, "grad_out", grad_out, {"grad_out": grad_out, xy_name: xy})
     _launch(kind, "backward", [grad_out, xy, dx], a, b)
     return dx
 

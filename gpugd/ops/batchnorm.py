@@ -162,14 +162,7 @@ def batch_norm_forward(
             f"x: training needs more than one value per channel, got {A * B} (shape {x.shape})"
         )
     xp = _xp(be)
-    if out is None:
-        out = xp.empty_like(x)
-    else:
-        if v.array_backend(x=x, out=out) != be:
-            raise TypeError("out: must be on the same backend as x")
-        v.float_array("out", out, writable=True)
-        v.same_layout("x", x, "out", out)
-        v.no_partial_overlap("x", x, "out", out, xp)
+    out = v.output(out, "x", x, {"x": x})
     x3 = x.reshape(A, C, B)
     if training:
         mean, var = _stats64(x3, be)
@@ -217,15 +210,7 @@ def batch_norm_backward(
     if mean is None or invstd is None:
         raise ValueError("mean, invstd: required (the forward returns them)")
     xp = _xp(be)
-    if out is None:
-        out = xp.empty_like(x)
-    else:
-        if v.array_backend(x=x, out=out) != be:
-            raise TypeError("out: must be on the same backend as x")
-        v.float_array("out", out, writable=True)
-        v.same_layout("x", x, "out", out)
-        v.no_partial_overlap("x", x, "out", out, xp)
-        v.no_partial_overlap("grad_out", grad_out, "out", out, xp)
+    out = v.output(out, "x", x, {"x": x, "grad_out": grad_out})
     x3, dy3 = x.reshape(A, C, B), grad_out.reshape(A, C, B)
     mean64, inv64 = mean.astype(xp.float64), invstd.astype(xp.float64)
     if be == "cpu":

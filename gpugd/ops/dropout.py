@@ -42,15 +42,7 @@ def _run(x: Any, out: Any, p: Any, seed: Any, offset: Any, name: str) -> Any:
     seed, offset = _uint("seed", seed), _uint("offset", offset)
     be = v.array_backend(**{name: x})
     v.float_array(name, x)
-    xp = np if be == "cpu" else __import__("cupy")
-    if out is None:
-        out = xp.empty_like(x)
-    else:
-        if v.array_backend(**{name: x}, out=out) != be:
-            raise TypeError("out: must be on the same backend as the input")
-        v.float_array("out", out, writable=True)
-        v.same_layout(name, x, "out", out)
-        v.no_partial_overlap(name, x, "out", out, xp)
+    out = v.output(out, name, x, {name: x})
     if x.size == 0:
         return out
     from .._cpu.dropout import key_of
