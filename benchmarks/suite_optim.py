@@ -97,6 +97,9 @@ def resnet50_shapes(width: float = 1.0) -> list[tuple[int, ...]]:
     return [*shapes, (c(1000), inplanes), (c(1000),)]
 
 
+QUICK = ("sgd_ momentum", "adam_")  # the rows of --quick (a first look in under a minute)
+QUICK_LIST = ("Adam",)
+
 # label -> (gpugd.optim class, hyperparameters, state count); torch takes the same ones.
 LIST_RULES: dict[str, tuple[str, dict, int]] = {
     "SGD momentum": ("SGD", dict(lr=1e-3, momentum=0.9), 1),
@@ -119,6 +122,8 @@ def _list_rows(ctx: Context, torch: Any) -> list[dict[str, Any]]:
     ctx.log(f"optim: ResNet-50-like list, {len(shapes)} tensors, {numel} float32 elements")
     rows = []
     for label, (cls, hp, nstates) in LIST_RULES.items():
+        if ctx.quick and label not in QUICK_LIST:
+            continue
         opt = getattr(optim, cls)(ps, grads=gs, **hp)
         opt.step()  # builds the tensor table outside the timing, as in training
         peers: dict[str, Any] = {}
@@ -171,6 +176,8 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     ctx.log(f"optim: float32 n={n}")
     rows = []
     for label, (op, hp, nstates, tcls, tkw) in RULES.items():
+        if ctx.quick and label not in QUICK:
+            continue
         fn = getattr(ops, op)
         s = states[:nstates]
         kw = dict(hp)
