@@ -1,0 +1,91 @@
+"""Data-parallel training under mpiexec (the mpich wheel's hydra launcher): equivalence of
+2- and 4-rank training with single-process training on the whole mini-batch, a layout
+mismatch raising on every rank, a failing rank ending the job in bounded time. Plus the
+single-process pieces (buckets, average_)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpugd import parallel
+
+WORKER = Path(__file__).parent / "mpi" / "train_mlp.py"
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+mpi_only = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: pip install 'gpugd[mpi]'")
+
+
+def _launch(ranks: int, mode: str, out: Path, dtype: str, timeout: float = 120):
+    cmd = [MPIEXEC, "-n", str(ranks), sys.executable, "-m", "mpi4py", str(WORKER), mode]
+    cmd += [str(out), dtype]
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@mpi_only
+@pytest.mark.parametrize(("dtype", "rtol"), [("float64", 1e-12), ("float32", 1e-5)])
+def test_two_and_four_ranks_match_single_process_training(tmp_path, dtype, rtol):
+    # float64: the only difference is the order of the sums (shard means averaged vs one
+    # mean), ~1e-16 per step over 20 steps. float32: the same reordering at fp32 rounding
+    # (~6e-8 per operation), amplified by momentum over 20 steps: 1e-5 holds with margin.
+    results = {}
+    for ranks in (1, 2, 4):
+        out = tmp_path / f"p{ranks}.npy"
+        r = _launch(ranks, "train", out, dtype)
+        assert r.returncode == 0, r.stdout + r.stderr
+        results[ranks] = np.load(out)
+    for ranks in (2, 4):
+        np.testing.assert_allclose(results[ranks], results[1], rtol=rtol, atol=rtol * 1e-2)
+    assert not np.array_equal(results[1], np.zeros_like(results[1]))
+
+
+@mpi_only
+def test_layout_mismatch_raises_on_every_rank(tmp_path):
+    r = _launch(2, "mismatch", tmp_path / "x.npy", "float64", timeout=60)
+    assert r.returncode != 0
+    assert "MismatchError" in r.stderr and "rank 1 differs from rank 0 at tensor 2" in r.stderr
+
+
+@mpi_only
+def test_a_failing_rank_ends_the_job_in_bounded_time(tmp_path):
+    start = time.monotonic()
+    r = _launch(2, "fault", tmp_path / "x.npy", "float64", timeout=90)
+    elapsed = time.monotonic() - start
+    assert r.returncode != 0
+    assert "rank 1 fails on purpose" in r.stderr
+    assert elapsed < 60, f"the job took {elapsed:.0f} s to end"
+
+
+def test_buckets_cover_the_buffer_with_a_small_first_one():
+    b = parallel.buckets(1000, 4, bucket_bytes=1000, first_bytes=100)
+    assert b[0] == (0, 25) and b[1] == (25, 275) and b[-1][1] == 1000
+    assert all(hi == lo2 for (_, hi), (lo2, _) in itertools.pairwise(b))
+
+
+def test_average_of_local_buffers():
+    rng = np.random.default_rng(0)
+    bufs = [rng.standard_normal(11) for _ in range(3)]
+    out = np.empty(11)
+    parallel.average_(out, bufs)
+    np.testing.assert_allclose(out, sum(bufs) / 3, rtol=1e-15)
+    with pytest.raises(ValueError, match="buffers: expected at least one"):
+        parallel.average_(out, [])
+    with pytest.raises(ValueError, match=r"buffers\[1\]: shape"):
+        parallel.average_(out, [bufs[0], np.zeros(3)])
+
+
+@mpi_only
+def test_single_rank_communicator_is_the_identity():
+    comm = parallel.init()
+    g = np.arange(10.0)
+    parallel.average_gradients(comm, g, bucket_bytes=16, first_bucket_bytes=8)
+    np.testing.assert_array_equal(g, np.arange(10.0))
+    assert comm.size == 1 and comm.backend == "mpi" and comm.cuda_aware is False
