@@ -9,9 +9,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import ceilings, harness, suite_act, suite_bn, suite_clip, suite_optim, suite_vector
+from . import (
+    ceilings,
+    harness,
+    suite_act,
+    suite_bn,
+    suite_clip,
+    suite_optim,
+    suite_parallel,
+    suite_vector,
+)
 
-SUITES = {m.NAME: m for m in (suite_vector, suite_optim, suite_clip, suite_act, suite_bn)}
+SUITES = {
+    m.NAME: m for m in (suite_vector, suite_optim, suite_clip, suite_act, suite_bn, suite_parallel)
+}
 
 
 def run(

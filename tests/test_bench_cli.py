@@ -3,6 +3,7 @@ bad CLI input exits 2 with a message."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -40,6 +41,10 @@ def small_run(tmp_path_factory):
     return result, json.loads(path.read_text())
 
 
+def _has_mpiexec() -> bool:
+    return benchmarks.suite_parallel._mpiexec() is not None
+
+
 def test_rows_follow_the_schema(small_run):
     result, data = small_run
     assert data["rows"] == json.loads(json.dumps(result["rows"]))
@@ -52,6 +57,8 @@ def test_rows_follow_the_schema(small_run):
     bn = {f"batch_norm {d} NCHW" for d in ("forward", "backward")}
     expected = {"axpy_", "scale_", "sum_of_squares", *benchmarks.suite_optim.QUICK, *lists, *clip}
     expected |= acts | bn
+    par = {"allreduce 2 ranks", "average_gradients 2 ranks"} if _has_mpiexec() else set()
+    expected |= par
     assert kernels == expected
     words = {
         "axpy_": 3,
@@ -75,6 +82,10 @@ def test_rows_follow_the_schema(small_run):
     }
     for r in data["rows"]:
         assert set(r) == SCHEMA
+        if r["kernel"] in par:  # bus bytes (nccl-tests), + 8 B/element for the scaling pass
+            extra = 8 * r["numel"] if r["kernel"].startswith("average") else 0
+            assert r["bytes"] == 4 * r["numel"] + extra  # 2 ranks: 2(R − 1)/R = 1
+            continue
         # flat rows take --numel as given; the ResNet-50 list rows scale to about it
         assert r["backend"] == "cpu"
         if r["kernel"].startswith("batch_norm"):  # fixed small shapes when --numel is given
@@ -143,3 +154,14 @@ def test_info_reports_backend_threads_nvrtc_and_mpi():
     assert "nvrtc 12." in out and "available" in out
     assert "mpi:" in out
     assert "kernel sources:" in out and "vector" in out
+
+
+def test_scaling_model_is_the_alpha_beta_ring_formula():
+    from benchmarks import scaling_model as sm
+
+    # T = 2(p − 1)·α + 2(p − 1)/p · S/B: 8 ranks, 100 MB, 5 µs, 100 Gb/s
+    t = sm.ring_allreduce_s(8, 100e6, 5e-6, 100)
+    assert t == pytest.approx(14 * 5e-6 + 2 * 7 / 8 * 100e6 / 12.5e9)
+    rows = sm.table(0.1, 5e-6)
+    eff = [r["efficiency_no_overlap"] for r in rows if r["link_gbit"] == 100][:8]
+    assert all(a >= b for a, b in itertools.pairwise(eff))  # falls with ranks
