@@ -81,9 +81,52 @@ __device__ __forceinline__ void sum_of_squares_partial_body(const T* __restrict_
   if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
+// Stage 1 of scale_sum_of_squares: x ← a·x in place, partial[blockIdx.x] = Σ (a·x_i)² over
+// this block's share (the gradient-averaging pass that also yields the norm).
+template <typename T>
+__device__ __forceinline__ void scale_ssq_partial_body(T* __restrict__ x, T a, i64 n,
+                                                       double* __restrict__ partial) {
+  __shared__ double scratch[32];
+  constexpr int W = Pack<T>::width;
+  const i64 start = grid_start(), stride = grid_stride();
+  double acc = 0.0;
+  i64 done = 0;
+  if (aligned16(x)) {
+    const i64 nv = n / W;
+    AlignedPack<T>* xv = reinterpret_cast<AlignedPack<T>*>(x);
+    for (i64 i = start; i < nv; i += stride) {
+      AlignedPack<T> xp = xv[i];
+#pragma unroll
+      for (int k = 0; k < W; ++k) {
+        xp.v[k] *= a;
+        const double v = static_cast<double>(xp.v[k]);
+        acc = fma(v, v, acc);
+      }
+      xv[i] = xp;
+    }
+    done = nv * W;
+  }
+  for (i64 i = done + start; i < n; i += stride) {
+    x[i] *= a;
+    const double v = static_cast<double>(x[i]);
+    acc = fma(v, v, acc);
+  }
+  acc = block_sum(acc, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
+}
+
 }  // namespace gpugd
 
 extern "C" {
+
+__global__ void gpugd_vector_scale_sum_of_squares_partial_f32(float* x, float a, i64 n,
+                                                              double* partial) {
+  gpugd::scale_ssq_partial_body<float>(x, a, n, partial);
+}
+__global__ void gpugd_vector_scale_sum_of_squares_partial_f64(double* x, double a, i64 n,
+                                                              double* partial) {
+  gpugd::scale_ssq_partial_body<double>(x, a, n, partial);
+}
 
 __global__ void gpugd_vector_axpy_f32(float* x, float a, const float* y, i64 n) {
   gpugd::axpy_body<float>(x, a, y, n);

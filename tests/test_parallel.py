@@ -86,6 +86,9 @@ def test_average_of_local_buffers():
 def test_single_rank_communicator_is_the_identity():
     comm = parallel.init()
     g = np.arange(10.0)
-    parallel.average_gradients(comm, g, bucket_bytes=16, first_bucket_bytes=8)
+    res = parallel.average_gradients(comm, g, bucket_bytes=16, first_bucket_bytes=8, norm=True)
     np.testing.assert_array_equal(g, np.arange(10.0))
+    assert res.grads is g and res.norm == pytest.approx(np.linalg.norm(np.arange(10.0)))
+    g[3] = np.nan
+    assert np.isnan(parallel.average_gradients(comm, g, norm=True).norm)
     assert comm.size == 1 and comm.backend == "mpi" and comm.cuda_aware is False

@@ -191,3 +191,15 @@ def test_axpy_and_sum_of_squares_any_size_offset_scalar(n, offset, a, dtype, see
     assert_rel_close(x, want, TOLERANCE["elementwise"][dtype], "axpy_")
     got = float(ops.sum_of_squares(x))
     assert got == pytest.approx(ref.sum_of_squares(x), rel=TOLERANCE["reduction"][dtype], abs=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", ODD_SIZES)
+def test_scale_sum_of_squares_scales_and_sums_in_one_pass(xp, n, dtype):
+    x0 = np.random.default_rng(n).standard_normal(n).astype(dtype)
+    x = xp.asarray(x0.copy())
+    s = ops.scale_sum_of_squares_(x, 0.5)
+    want = x0 * dtype(0.5)
+    np.testing.assert_array_equal(to_numpy(x), want)
+    ref = float(np.dot(want.astype(np.float64), want.astype(np.float64)))
+    assert float(s) == pytest.approx(ref, rel=1e-12, abs=0.0)

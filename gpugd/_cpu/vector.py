@@ -123,6 +123,31 @@ def _sum_of_squares_parallel(x):
     return total
 
 
+@njit(cache=True, nogil=True, fastmath=_REDUCE_MATH)
+def _scale_ssq_serial(x, a):
+    acc = 0.0
+    for i in range(x.size):
+        v = x[i] * a
+        x[i] = v
+        w = np.float64(v)
+        acc += w * w
+    return acc
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _scale_ssq_parallel(x, a):
+    n = x.size
+    ntasks = (n + CHUNK - 1) // CHUNK
+    partial = np.empty(ntasks, np.float64)
+    for c in prange(ntasks):
+        lo = c * CHUNK
+        partial[c] = _scale_ssq_serial(x[lo : min(lo + CHUNK, n)], a)
+    total = 0.0
+    for c in range(ntasks):  # task order: the same bits for any thread count
+        total += partial[c]
+    return total
+
+
 def axpy(x: np.ndarray, a, y: np.ndarray) -> None:
     """x ← x + a·y in place (x, y 1-D contiguous, same dtype; a of that dtype)."""
     if x.size >= PARALLEL_MIN:
@@ -137,6 +162,13 @@ def scale(x: np.ndarray, a) -> None:
         _scale_parallel(x, a)
     else:
         _scale_serial(x, a)
+
+
+def scale_sum_of_squares(x: np.ndarray, a) -> float:
+    """x ← a·x in place, returning Σ (a·x_i)² in float64 from the same pass."""
+    if x.size >= PARALLEL_MIN:
+        return _scale_ssq_parallel(x, a)
+    return _scale_ssq_serial(x, a)
 
 
 def sum_of_squares(x: np.ndarray) -> float:

@@ -37,7 +37,7 @@ from .reduce import (
     global_norm,
     tensor_norms,
 )
-from .vector import axpy_, scale_, sum_of_squares
+from .vector import axpy_, scale_, scale_sum_of_squares_, sum_of_squares
 
 __all__ = [
     "BatchNormOutput",
@@ -66,6 +66,7 @@ __all__ = [
     "relu_backward",
     "rmsprop_",
     "scale_",
+    "scale_sum_of_squares_",
     "selu",
     "selu_backward",
     "sgd_",

@@ -18,7 +18,7 @@ from .. import _validate as v
 CUDA_KERNELS = (
     *(
         f"gpugd_vector_{op}_{sfx}"
-        for op in ("axpy", "scale", "sum_of_squares_partial")
+        for op in ("axpy", "scale", "sum_of_squares_partial", "scale_sum_of_squares_partial")
         for sfx in ("f32", "f64")
     ),
     "gpugd_vector_sum_partials",
@@ -96,6 +96,37 @@ def sum_of_squares(x: Any) -> Any:
     partial = cupy.empty(blocks, dtype=cupy.float64)
     name = f"gpugd_vector_sum_of_squares_partial_{_cuda.dtype_suffix(x.dtype)}"
     _cuda.get_kernel("vector", name)((blocks,), (_cuda.THREADS,), (x, np.int64(n), partial))
+    _cuda.get_kernel("vector", "gpugd_vector_sum_partials")(
+        (1,), (_cuda.THREADS,), (partial, np.int64(blocks), out)
+    )
+    return out
+
+
+def scale_sum_of_squares_(x: Any, a: float) -> Any:
+    """x ← a·x in place and Σ (a·x_i)² (float64) from the same pass: scaling and the norm
+    that clipping needs in one read and one write (how gradient averaging yields the
+    global norm for free). Returns the sum like ``sum_of_squares``."""
+    be = v.array_backend(x=x)
+    v.float_array("x", x, writable=True)
+    a = v.real_scalar("a", a)
+    t = x.dtype.type
+    if be == "cpu":
+        from .._cpu import vector as k
+
+        return np.float64(k.scale_sum_of_squares(x.reshape(-1), t(a)) if x.size else 0.0)
+
+    import cupy
+
+    from .. import _cuda
+
+    out = cupy.zeros((), dtype=cupy.float64)
+    if not x.size:
+        return out
+    n = x.size
+    blocks = min(_cuda.grid_for(n, per_thread=8), _SSQ_BLOCKS_MAX)
+    partial = cupy.empty(blocks, dtype=cupy.float64)
+    name = f"gpugd_vector_scale_sum_of_squares_partial_{_cuda.dtype_suffix(x.dtype)}"
+    _cuda.get_kernel("vector", name)((blocks,), (_cuda.THREADS,), (x, t(a), np.int64(n), partial))
     _cuda.get_kernel("vector", "gpugd_vector_sum_partials")(
         (1,), (_cuda.THREADS,), (partial, np.int64(blocks), out)
     )

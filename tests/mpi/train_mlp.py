@@ -46,7 +46,9 @@ for t in range(STEPS):
     dh = (d @ flat["w2"].T) * (1 - h * h)
     flat.grads["w1"][...] = x.T @ dh
     flat.grads["b1"][...] = dh.sum(axis=0)
-    parallel.average_gradients(comm, flat, bucket_bytes=256, first_bucket_bytes=64)
+    avg = parallel.average_gradients(comm, flat, bucket_bytes=256, first_bucket_bytes=64, norm=True)
+    # the norm from the averaging pass is the norm of the averaged gradient buffer
+    assert abs(avg.norm - float(np.linalg.norm(flat.grad_data))) <= 1e-5 * avg.norm
     opt.step()
     opt.zero_grad()
     if mode == "fault" and comm.rank == 1:
