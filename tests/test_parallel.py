@@ -92,3 +92,20 @@ def test_single_rank_communicator_is_the_identity():
     g[3] = np.nan
     assert np.isnan(parallel.average_gradients(comm, g, norm=True).norm)
     assert comm.size == 1 and comm.backend == "mpi" and comm.cuda_aware is False
+
+
+@mpi_only
+@pytest.mark.cuda
+@pytest.mark.parametrize("nccl", [True, False])  # NCCL, and host staging (the PyPI mpich)
+def test_cuda_buffers_single_rank(nccl):
+    import cupy
+
+    comm = parallel.init(nccl=nccl)
+    assert comm.backend == ("nccl" if nccl else "mpi")
+    g = cupy.arange(1000, dtype=cupy.float32)
+    res = parallel.average_gradients(comm, g, bucket_bytes=1024, first_bucket_bytes=256, norm=True)
+    np.testing.assert_array_equal(g.get(), np.arange(1000, dtype=np.float32))
+    assert res.norm == pytest.approx(float(np.linalg.norm(np.arange(1000.0))), rel=1e-6)
+    b = cupy.full(5, 3.0)
+    comm.broadcast_(b)
+    assert (b.get() == 3.0).all()
