@@ -249,21 +249,12 @@ def average_gradients(
 
 
 def average_(out: Any, buffers: list[Any]) -> Any:
-    """out ← (b₀ + … + b_{K−1})/K, the mean of K local gradient buffers (a worker that split
-    its batch into micro-batches). Array-library composition (K − 1 adds and a scale, so
-    K + 1 passes); ``out`` may be one of the buffers."""
-    if not buffers:
-        raise ValueError("buffers: expected at least one array")
-    for i, b in enumerate(buffers):
-        v.float_array(f"buffers[{i}]", b)
-        v.same_layout("out", out, f"buffers[{i}]", b)
-    v.float_array("out", out, writable=True)
-    xp = np if isinstance(out, np.ndarray) else __import__("cupy")
-    acc = xp.add(buffers[0], buffers[1]) if len(buffers) > 1 else buffers[0].copy()
-    for b in buffers[2:]:
-        acc += b
-    xp.multiply(acc, out.dtype.type(1.0 / len(buffers)), out=out)
-    return out
+    """out ← the mean of K local gradient buffers, in one pass (``gpugd.ops.average_``):
+    a worker that splits its batch into micro-batches averages locally, then calls
+    ``average_gradients`` once per step."""
+    from .ops import average_ as _average
+
+    return _average(out, buffers)
 
 
 __all__ = [

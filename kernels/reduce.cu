@@ -99,3 +99,19 @@ extern "C" __global__ void gpugd_reduce_stats_finish(const i64* first_chunk, i64
   }
   if (flag != nullptr && threadIdx.x == 0) flag[0] = total[1] > 0.0 ? 1 : 0;
 }
+
+// out[i] = (b_0[i] + … + b_{k−1}[i])·inv, the inputs' addresses in device memory: the mean of
+// k local gradient buffers in one pass. Every input element is read before out[i] is
+// written, so out may be one of the inputs.
+#define GPUGD_REDUCE_AVERAGE(T, SFX)                                                           \
+  extern "C" __global__ void gpugd_reduce_average_##SFX(const i64* ptrs, int k, T* out, i64 n, \
+                                                        T inv) {                               \
+    for (i64 i = gpugd::grid_start(); i < n; i += gpugd::grid_stride()) {                      \
+      T acc = reinterpret_cast<const T*>(ptrs[0])[i];                                          \
+      for (int j = 1; j < k; ++j) acc += reinterpret_cast<const T*>(ptrs[j])[i];               \
+      out[i] = acc * inv;                                                                      \
+    }                                                                                          \
+  }
+
+GPUGD_REDUCE_AVERAGE(float, f32)
+GPUGD_REDUCE_AVERAGE(double, f64)

@@ -76,7 +76,7 @@ def test_average_of_local_buffers():
     out = np.empty(11)
     parallel.average_(out, bufs)
     np.testing.assert_allclose(out, sum(bufs) / 3, rtol=1e-15)
-    with pytest.raises(ValueError, match="buffers: expected at least one"):
+    with pytest.raises(ValueError, match="buffers: expected a non-empty list"):
         parallel.average_(out, [])
     with pytest.raises(ValueError, match=r"buffers\[1\]: shape"):
         parallel.average_(out, [bufs[0], np.zeros(3)])

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import ODD_SIZES, to_numpy
+from conftest import ODD_SIZES, assert_rel_close, to_numpy
 
 from gpugd import ops
 from gpugd.ops.reduce import CHUNK
@@ -159,3 +159,27 @@ def test_bad_input_is_refused_before_any_write(call, exc, match):
     with pytest.raises(exc, match=match):
         call(a)
     assert (a == 10.0).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 1023, 3 * CHUNK + 5])
+@pytest.mark.parametrize("alias", [None, 0, 2])  # out separate, out = buffers[0], = buffers[2]
+def test_average_of_k_buffers_in_one_pass(xp, dtype, n, alias):
+    rng = np.random.default_rng(n)
+    host = [rng.standard_normal(n).astype(dtype) for _ in range(3)]
+    bufs = [xp.asarray(h.copy()) for h in host]
+    out = xp.empty(n, dtype) if alias is None else bufs[alias]
+    assert ops.average_(out, bufs) is out
+    want = sum(h.astype(np.float64) for h in host) / 3  # float64; the sum order may differ
+    assert_rel_close(out, want, 1e-6 if dtype == np.float32 else 1e-15, "average_")
+
+
+def test_average_refuses_bad_buffers():
+    out = np.zeros(4)
+    with pytest.raises(ValueError, match="buffers: expected a non-empty list"):
+        ops.average_(out, [])
+    with pytest.raises(ValueError, match=r"buffers\[1\]: shape"):
+        ops.average_(out, [np.zeros(4), np.zeros(5)])
+    with pytest.raises(ValueError, match="partially overlaps"):
+        big = np.zeros(8)
+        ops.average_(big[:4], [big[2:6], np.zeros(4)])

@@ -118,3 +118,34 @@ def stats(table: np.ndarray, tasks: np.ndarray, like: np.ndarray, parallel: bool
     partial = np.empty((tasks.shape[0], 3), np.float64)
     (_partials_parallel if parallel else _partials_serial)(table, tasks, like, partial, zeros)
     return finish(tasks, partial, table.shape[1])
+
+
+# ---- the mean of K same-shape buffers, one pass -------------------------------------------
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _average(table, out, inv, like):
+    """out = (b₀ + … + b_{K−1})·inv, chunk by chunk: each output chunk stays in cache
+    while the K inputs stream through once. ``table`` (K, 1) holds the inputs' addresses;
+    an input that is ``out`` itself must come first (the caller orders them)."""
+    n = out.size
+    K = table.shape[0]
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        lo = c * CHUNK
+        m = min(CHUNK, n - lo)
+        o = out[lo : lo + m]
+        first = entry(table, 0, 0, lo, m, like)
+        for i in range(m):
+            o[i] = first[i]
+        for k in range(1, K):
+            b = entry(table, k, 0, lo, m, like)
+            for i in range(m):
+                o[i] += b[i]
+        for i in range(m):
+            o[i] *= inv
+
+
+def average(out: np.ndarray, buffers: list, address) -> None:
+    """out ← mean of ``buffers`` (1-D, out's dtype and size; out may be one of them)."""
+    table = np.array([[address(b)] for b in buffers], np.int64)
+    _average(table, out, out.dtype.type(1.0 / len(buffers)), np.zeros(1, out.dtype))

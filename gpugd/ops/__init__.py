@@ -31,6 +31,7 @@ from .dropout import dropout, dropout_backward, dropout_mask
 from .optim import adagrad_, adam_, nadam_, rmsprop_, sgd_
 from .reduce import (
     GradStats,
+    average_,
     clip_by_global_norm_,
     clip_by_norm_,
     clip_by_value_,
@@ -44,6 +45,7 @@ __all__ = [
     "GradStats",
     "adagrad_",
     "adam_",
+    "average_",
     "axpy_",
     "batch_norm_backward",
     "batch_norm_forward",

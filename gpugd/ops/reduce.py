@@ -21,6 +21,8 @@ CUDA_KERNELS = (
     "gpugd_reduce_stats_partial_f32",
     "gpugd_reduce_stats_partial_f64",
     "gpugd_reduce_stats_finish",
+    "gpugd_reduce_average_f32",
+    "gpugd_reduce_average_f64",
 )
 CHUNK = 1 << 16  # elements per chunk task, both backends
 FINISH_THREADS = 256
@@ -209,9 +211,50 @@ def clip_by_value_(grads: Any, clip_value: float) -> None:
         xp.clip(a, -c, c, out=a)
 
 
+def average_(out: Any, buffers: list) -> Any:
+    """out ← (b₀ + … + b_{K−1})/K in one pass over memory: the mean of K local gradient
+    buffers (a worker that split its batch into micro-batches). ``out`` may be one of the
+    buffers; same shape and dtype for all, one backend. Returns ``out``."""
+    if not isinstance(buffers, list | tuple) or not buffers:
+        raise ValueError("buffers: expected a non-empty list of arrays")
+    be = v.array_backend(out=out, **{f"buffers[{i}]": b for i, b in enumerate(buffers)})
+    v.float_array("out", out, writable=True)
+    for i, b in enumerate(buffers):
+        v.float_array(f"buffers[{i}]", b)
+        v.same_layout("out", out, f"buffers[{i}]", b)
+    xp = np if be == "cpu" else __import__("cupy")
+    for i, b in enumerate(buffers):
+        v.no_partial_overlap(f"buffers[{i}]", b, "out", out, xp)
+    if out.size == 0:
+        return out
+    flat = [b.reshape(-1) for b in buffers]
+    if be == "cpu":
+        from .._cpu import reduce as k
+        from .._cpu.optim import address
+
+        # an input that is out itself goes first: the kernel writes out from the first input
+        same = [i for i, b in enumerate(flat) if address(b) == address(out)]
+        if same:
+            j = same[0]
+            flat = [flat[j], *flat[:j], *flat[j + 1 :]]
+        k.average(out.reshape(-1), flat, address)
+        return out
+    import cupy
+
+    from .. import _cuda
+
+    ptrs = cupy.asarray(np.array([b.data.ptr for b in flat], np.int64))
+    t = out.dtype.type
+    name = f"gpugd_reduce_average_{_cuda.dtype_suffix(out.dtype)}"
+    args = (ptrs, np.int32(len(flat)), out, np.int64(out.size), t(1.0 / len(flat)))
+    _cuda.launch("reduce", name, out.size, args)
+    return out
+
+
 __all__ = [
     "GradStats",
     "Reduction",
+    "average_",
     "clip_by_global_norm_",
     "clip_by_norm_",
     "clip_by_value_",
