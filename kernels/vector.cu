@@ -51,41 +51,12 @@ __device__ __forceinline__ void scale_body(T* __restrict__ x, T a, i64 n) {
   for (i64 i = done + start; i < n; i += stride) x[i] *= a;
 }
 
-// Stage 1: partial[blockIdx.x] = sum of x_i^2 over this block's grid-stride share.
-template <typename T>
-__device__ __forceinline__ void sum_of_squares_partial_body(const T* __restrict__ x, i64 n,
-                                                            double* __restrict__ partial) {
-  __shared__ double scratch[32];
-  constexpr int W = Pack<T>::width;
-  const i64 start = grid_start(), stride = grid_stride();
-  double acc = 0.0;
-  i64 done = 0;
-  if (aligned16(x)) {
-    const i64 nv = n / W;
-    const AlignedPack<T>* xv = reinterpret_cast<const AlignedPack<T>*>(x);
-    for (i64 i = start; i < nv; i += stride) {
-      const AlignedPack<T> xp = xv[i];
-#pragma unroll
-      for (int k = 0; k < W; ++k) {
-        const double v = static_cast<double>(xp.v[k]);
-        acc = fma(v, v, acc);
-      }
-    }
-    done = nv * W;
-  }
-  for (i64 i = done + start; i < n; i += stride) {
-    const double v = static_cast<double>(x[i]);
-    acc = fma(v, v, acc);
-  }
-  acc = block_sum(acc, scratch);
-  if (threadIdx.x == 0) partial[blockIdx.x] = acc;
-}
-
-// Stage 1 of scale_sum_of_squares: x ← a·x in place, partial[blockIdx.x] = Σ (a·x_i)² over
-// this block's share (the gradient-averaging pass that also yields the norm).
-template <typename T>
-__device__ __forceinline__ void scale_ssq_partial_body(T* __restrict__ x, T a, i64 n,
-                                                       double* __restrict__ partial) {
+// Stage 1: partial[blockIdx.x] = Σ (a·x_i)² over this block's grid-stride share; with SCALE
+// x ← a·x in place on the way (the averaging pass that also yields the norm), else a = 1
+// and x is only read.
+template <typename T, bool SCALE>
+__device__ __forceinline__ void ssq_partial_body(T* __restrict__ x, T a, i64 n,
+                                                 double* __restrict__ partial) {
   __shared__ double scratch[32];
   constexpr int W = Pack<T>::width;
   const i64 start = grid_start(), stride = grid_stride();
@@ -98,16 +69,16 @@ __device__ __forceinline__ void scale_ssq_partial_body(T* __restrict__ x, T a, i
       AlignedPack<T> xp = xv[i];
 #pragma unroll
       for (int k = 0; k < W; ++k) {
-        xp.v[k] *= a;
+        if (SCALE) xp.v[k] *= a;
         const double v = static_cast<double>(xp.v[k]);
         acc = fma(v, v, acc);
       }
-      xv[i] = xp;
+      if (SCALE) xv[i] = xp;
     }
     done = nv * W;
   }
   for (i64 i = done + start; i < n; i += stride) {
-    x[i] *= a;
+    if (SCALE) x[i] *= a;
     const double v = static_cast<double>(x[i]);
     acc = fma(v, v, acc);
   }
@@ -121,11 +92,11 @@ extern "C" {
 
 __global__ void gpugd_vector_scale_sum_of_squares_partial_f32(float* x, float a, i64 n,
                                                               double* partial) {
-  gpugd::scale_ssq_partial_body<float>(x, a, n, partial);
+  gpugd::ssq_partial_body<float, true>(x, a, n, partial);
 }
 __global__ void gpugd_vector_scale_sum_of_squares_partial_f64(double* x, double a, i64 n,
                                                               double* partial) {
-  gpugd::scale_ssq_partial_body<double>(x, a, n, partial);
+  gpugd::ssq_partial_body<double, true>(x, a, n, partial);
 }
 
 __global__ void gpugd_vector_axpy_f32(float* x, float a, const float* y, i64 n) {
@@ -141,10 +112,10 @@ __global__ void gpugd_vector_scale_f64(double* x, double a, i64 n) {
   gpugd::scale_body<double>(x, a, n);
 }
 __global__ void gpugd_vector_sum_of_squares_partial_f32(const float* x, i64 n, double* partial) {
-  gpugd::sum_of_squares_partial_body<float>(x, n, partial);
+  gpugd::ssq_partial_body<float, false>(const_cast<float*>(x), 1.0f, n, partial);
 }
 __global__ void gpugd_vector_sum_of_squares_partial_f64(const double* x, i64 n, double* partial) {
-  gpugd::sum_of_squares_partial_body<double>(x, n, partial);
+  gpugd::ssq_partial_body<double, false>(const_cast<double*>(x), 1.0, n, partial);
 }
 
 // Stage 2, one block: out[0] = sum of partial[0..m). Fixed order: deterministic.

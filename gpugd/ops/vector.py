@@ -84,22 +84,7 @@ def sum_of_squares(x: Any) -> Any:
 
         return np.float64(k.sum_of_squares(x.reshape(-1)) if x.size else 0.0)
 
-    import cupy
-
-    from .. import _cuda
-
-    out = cupy.zeros((), dtype=cupy.float64)
-    if not x.size:
-        return out
-    n = x.size
-    blocks = min(_cuda.grid_for(n, per_thread=8), _SSQ_BLOCKS_MAX)
-    partial = cupy.empty(blocks, dtype=cupy.float64)
-    name = f"gpugd_vector_sum_of_squares_partial_{_cuda.dtype_suffix(x.dtype)}"
-    _cuda.get_kernel("vector", name)((blocks,), (_cuda.THREADS,), (x, np.int64(n), partial))
-    _cuda.get_kernel("vector", "gpugd_vector_sum_partials")(
-        (1,), (_cuda.THREADS,), (partial, np.int64(blocks), out)
-    )
-    return out
+    return _cuda_sum_of_squares("sum_of_squares_partial", x, ())
 
 
 def scale_sum_of_squares_(x: Any, a: float) -> Any:
@@ -115,6 +100,12 @@ def scale_sum_of_squares_(x: Any, a: float) -> Any:
 
         return np.float64(k.scale_sum_of_squares(x.reshape(-1), t(a)) if x.size else 0.0)
 
+    return _cuda_sum_of_squares("scale_sum_of_squares_partial", x, (t(a),))
+
+
+def _cuda_sum_of_squares(op: str, x: Any, scalars: tuple) -> Any:
+    """The two-stage CUDA sum of squares (``op``: plain, or scaling x on the way): per-block
+    partials, then one block folds them in a fixed order. A 0-d float64 CuPy array."""
     import cupy
 
     from .. import _cuda
@@ -125,8 +116,9 @@ def scale_sum_of_squares_(x: Any, a: float) -> Any:
     n = x.size
     blocks = min(_cuda.grid_for(n, per_thread=8), _SSQ_BLOCKS_MAX)
     partial = cupy.empty(blocks, dtype=cupy.float64)
-    name = f"gpugd_vector_scale_sum_of_squares_partial_{_cuda.dtype_suffix(x.dtype)}"
-    _cuda.get_kernel("vector", name)((blocks,), (_cuda.THREADS,), (x, t(a), np.int64(n), partial))
+    name = f"gpugd_vector_{op}_{_cuda.dtype_suffix(x.dtype)}"
+    args = (x, *scalars, np.int64(n), partial)
+    _cuda.get_kernel("vector", name)((blocks,), (_cuda.THREADS,), args)
     _cuda.get_kernel("vector", "gpugd_vector_sum_partials")(
         (1,), (_cuda.THREADS,), (partial, np.int64(blocks), out)
     )
