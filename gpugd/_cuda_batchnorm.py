@@ -28,34 +28,29 @@ def _merge(partial: Any, C: int, tiles: int, mode: int) -> tuple[Any, Any]:
     return out0, out1
 
 
-def stats(x3: Any) -> tuple[Any, Any]:
-    """(mean, biased variance) per channel, float64 CuPy arrays."""
+def _per_channel(kernel: str, arrays: tuple, x3: Any, mode: int) -> tuple[Any, Any]:
+    """Launch a tiled per-channel partial kernel (one block per channel × row tile) over
+    ``arrays`` and the (A, C, B) shape of ``x3``, then fold the tiles per channel."""
     A, C, B = x3.shape
     if A * B == 0:
         return cupy.zeros(C), cupy.zeros(C)
     rows, tiles = _tiling(A, B)
     partial = cupy.empty((C * tiles, 3))
-    name = f"gpugd_batchnorm_stats_partial_{_cuda.dtype_suffix(x3.dtype)}"
-    _cuda.get_kernel("batchnorm", name)(
-        (C * tiles,),
-        (THREADS,),
-        (x3, np.int64(A), np.int64(C), np.int64(B), np.int64(rows), np.int64(tiles), partial),
-    )
-    return _merge(partial, C, tiles, 0)
+    name = f"gpugd_batchnorm_{kernel}_{_cuda.dtype_suffix(x3.dtype)}"
+    dims = (np.int64(A), np.int64(C), np.int64(B), np.int64(rows), np.int64(tiles))
+    _cuda.get_kernel("batchnorm", name)((C * tiles,), (THREADS,), (*arrays, *dims, partial))
+    return _merge(partial, C, tiles, mode)
+
+
+def stats(x3: Any) -> tuple[Any, Any]:
+    """(mean, biased variance) per channel, float64 CuPy arrays."""
+    return _per_channel("stats_partial", (x3,), x3, 0)
 
 
 def grad_sums(dy3: Any, x3: Any, mean: Any) -> tuple[Any, Any]:
     """(Σ dy, Σ dy·(x − mean)) per channel, float64 CuPy arrays."""
-    A, C, B = x3.shape
-    if A * B == 0:
-        return cupy.zeros(C), cupy.zeros(C)
-    rows, tiles = _tiling(A, B)
-    partial = cupy.empty((C * tiles, 3))
-    name = f"gpugd_batchnorm_sums_partial_{_cuda.dtype_suffix(x3.dtype)}"
-    args = (dy3, x3, cupy.ascontiguousarray(mean, cupy.float64), np.int64(A), np.int64(C))
-    args += (np.int64(B), np.int64(rows), np.int64(tiles), partial)
-    _cuda.get_kernel("batchnorm", name)((C * tiles,), (THREADS,), args)
-    return _merge(partial, C, tiles, 1)
+    mean64 = cupy.ascontiguousarray(mean, cupy.float64)
+    return _per_channel("sums_partial", (dy3, x3, mean64), x3, 1)
 
 
 def affine(u3: Any, w3: Any, out3: Any, p: Any, q: Any, m: Any, r: Any) -> None:
