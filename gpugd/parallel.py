@@ -14,6 +14,19 @@ exception on any rank abort the whole job instead of leaving the others waiting)
 Every rank then holds the gradient of the whole mini-batch (the mean of the ranks' shard
 means: equal shards give exactly the full-batch mean) and takes the same step.
 
+Gradient accumulation (a shard too big for one backward): split it into K micro-batches,
+ADD each micro-batch's mean gradient into ``flat.grads`` inside ``no_sync()`` (nothing
+is communicated there), then average once per step; the division by K·size is the same
+single scaling pass::
+
+    dp = gpugd.parallel.DataParallel(comm, flat)
+    for batch in shard_of_each_minibatch:
+        for micro in split(batch, K):
+            with dp.no_sync():                      # counts the micro-batch
+                ... backward of micro, added into flat.grads ...
+        avg = dp.average(norm=True)                 # Σ/(K·size): one allreduce per bucket
+        opt.step(); opt.zero_grad()
+
 Timeouts: MPI collectives have none — a rank that stops calling them leaves the others
 waiting forever. Hence ``python -m mpi4py`` (an uncaught exception calls MPI_Abort, and
 mpiexec then ends every rank) and the start-up consistency check (a layout mismatch
@@ -28,6 +41,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -208,6 +223,12 @@ class Averaged(NamedTuple):
     norm: float | None
 
 
+def _positive_int(name: str, val: Any) -> int:
+    if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {val!r}")
+    return val
+
+
 def average_gradients(
     comm: Communicator,
     grads: Any,
@@ -216,22 +237,29 @@ def average_gradients(
     first_bucket_bytes: int = FIRST_BUCKET_BYTES,
     predivide: bool = False,
     norm: bool = False,
+    micro_batches: int = 1,
 ) -> Averaged:
     """grads ← mean over ranks, in place, bucket by bucket over the one contiguous buffer
     (a ``FlatParams``' gradient buffer, or a contiguous array): each bucket is allreduced
     (sum) then scaled by 1/size, or scaled first with ``predivide=True`` (for half
     precision, so the sum cannot overflow). With ``norm=True`` the scaling pass also sums
     the squares (``scale_sum_of_squares_``), so the global norm that clipping needs costs
-    no extra read (with ``predivide`` it takes one read pass after the allreduce)."""
+    no extra read (with ``predivide`` it takes one read pass after the allreduce).
+
+    ``micro_batches=K`` (an integer ≥ 1) is for local gradient accumulation: each rank's
+    buffer holds the sum of K micro-batch mean gradients, and the result is the mean of
+    all K·size micro-batch means, ``grads ← (1/(K·size)) · Σ_ranks grads``. The factor
+    1/(K·size) is applied in the same single scaling pass (before the sum with
+    ``predivide``), so accumulation costs no extra pass over the buffer."""
     buf = grads.grad_data if isinstance(grads, FlatParams) else grads
     v.float_array("grads", buf, writable=True)
-    for name, val in (("bucket_bytes", bucket_bytes), ("first_bucket_bytes", first_bucket_bytes)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {val!r}")
+    _positive_int("bucket_bytes", bucket_bytes)
+    _positive_int("first_bucket_bytes", first_bucket_bytes)
+    _positive_int("micro_batches", micro_batches)
     from .ops import scale_, scale_sum_of_squares_, sum_of_squares
 
     flat = buf.reshape(-1)
-    inv = 1.0 / comm.size
+    inv = 1.0 / (micro_batches * comm.size)
     ssq = 0.0
     for lo, hi in buckets(flat.size, flat.dtype.itemsize, bucket_bytes, first_bucket_bytes):
         part = flat[lo:hi]
@@ -248,10 +276,98 @@ def average_gradients(
     return Averaged(buf, math.sqrt(ssq) if norm else None)
 
 
+class DataParallel:
+    """Gradient averaging with local accumulation over micro-batches (``no_sync`` style),
+    explicit rather than hooked into a backward pass::
+
+        dp = DataParallel(comm, flat)
+        for micro in micro_batches_of_this_ranks_shard:      # K of them
+            with dp.no_sync():
+                ...  # ADD this micro-batch's mean gradient into flat.grads
+        avg = dp.average(norm=True)        # grads ← Σ_ranks grads / (K·size), in place
+        opt.step(); opt.zero_grad()        # accumulation needs zeroed grads each step
+
+    ``no_sync()`` communicates nothing: it counts the micro-batches (outermost entries;
+    a nested ``no_sync`` belongs to the enclosing micro-batch and is not counted again)
+    and forbids ``average()`` inside it — averaging mid-accumulation would communicate
+    and divide a partial sum, and with ranks at different points could deadlock.
+    ``average()`` is ``average_gradients`` with this object's bucket settings and
+    ``micro_batches`` = the count since the last ``average()`` (at least 1: a step
+    without ``no_sync`` is one micro-batch), or the value passed; it resets the count.
+    Put every micro-batch of a step inside ``no_sync`` (unlike torch's DDP, the last one
+    too), or pass ``micro_batches`` explicitly. Equal micro-batches give exactly the
+    mean over the whole mini-batch; for unequal ones, scale each micro-batch's gradient
+    by K·len(micro)/len(shard) so that the average stays the full-batch mean."""
+
+    def __init__(
+        self,
+        comm: Communicator,
+        grads: Any,
+        *,
+        bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+        first_bucket_bytes: int = FIRST_BUCKET_BYTES,
+        predivide: bool = False,
+    ):
+        buf = grads.grad_data if isinstance(grads, FlatParams) else grads
+        v.float_array("grads", buf, writable=True)
+        self.comm, self.grads = comm, grads
+        self.bucket_bytes = _positive_int("bucket_bytes", bucket_bytes)
+        self.first_bucket_bytes = _positive_int("first_bucket_bytes", first_bucket_bytes)
+        self.predivide = bool(predivide)
+        self._depth = 0  # open no_sync contexts
+        self._count = 0  # micro-batches entered since the last average()
+
+    @property
+    def micro_batches(self) -> int:
+        """Micro-batches (outermost ``no_sync`` entries) since the last ``average()``."""
+        return self._count
+
+    @property
+    def in_no_sync(self) -> bool:
+        """Whether a ``no_sync()`` context is open."""
+        return self._depth > 0
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """A context for one micro-batch's backward: no communication, gradients keep
+        adding up in the buffer; the outermost entry counts one micro-batch."""
+        if self._depth == 0:
+            self._count += 1
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+    def average(self, micro_batches: int | None = None, *, norm: bool = False) -> Averaged:
+        """grads ← (1/(K·size)) · Σ_ranks grads in place, K = ``micro_batches`` or the
+        count of ``no_sync`` micro-batches since the last call (at least 1): one bucketed
+        allreduce and one scaling pass (``average_gradients``). Raises RuntimeError
+        inside ``no_sync()``; resets the count."""
+        if self._depth:
+            raise RuntimeError(
+                "DataParallel.average() called inside no_sync(): averaging communicates; "
+                "finish the micro-batches, leave no_sync(), then average once per step"
+            )
+        k = max(1, self._count) if micro_batches is None else micro_batches
+        out = average_gradients(
+            self.comm,
+            self.grads,
+            bucket_bytes=self.bucket_bytes,
+            first_bucket_bytes=self.first_bucket_bytes,
+            predivide=self.predivide,
+            norm=norm,
+            micro_batches=k,
+        )
+        self._count = 0
+        return out
+
+
 def average_(out: Any, buffers: list[Any]) -> Any:
     """out ← the mean of K local gradient buffers, in one pass (``gpugd.ops.average_``):
-    a worker that splits its batch into micro-batches averages locally, then calls
-    ``average_gradients`` once per step."""
+    a worker that keeps its micro-batches' gradients in separate buffers averages them
+    locally, then calls ``average_gradients`` once per step (``DataParallel.no_sync``
+    accumulates in place instead, with no extra buffers)."""
     from .ops import average_ as _average
 
     return _average(out, buffers)
@@ -260,6 +376,7 @@ def average_(out: Any, buffers: list[Any]) -> Any:
 __all__ = [
     "Averaged",
     "Communicator",
+    "DataParallel",
     "MismatchError",
     "average_",
     "average_gradients",

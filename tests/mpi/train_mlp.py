@@ -3,7 +3,9 @@
 mode "train": a 2-layer tanh MLP, MSE loss, trained STEPS steps with SGD-momentum; each
 rank takes its shard of every mini-batch and averages gradients with gpugd.parallel;
 rank 0 writes the final parameters to OUT. With R = 1 it is single-process training on
-the whole mini-batch. mode "mismatch": rank 1 builds a different layout. mode "fault":
+the whole mini-batch. mode "accum K PREDIVIDE": the same, but each rank splits its shard
+into K equal micro-batches, adds their mean gradients up inside DataParallel.no_sync() and
+averages once per step. mode "mismatch": rank 1 builds a different layout. mode "fault":
 rank 1 raises after the first step.
 """
 
@@ -18,6 +20,8 @@ from gpugd import optim, parallel
 
 mode, out, dtype_name = sys.argv[1], sys.argv[2], sys.argv[3]
 dtype = np.dtype(dtype_name)
+K = int(sys.argv[4]) if mode == "accum" else 1
+PREDIVIDE = mode == "accum" and sys.argv[5] == "predivide"
 STEPS, BATCH, D_IN, D_H = 20, 48, 5, 16
 
 comm = parallel.init()
@@ -36,17 +40,35 @@ X = data.standard_normal((STEPS, BATCH, D_IN)).astype(dtype)
 Y = np.sin(X.sum(axis=2, keepdims=True)).astype(dtype)
 shard = slice(comm.rank * BATCH // comm.size, (comm.rank + 1) * BATCH // comm.size)
 
-for t in range(STEPS):
-    x, y = X[t, shard], Y[t, shard]
+
+def add_mean_gradient(x, y):
+    """flat.grads += the gradient of the mean squared error over the rows of x."""
     h = np.tanh(x @ flat["w1"] + flat["b1"])
     pred = h @ flat["w2"] + flat["b2"]
-    d = 2 * (pred - y) / len(x)  # d(mean squared error)/d pred on this shard
-    flat.grads["w2"][...] = h.T @ d
-    flat.grads["b2"][...] = d.sum(axis=0)
+    d = 2 * (pred - y) / len(x)  # d(mean squared error)/d pred on these rows
+    flat.grads["w2"][...] += h.T @ d
+    flat.grads["b2"][...] += d.sum(axis=0)
     dh = (d @ flat["w2"].T) * (1 - h * h)
-    flat.grads["w1"][...] = x.T @ dh
-    flat.grads["b1"][...] = dh.sum(axis=0)
-    avg = parallel.average_gradients(comm, flat, bucket_bytes=256, first_bucket_bytes=64, norm=True)
+    flat.grads["w1"][...] += x.T @ dh
+    flat.grads["b1"][...] += dh.sum(axis=0)
+
+
+dp = parallel.DataParallel(comm, flat, bucket_bytes=256, first_bucket_bytes=64, predivide=PREDIVIDE)
+for t in range(STEPS):
+    x, y = X[t, shard], Y[t, shard]
+    if mode == "accum":
+        assert len(x) % K == 0, "the test uses equal micro-batches"
+        m = len(x) // K
+        for k in range(K):
+            with dp.no_sync():
+                add_mean_gradient(x[k * m : (k + 1) * m], y[k * m : (k + 1) * m])
+        assert dp.micro_batches == K
+        avg = dp.average(norm=True)
+    else:
+        add_mean_gradient(x, y)  # the gradients are zero here: this sets them
+        avg = parallel.average_gradients(
+            comm, flat, bucket_bytes=256, first_bucket_bytes=64, norm=True
+        )
     # the norm from the averaging pass is the norm of the averaged gradient buffer
     assert abs(avg.norm - float(np.linalg.norm(flat.grad_data))) <= 1e-5 * avg.norm
     opt.step()
