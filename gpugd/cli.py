@@ -1,4 +1,4 @@
-"""The ``gpugd`` command: ``gpugd info`` and ``gpugd bench``."""
+"""The ``gpugd`` command: ``gpugd train``, ``gpugd bench`` and ``gpugd info``."""
 
 from __future__ import annotations
 
@@ -103,10 +103,229 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _world_size() -> int:
+    """Ranks of the job this process was started in (mpiexec/srun set these), else 1."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer widths such as 64,64, got {text!r}"
+        ) from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected widths ≥ 1, got {text!r}")
+    return out
+
+
+def _add_train_args(t: argparse.ArgumentParser) -> None:
+    from .nn import ACTIVATIONS, INITIALIZERS
+    from .train import GD_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
+
+    d = TrainConfig()
+    t.add_argument(
+        "--preset",
+        choices=("default", "vanishing"),
+        default="default",
+        help="vanishing: the notes' 9-layer sigmoid network on two moons beside "
+        "ReLU/He, batch norm, Adam and residual variants",
+    )
+    t.add_argument(
+        "--data",
+        default=d.data,
+        help="moons | spirals | circles | a .npz (X, y) or .csv (label last) file",
+    )
+    t.add_argument(
+        "--n-samples",
+        type=int,
+        default=d.n_samples,
+        help="examples to generate (embedded data sets)",
+    )
+    t.add_argument("--noise", type=float, default=d.noise, help="noise of the generator")
+    t.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    t.add_argument(
+        "--no-standardize",
+        dest="standardize",
+        action="store_false",
+        help="keep the features as they are (default: train-set mean 0, std 1)",
+    )
+    t.add_argument("--hidden", type=_ints, default=d.hidden, help="hidden widths, e.g. 64,64")
+    t.add_argument("--activation", choices=ACTIVATIONS, default=d.activation)
+    t.add_argument("--init", choices=INITIALIZERS, default=d.init)
+    t.add_argument("--batch-norm", action="store_true")
+    t.add_argument("--dropout", type=float, default=d.dropout, help="drop probability")
+    t.add_argument(
+        "--residual", action="store_true", help="x + layer(x) around hidden layers of equal width"
+    )
+    t.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d.optimizer)
+    t.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate (default: 0.1 sgd, 0.05 adagrad, 1e-3 rmsprop, 1e-2 adam/adamw/nadam)",
+    )
+    t.add_argument("--momentum", type=float, default=d.momentum, help="sgd, rmsprop")
+    t.add_argument("--nesterov", action="store_true", help="sgd with momentum")
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default=d.schedule,
+        help="learning-rate schedule, stepped once per epoch",
+    )
+    t.add_argument(
+        "--gd",
+        choices=GD_MODES,
+        default=d.gd,
+        help="batch: whole training set per step; sgd: one example; minibatch",
+    )
+    t.add_argument("--batch-size", type=int, default=d.batch_size)
+    t.add_argument("--epochs", type=int, default=None, help="default 50 (vanishing: 100)")
+    t.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="early stopping after this many epochs without a better val loss",
+    )
+    t.add_argument(
+        "--no-restore-best",
+        dest="restore_best",
+        action="store_false",
+        help="with --patience: keep the last weights, not the best ones",
+    )
+    t.add_argument("--max-grad-norm", type=float, default=None, help="global-norm clipping")
+    t.add_argument("--clip-value", type=float, default=None, help="elementwise clipping")
+    t.add_argument("--l1", type=float, default=d.l1)
+    t.add_argument("--l2", type=float, default=d.l2)
+    t.add_argument("--seed", type=int, default=None, help="default 0 (vanishing: 42)")
+    t.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
+    t.add_argument(
+        "--monitor-every",
+        type=int,
+        default=d.monitor_every,
+        help="record gradient health every k-th step",
+    )
+    t.add_argument(
+        "--backend",
+        choices=("auto", "cpu", "cuda"),
+        default=None,
+        help=f"default: ${BACKEND_ENV} or auto",
+    )
+    t.add_argument(
+        "--run-dir",
+        default=None,
+        help="where checkpoints, metrics and plots go (default runs/<time>)",
+    )
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    t.add_argument("--no-plots", dest="plots", action="store_false")
+    t.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import time
+
+    from . import train as tr
+
+    try:
+        be = get_backend(args.backend)
+    except (BackendUnavailableError, ValueError) as exc:
+        print(f"gpugd train: {exc}", file=sys.stderr)
+        return 2
+    if args.resume and args.run_dir is None:
+        print("gpugd train: --resume needs --run-dir (the run to continue)", file=sys.stderr)
+        return 2
+    run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    progress = None if args.quiet else sys.stderr
+    if args.preset == "vanishing":
+        from . import vanishing
+
+        try:
+            res = vanishing.experiment(
+                epochs=args.epochs or 100,
+                seed=42 if args.seed is None else args.seed,
+                backend=be.name,
+                dtype=args.dtype,
+                run_dir=run_dir,
+                progress=progress,
+            )
+        except ValueError as exc:
+            print(f"gpugd train: {exc}", file=sys.stderr)
+            return 2
+        print(vanishing.table(res))
+        print(
+            f"\nwritten: {run_dir}/vanishing.json"
+            + (f", {res['plot']}" if res.get("plot") else " (no plot: pip install matplotlib)")
+        )
+        return 0
+    cfg = tr.TrainConfig(
+        data=args.data,
+        n_samples=args.n_samples,
+        noise=args.noise,
+        val_fraction=args.val_fraction,
+        standardize=args.standardize,
+        hidden=args.hidden,
+        activation=args.activation,
+        init=args.init,
+        batch_norm=args.batch_norm,
+        dropout=args.dropout,
+        residual=args.residual,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        gd=args.gd,
+        batch_size=args.batch_size,
+        epochs=args.epochs or 50,
+        patience=args.patience,
+        restore_best=args.restore_best,
+        max_grad_norm=args.max_grad_norm,
+        clip_value=args.clip_value,
+        l1=args.l1,
+        l2=args.l2,
+        seed=0 if args.seed is None else args.seed,
+        dtype=args.dtype,
+        monitor_every=args.monitor_every,
+    )
+    comm = None
+    if _world_size() > 1:
+        from . import parallel
+
+        comm = parallel.init(nccl=be.name == "cuda")
+    try:
+        res = tr.run(
+            cfg,
+            run_dir,
+            resume=args.resume,
+            backend=be.name,
+            progress=progress,
+            comm=comm,
+            plots=args.plots,
+        )
+    except (ValueError, TypeError) as exc:  # bad configuration, data or checkpoint
+        print(f"gpugd train: {exc}", file=sys.stderr)
+        return 2
+    if comm is None or comm.rank == 0:
+        print(tr.summary_table(res))
+        if args.plots and not res.get("plots"):
+            print("(no plots: pip install matplotlib)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gpugd", description=__doc__)
     p.add_argument("--version", action="version", version=f"gpugd {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser(
+        "train", help="train an MLP on gpugd's kernels (default: two moons, under a minute)"
+    )
+    _add_train_args(t)
     sub.add_parser("info", help="backend, device, versions, threads, NVRTC and MPI availability")
     b = sub.add_parser("bench", help="kernel throughput against the measured bandwidth ceilings")
     b.add_argument(
@@ -128,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         print("\n".join(info_lines()))
         return 0
+    if args.command == "train":
+        return _train(args)
     return _bench(args)
 
 

@@ -1,0 +1,818 @@
+"""Training loop over gpugd's kernels: what ``gpugd train`` runs.
+
+    cfg = TrainConfig(data="moons", hidden=(64, 64), optimizer="adam", epochs=50)
+    result = run(cfg, "runs/first")         # metrics.json, gradients.csv, PNG plots
+
+Gradient descent in the lecture notes' three forms: ``gd="batch"`` (the whole training set
+per step), ``"sgd"`` (one example per step) and ``"minibatch"`` (``batch_size`` examples),
+shuffled every epoch from the seed. A validation split, early stopping with patience and
+best-weights restore, any gpugd optimizer, learning-rate schedule (stepped per epoch),
+global-norm or value clipping fused into the update, L1/L2 penalties and the gradient-
+health monitor. Checkpoints after every epoch (``checkpoint.npz`` from the optimizer,
+``trainer.npz`` with the loop's own state), both written atomically; ``resume=True``
+continues a run bit for bit. Launched under ``mpiexec -n R`` it trains data-parallel:
+every rank takes its share of each mini-batch and the gradients are averaged
+(``gpugd.parallel``); batch normalization then uses each rank's own shard statistics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from . import data as _data
+from . import nn, optim, schedules
+from ._io import atomic_savez, atomic_write_text
+from .monitor import GradientMonitor
+
+OPTIMIZERS = {
+    "sgd": optim.SGD,
+    "adagrad": optim.Adagrad,
+    "rmsprop": optim.RMSprop,
+    "adam": optim.Adam,
+    "adamw": optim.AdamW,
+    "nadam": optim.NAdam,
+}
+# learning rates when none is given: larger than torch's Adam default, since the
+# embedded problems train for tens of epochs, not thousands
+DEFAULT_LR = {
+    "sgd": 0.1,
+    "adagrad": 0.05,
+    "rmsprop": 1e-3,
+    "adam": 1e-2,
+    "adamw": 1e-2,
+    "nadam": 1e-2,
+}
+SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
+GD_MODES = ("minibatch", "batch", "sgd")
+TRAINER_FORMAT = "gpugd-trainer-1"
+
+
+class ResumeError(ValueError):
+    """A run directory whose checkpoint does not fit the configuration; nothing changed."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (what ``gpugd train`` flags set)."""
+
+    data: str = "moons"
+    n_samples: int | None = 1000
+    noise: float | None = 0.2
+    val_fraction: float = 0.2
+    standardize: bool = True
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "relu"
+    init: str = "he_normal"
+    batch_norm: bool = False
+    dropout: float = 0.0
+    residual: bool = False
+    optimizer: str = "adam"
+    lr: float | None = None
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    gd: str = "minibatch"
+    batch_size: int = 32
+    epochs: int = 50
+    patience: int | None = None
+    restore_best: bool = True
+    max_grad_norm: float | None = None
+    clip_value: float | None = None
+    l1: float = 0.0
+    l2: float = 0.0
+    seed: int = 0
+    dtype: str = "float32"
+    monitor_every: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)  # optimizer keyword overrides
+
+    def validate(self) -> TrainConfig:
+        """Check every field; ValueError naming the field and what was expected."""
+
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"{name}: expected {what}, got {getattr(self, name)!r}")
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+        def is_real(v: Any) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        need(self.optimizer in OPTIMIZERS, "optimizer", f"one of {tuple(OPTIMIZERS)}")
+        need(self.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}")
+        need(self.gd in GD_MODES, "gd", f"one of {GD_MODES}")
+        need(self.activation in nn.ACTIVATIONS, "activation", f"one of {nn.ACTIVATIONS}")
+        need(self.init in nn.INITIALIZERS, "init", f"one of {nn.INITIALIZERS}")
+        need(self.dtype in ("float32", "float64"), "dtype", "'float32' or 'float64'")
+        need(
+            len(self.hidden) >= 1 and all(is_int(h) and h >= 1 for h in self.hidden),
+            "hidden",
+            "one or more layer widths ≥ 1",
+        )
+        need(is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "an integer ≥ 1")
+        need(is_int(self.epochs) and self.epochs >= 1, "epochs", "an integer ≥ 1")
+        need(
+            self.patience is None or (is_int(self.patience) and self.patience >= 1),
+            "patience",
+            "None or an integer ≥ 1",
+        )
+        need(
+            is_int(self.monitor_every) and self.monitor_every >= 1,
+            "monitor_every",
+            "an integer ≥ 1",
+        )
+        need(is_int(self.seed) and self.seed >= 0, "seed", "an integer ≥ 0")
+        need(self.lr is None or (is_real(self.lr) and self.lr > 0), "lr", "a finite value > 0")
+        need(
+            is_real(self.val_fraction) and 0 <= self.val_fraction < 1,
+            "val_fraction",
+            "a value in [0, 1)",
+        )
+        need(is_real(self.dropout) and 0 <= self.dropout < 1, "dropout", "a value in [0, 1)")
+        for name in ("momentum", "weight_decay", "l1", "l2"):
+            need(
+                is_real(getattr(self, name)) and getattr(self, name) >= 0,
+                name,
+                "a finite value ≥ 0",
+            )
+        for name in ("max_grad_norm", "clip_value"):
+            val = getattr(self, name)
+            need(val is None or (is_real(val) and val > 0), name, "None or a finite value > 0")
+        need(
+            self.momentum == 0 or self.optimizer in ("sgd", "rmsprop"),
+            "momentum",
+            "0 unless the optimizer is sgd or rmsprop",
+        )
+        need(
+            not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+            "nesterov",
+            "False unless optimizer='sgd' with momentum > 0",
+        )
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
+
+
+def _xp(backend: str) -> Any:
+    if backend == "cuda":
+        import cupy
+
+        return cupy
+    return np
+
+
+def _host(a: Any) -> np.ndarray:
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Mini-batch training of a built ``nn.Sequential`` with a gpugd optimizer.
+
+    The loss is chosen from the output width: one logit → sigmoid + binary cross-entropy,
+    K > 1 logits → softmax cross-entropy (labels are integers). ``comm`` (a
+    ``gpugd.parallel.Communicator`` with more than one rank) makes it data-parallel."""
+
+    def __init__(
+        self,
+        model: nn.Sequential,
+        optimizer: optim.Optimizer,
+        *,
+        schedule: schedules.Schedule | None = None,
+        monitor: GradientMonitor | None = None,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        comm: Any = None,
+    ):
+        if model.flat is None:
+            raise ValueError("model: build() it first")
+        self.model, self.opt, self.schedule, self.monitor = model, optimizer, schedule, monitor
+        self.flat = model.flat
+        self.xp = self.flat.xp
+        self.l1, self.l2 = l1, l2
+        self.comm = comm if comm is not None and comm.size > 1 else None
+        self.has_bn = any(isinstance(lay, nn.BatchNorm) for lay in model.layers())
+        n_out = model.features_out(model.in_features)
+        self.loss_fn = (
+            nn.binary_cross_entropy_with_logits if n_out == 1 else (nn.softmax_cross_entropy)
+        )
+        self._mon_seen = 0
+
+    def _device(self, a: np.ndarray, dtype: Any = None) -> Any:
+        return self.xp.asarray(a if dtype is None else a.astype(dtype))
+
+    def train_epoch(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        rng: np.random.Generator,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> dict[str, float]:
+        """One pass over (X, y) in shuffled mini-batches: forward, loss, backward, L1/L2,
+        (average over ranks), step. Returns train loss (penalty included), accuracy,
+        steps and the mean gradient norm per Dense weight over the epoch's steps."""
+        dtype = self.flat.dtype
+        Xd, yd = self._device(X, dtype), self._device(y)
+        size = 1 if self.comm is None else self.comm.size
+        rank = 0 if self.comm is None else self.comm.rank
+        batches = list(_data.minibatches(len(X), batch_size, rng))
+        if self.has_bn:  # batch statistics need 2 rows on every rank
+            batches = [b for b in batches if len(b) >= 2 * size]
+        tot = np.zeros(3)  # loss·rows, correct, rows (this rank)
+        for k, idx in enumerate(batches):
+            part = idx[rank * len(idx) // size : (rank + 1) * len(idx) // size]
+            xb, yb = Xd[part], yd[part]
+            out = self.model.forward(xb, training=True)
+            # mean over the whole mini-batch: each rank divides by len(idx)/size and the
+            # average over ranks divides by size again
+            loss, dout = self.loss_fn(out, yb, denominator=len(idx) / size)
+            self.model.backward(dout)
+            penalty = self.model.regularize(self.l1, self.l2)
+            if self.comm is not None:
+                from .parallel import average_gradients
+
+                average_gradients(self.comm, self.flat)
+            self.opt.step()
+            tot += (
+                loss * len(idx) / size + penalty * len(part),
+                float((nn.predictions(out) == yb).sum()),
+                len(part),
+            )
+            if on_batch is not None:
+                on_batch(k + 1, len(batches))
+        if self.comm is not None:
+            self.comm.allreduce_(tot)
+        res = {
+            "loss": tot[0] / max(tot[2], 1),
+            "acc": tot[1] / max(tot[2], 1),
+            "steps": float(len(batches)),
+        }
+        res.update(self._epoch_grad_norms())
+        return res
+
+    def _epoch_grad_norms(self) -> dict[str, float]:
+        """grad/<weight>: mean over this epoch's recorded steps of the monitor's norm."""
+        if self.monitor is None:
+            return {}
+        rows = self.monitor.series("grad_norm")[self._mon_seen :]
+        self._mon_seen += len(rows)
+        names = self.monitor.names
+        out = {}
+        for w in self.model.weight_names():
+            col = rows[:, names.index(w)] if len(rows) else np.array([math.nan])
+            out[f"grad/{w}"] = float(np.mean(col))
+        return out
+
+    def evaluate(self, X: np.ndarray, y: np.ndarray, batch_size: int = 4096) -> dict[str, float]:
+        """Loss and accuracy in inference mode (running statistics, no dropout)."""
+        if len(X) == 0:
+            return {"loss": math.nan, "acc": math.nan}
+        dtype = self.flat.dtype
+        loss = correct = 0.0
+        for lo in range(0, len(X), batch_size):
+            xb = self._device(X[lo : lo + batch_size], dtype)
+            yb = self._device(y[lo : lo + batch_size])
+            out = self.model.forward(xb, training=False)
+            part, _ = self.loss_fn(out, yb, denominator=1.0)
+            loss += part
+            correct += float((nn.predictions(out) == yb).sum())
+        return {"loss": loss / len(X), "acc": correct / len(X)}
+
+
+# ---- building a run from a configuration ------------------------------------------------------
+
+
+def build(cfg: TrainConfig, n_in: int, n_classes: int, xp: Any = np) -> tuple:
+    """(model, optimizer, schedule) for a validated configuration."""
+    n_out = 1 if n_classes == 2 else n_classes
+    model = nn.mlp(
+        n_in,
+        cfg.hidden,
+        n_out,
+        activation=cfg.activation,
+        init=cfg.init,
+        batch_norm=cfg.batch_norm,
+        dropout=cfg.dropout,
+        residual=cfg.residual,
+    )
+    flat = model.build(np.dtype(cfg.dtype), xp=xp, seed=cfg.seed)
+    hyper: dict[str, Any] = {"lr": cfg.lr or DEFAULT_LR[cfg.optimizer]}
+    if cfg.weight_decay:
+        hyper["weight_decay"] = cfg.weight_decay
+    if cfg.optimizer in ("sgd", "rmsprop") and cfg.momentum:
+        hyper["momentum"] = cfg.momentum
+    if cfg.nesterov:
+        hyper["nesterov"] = True
+    hyper.update(cfg.extra)
+    opt = OPTIMIZERS[cfg.optimizer](
+        flat, max_grad_norm=cfg.max_grad_norm, clip_value=cfg.clip_value, **hyper
+    )
+    sched: schedules.Schedule | None = None
+    if cfg.schedule == "step":
+        sched = schedules.StepLR(opt, step_size=max(1, cfg.epochs // 3), gamma=0.1)
+    elif cfg.schedule == "exponential":
+        sched = schedules.ExponentialLR(opt, gamma=0.01 ** (1 / cfg.epochs))
+    elif cfg.schedule == "cosine":
+        warm = min(5, cfg.epochs // 10)
+        sched = schedules.CosineWithWarmup(opt, warmup_steps=warm, total_steps=cfg.epochs + 1)
+    elif cfg.schedule == "plateau":
+        sched = schedules.ReduceLROnPlateau(opt, patience=max(2, cfg.epochs // 10))
+    return model, opt, sched
+
+
+def load_data(cfg: TrainConfig) -> tuple[_data.Dataset, _data.Dataset]:
+    """The configured data set, split (seeded) and standardized with the training part's
+    statistics."""
+    ds = _data.get(cfg.data, n_samples=cfg.n_samples, noise=cfg.noise, seed=cfg.seed)
+    train, val = _data.train_val_split(ds, cfg.val_fraction, seed=cfg.seed)
+    if cfg.standardize:
+        train, val = _data.standardize(train, val)
+    return train, val
+
+
+def batch_size_of(cfg: TrainConfig, n_train: int) -> int:
+    return {"batch": n_train, "sgd": 1}.get(cfg.gd, cfg.batch_size)
+
+
+# ---- run directory: checkpoints, metrics, plots -----------------------------------------------
+
+
+class _Progress:
+    """A progress bar on a terminal, one line per few epochs elsewhere (logs, CI)."""
+
+    def __init__(self, stream: TextIO | None, epochs: int):
+        self.stream, self.epochs = stream, epochs
+        self.tty = bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
+        self.every = 1 if self.tty else max(1, epochs // 10)
+        self._last = 0.0
+
+    def batch(self, epoch: int, k: int, n: int) -> None:
+        if not self.tty or self.stream is None:
+            return
+        now = time.perf_counter()
+        if k < n and now - self._last < 0.1:
+            return
+        self._last = now
+        width = 24
+        done = int(width * k / max(n, 1))
+        self.stream.write(
+            f"\repoch {epoch}/{self.epochs} [{'#' * done}{'.' * (width - done)}] {k}/{n}"
+        )
+        self.stream.flush()
+
+    def epoch(self, epoch: int, row: dict[str, float]) -> None:
+        if self.stream is None:
+            return
+        if not self.tty and epoch % self.every and epoch != self.epochs:
+            return
+        val = (
+            ""
+            if math.isnan(row["val_loss"])
+            else (f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.3f}")
+        )
+        self.stream.write(
+            ("\r" if self.tty else "")
+            + f"epoch {epoch:>4}/{self.epochs}  loss {row['train_loss']:.4f}  "
+            f"acc {row['train_acc']:.3f}{val}  lr {row['lr']:.3g}  "
+            f"{row['time_s']:.2f}s\n"
+        )
+        self.stream.flush()
+
+
+def _trainer_state(run: dict[str, Any], model: nn.Sequential) -> dict[str, np.ndarray]:
+    arrays = {f"buffer/{k}": _host(b) for k, b in model.buffers_dict().items()}
+    if run["best_params"] is not None:
+        arrays["best/params"] = run["best_params"]
+        for k, b in run["best_buffers"].items():
+            arrays[f"best/buffer/{k}"] = b
+    meta = {
+        k: run[k]
+        for k in (
+            "format",
+            "config",
+            "epoch",
+            "opt_step",
+            "history",
+            "best_epoch",
+            "best_metric",
+            "bad_epochs",
+            "rng",
+            "stopped_early",
+        )
+    }
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    return arrays
+
+
+def _load_trainer_state(
+    path: Path, cfg: TrainConfig, model: nn.Sequential, opt: optim.Optimizer
+) -> dict[str, Any]:
+    """Read and check trainer.npz against the configuration and the model; returns the
+    loop state without changing anything (the caller applies it)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = {k: z[k] for k in z.files}
+        meta = json.loads(files.pop("meta").tobytes().decode())
+    except (OSError, ValueError, KeyError) as exc:
+        raise ResumeError(f"{path}: not a readable gpugd trainer state ({exc})") from None
+    if meta.get("format") != TRAINER_FORMAT:
+        raise ResumeError(f"{path}: format {meta.get('format')!r}, expected {TRAINER_FORMAT!r}")
+    saved = dict(meta["config"])
+    now = cfg.to_json()
+    saved_epochs, now_epochs = saved.pop("epochs"), now.pop("epochs")
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        k = diff[0]
+        raise ResumeError(
+            f"{path}: the run was made with {k}={saved.get(k)!r}, this configuration has "
+            f"{k}={now.get(k)!r} ({len(diff)} setting(s) differ: {diff})"
+        )
+    if now_epochs < meta["epoch"]:
+        raise ResumeError(
+            f"{path}: the run has done {meta['epoch']} epochs already; "
+            f"epochs={now_epochs} asks for fewer"
+        )
+    if cfg.schedule in ("step", "exponential", "cosine") and now_epochs != saved_epochs:
+        raise ResumeError(
+            f"{path}: the {cfg.schedule} schedule was laid out for epochs={saved_epochs}; "
+            f"resume with the same epochs (got {now_epochs})"
+        )
+    buffers = model.buffers_dict()
+    for k, b in buffers.items():
+        a = files.get(f"buffer/{k}")
+        if a is None or a.shape != b.shape or a.dtype != b.dtype:
+            raise ResumeError(f"{path}: buffer {k!r} missing or mismatched")
+    return {**meta, "files": files}
+
+
+def _plot_run(
+    history: dict[str, Any], weight_names: list[str], run_dir: Path, title: str
+) -> list[Path]:
+    """loss/accuracy curves and per-layer gradient norms over epochs (PNG)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    ep = history["epoch"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    a1.plot(ep, history["train_loss"], label="train")
+    if not all(math.isnan(v) for v in history["val_loss"]):
+        a1.plot(ep, history["val_loss"], label="validation")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("loss")
+    a1.set_yscale("log")
+    a1.legend()
+    a2.plot(ep, history["train_acc"], label="train")
+    if not all(math.isnan(v) for v in history["val_acc"]):
+        a2.plot(ep, history["val_acc"], label="validation")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel("accuracy")
+    a2.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    curves = run_dir / "curves.png"
+    fig.savefig(curves)
+    plt.close(fig)
+    out = [curves]
+    if weight_names and f"grad/{weight_names[0]}" in history:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+        cmap = plt.get_cmap("viridis")
+        n = len(weight_names)
+        for i, w in enumerate(weight_names):
+            y = np.asarray(history[f"grad/{w}"], float)
+            ax.plot(
+                ep,
+                np.where(y > 0, y, np.nan),
+                color=cmap(i / max(n - 1, 1)),
+                label=w.removesuffix(".weight"),
+            )
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean ‖∂L/∂W‖₂ over the epoch's steps")
+        ax.set_title("per-layer gradient norms (input layer dark, output layer light)")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        grads = run_dir / "grad_norms.png"
+        fig.savefig(grads)
+        plt.close(fig)
+        out.append(grads)
+    return out
+
+
+def _write_grad_csv(history: dict[str, Any], weight_names: list[str], path: Path) -> None:
+    lines = ["epoch,layer,grad_norm"]
+    for k, e in enumerate(history["epoch"]):
+        for w in weight_names:
+            vals = history.get(f"grad/{w}")
+            if vals is not None:
+                lines.append(f"{e},{w},{vals[k]!r}")
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def run(
+    cfg: TrainConfig,
+    run_dir: str | os.PathLike | None,
+    *,
+    resume: bool = False,
+    backend: str = "cpu",
+    progress: TextIO | None = sys.stderr,
+    comm: Any = None,
+    plots: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Train per ``cfg``; with ``run_dir`` write checkpoints, metrics.json, gradients.csv
+    and plots there (rank 0 only). ``resume`` continues from the run directory's last
+    checkpoint. ``stop_after=k`` ends this call after k epochs (the run is resumable: an
+    interrupted run). Returns the metrics (config, history, summary)."""
+    cfg.validate()
+    xp = _xp(backend)
+    train, val = load_data(cfg)
+    model, opt, sched = build(cfg, train.X.shape[1], train.n_classes, xp)
+    monitor = GradientMonitor(opt, every=cfg.monitor_every)
+    trainer = Trainer(model, opt, schedule=sched, monitor=monitor, l1=cfg.l1, l2=cfg.l2, comm=comm)
+    rank0 = comm is None or comm.rank == 0
+    bs = batch_size_of(cfg, len(train.X))
+    if cfg.batch_norm and (len(train.X) < 2 or (cfg.gd == "sgd")):
+        raise ValueError(
+            "batch_norm: needs mini-batches of at least 2 examples "
+            "(gd='sgd' takes one example per step)"
+        )
+    rd = Path(run_dir) if run_dir is not None else None
+    weights = model.weight_names()
+    history: dict[str, list] = {
+        k: []
+        for k in (
+            "epoch",
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_acc",
+            "lr",
+            "time_s",
+            "steps",
+        )
+    }
+    for w in weights:
+        history[f"grad/{w}"] = []
+    state: dict[str, Any] = {
+        "format": TRAINER_FORMAT,
+        "config": cfg.to_json(),
+        "epoch": 0,
+        "opt_step": 0,
+        "history": history,
+        "best_epoch": 0,
+        "best_metric": math.inf,
+        "bad_epochs": 0,
+        "rng": None,
+        "stopped_early": False,
+        "best_params": None,
+        "best_buffers": {},
+    }
+    rng = np.random.default_rng(cfg.seed + 1)
+    if resume:
+        if rd is None or not (rd / "trainer.npz").exists():
+            raise ResumeError(f"resume: no trainer.npz in {rd} to resume from")
+        saved = _load_trainer_state(rd / "trainer.npz", cfg, model, opt)
+        try:
+            opt.load(rd / "checkpoint.npz")
+        except optim.CheckpointError as exc:
+            raise ResumeError(str(exc)) from None
+        if opt.step_count != saved["opt_step"]:
+            raise ResumeError(
+                f"{rd}: checkpoint.npz is at step {opt.step_count}, trainer.npz "
+                f"at {saved['opt_step']}: the pair is inconsistent"
+            )
+        files = saved.pop("files")
+        for k, b in model.buffers_dict().items():
+            b[...] = (
+                xp.asarray(files[f"buffer/{k}"])
+                if not isinstance(b, np.ndarray)
+                else (files[f"buffer/{k}"])
+            )
+        if "best/params" in files:
+            state["best_params"] = files["best/params"]
+            state["best_buffers"] = {
+                k[len("best/buffer/") :]: a
+                for k, a in files.items()
+                if k.startswith("best/buffer/")
+            }
+        for k in (
+            "epoch",
+            "opt_step",
+            "history",
+            "best_epoch",
+            "best_metric",
+            "bad_epochs",
+            "stopped_early",
+        ):
+            state[k] = saved[k]
+        history = state["history"]
+        rng.bit_generator.state = saved["rng"]
+    if trainer.comm is not None:  # same layout everywhere (raises on every rank if not), rank
+        from .parallel import broadcast_parameters  # 0's parameters and optimizer state
+
+        broadcast_parameters(trainer.comm, model.flat, optimizer=opt)
+    bar = _Progress(progress if rank0 else None, cfg.epochs)
+    start_epoch = state["epoch"]
+    t_start = time.perf_counter()
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch + 1, last + 1):
+        if state["stopped_early"]:
+            break
+        t0 = time.perf_counter()
+        lr = opt.param_groups[0]["lr"]
+        tr = trainer.train_epoch(
+            train.X, train.y, bs, rng, on_batch=lambda k, n, e=epoch: bar.batch(e, k, n)
+        )
+        ev = trainer.evaluate(val.X, val.y)
+        if sched is not None:
+            if isinstance(sched, schedules.ReduceLROnPlateau):
+                sched.step(ev["loss"] if len(val.X) else tr["loss"])
+            else:
+                sched.step()
+        row = {
+            "epoch": epoch,
+            "train_loss": tr["loss"],
+            "train_acc": tr["acc"],
+            "val_loss": ev["loss"],
+            "val_acc": ev["acc"],
+            "lr": lr,
+            "time_s": time.perf_counter() - t0,
+            "steps": int(tr["steps"]),
+        }
+        for k, val_ in row.items():
+            history[k].append(val_)
+        for w in weights:
+            history[f"grad/{w}"].append(tr.get(f"grad/{w}", math.nan))
+        metric = ev["loss"] if len(val.X) else tr["loss"]
+        if metric < state["best_metric"]:
+            state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
+            if cfg.patience is not None and cfg.restore_best:
+                state["best_params"] = _host(model.flat.data).copy()
+                state["best_buffers"] = {
+                    k: _host(b).copy() for k, b in model.buffers_dict().items()
+                }
+        else:
+            state["bad_epochs"] += 1
+        if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
+            state["stopped_early"] = True
+        state.update(epoch=epoch, opt_step=opt.step_count, rng=rng.bit_generator.state)
+        bar.epoch(epoch, row)
+        if rd is not None and rank0:
+            opt.save(rd / "checkpoint.npz")
+            atomic_savez(rd / "trainer.npz", _trainer_state(state, model))
+    train_time = time.perf_counter() - t_start
+    restored = False
+    if state["stopped_early"] and cfg.restore_best and state["best_params"] is not None:
+        model.flat.data[...] = xp.asarray(state["best_params"])
+        for k, b in model.buffers_dict().items():
+            b[...] = (
+                xp.asarray(state["best_buffers"][k])
+                if not isinstance(b, np.ndarray)
+                else (state["best_buffers"][k])
+            )
+        restored = True
+    final_tr = trainer.evaluate(train.X, train.y)
+    final_val = trainer.evaluate(val.X, val.y)
+    steps = sum(history["steps"])
+    summary = {
+        "epochs_run": len(history["epoch"]),
+        "stopped_early": state["stopped_early"],
+        "best_epoch": state["best_epoch"],
+        "restored_best": restored,
+        "train_loss": final_tr["loss"],
+        "train_acc": final_tr["acc"],
+        "val_loss": final_val["loss"],
+        "val_acc": final_val["acc"],
+        "steps": steps,
+        "skipped_steps": opt.skipped_steps,
+        "time_s": sum(history["time_s"]),
+        "steps_per_s": steps / max(sum(history["time_s"]), 1e-12),
+        "this_process_s": train_time,
+        "n_params": int(sum(model.flat[n].size for n in model.flat)),
+        "monitor_events": len(monitor.events),
+        "ranks": 1 if comm is None else comm.size,
+    }
+    if weights and history[f"grad/{weights[0]}"]:
+        first = np.asarray(history[f"grad/{weights[0]}"], float)
+        last = np.asarray(history[f"grad/{weights[-1]}"], float)
+        summary["grad_first_layer"] = float(np.nanmean(first))
+        summary["grad_last_layer"] = float(np.nanmean(last))
+        summary["grad_ratio_first_last"] = summary["grad_first_layer"] / max(
+            summary["grad_last_layer"], 1e-300
+        )
+    result = {
+        "config": cfg.to_json(),
+        "backend": backend,
+        "data": train.name,
+        "n_train": len(train.X),
+        "n_val": len(val.X),
+        "history": history,
+        "summary": summary,
+        "run_dir": None if rd is None else str(rd),
+    }
+    if rd is not None and rank0:
+        atomic_write_text(rd / "metrics.json", json.dumps(result, indent=1, default=float))
+        _write_grad_csv(history, weights, rd / "gradients.csv")
+        if plots:
+            result["plots"] = [
+                str(p) for p in _plot_run(history, weights, rd, f"gpugd train: {train.name}")
+            ]
+    return result
+
+
+def summary_table(result: dict[str, Any]) -> str:
+    """The table ``gpugd train`` prints at the end."""
+    s, c = result["summary"], result["config"]
+    rows = [
+        ("data", f"{result['data']}: {result['n_train']} train / {result['n_val']} validation"),
+        (
+            "model",
+            f"{c['hidden']} {c['activation']} init={c['init']}"
+            + (" +batchnorm" if c["batch_norm"] else "")
+            + (f" +dropout {c['dropout']}" if c["dropout"] else "")
+            + (" +residual" if c["residual"] else "")
+            + f"  ({s['n_params']} parameters)",
+        ),
+        (
+            "optimizer",
+            f"{c['optimizer']} lr={c['lr'] or DEFAULT_LR[c['optimizer']]:g} "
+            f"schedule={c['schedule']} gd={c['gd']}"
+            + (f" batch={c['batch_size']}" if c["gd"] == "minibatch" else ""),
+        ),
+        (
+            "epochs",
+            f"{s['epochs_run']}"
+            + (
+                f" (stopped early; best epoch {s['best_epoch']}"
+                + (", weights restored)" if s["restored_best"] else ")")
+                if s["stopped_early"]
+                else ""
+            ),
+        ),
+        ("train loss / acc", f"{s['train_loss']:.4f} / {s['train_acc']:.3f}"),
+        (
+            "val loss / acc",
+            "-" if math.isnan(s["val_loss"]) else f"{s['val_loss']:.4f} / {s['val_acc']:.3f}",
+        ),
+        (
+            "steps",
+            f"{s['steps']} in {s['time_s']:.2f} s ({s['steps_per_s']:.0f} steps/s, "
+            f"{s['ranks']} rank(s), backend {result['backend']})",
+        ),
+    ]
+    if "grad_ratio_first_last" in s:
+        rows.append(
+            (
+                "‖∇W‖ first / last layer",
+                f"{s['grad_first_layer']:.3g} / {s['grad_last_layer']:.3g} "
+                f"(ratio {s['grad_ratio_first_last']:.3g})",
+            )
+        )
+    rows.append(("skipped steps / monitor flags", f"{s['skipped_steps']} / {s['monitor_events']}"))
+    if result.get("run_dir"):
+        rows.append(("run directory", result["run_dir"]))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+__all__ = [
+    "GD_MODES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "ResumeError",
+    "TrainConfig",
+    "Trainer",
+    "batch_size_of",
+    "build",
+    "load_data",
+    "run",
+    "summary_table",
+]
