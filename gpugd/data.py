@@ -152,7 +152,7 @@ def _checked(X: np.ndarray, y: np.ndarray, where: str, name: str) -> Dataset:
     frac = yf != np.round(yf)
     if frac.any():
         r = int(np.argmax(frac))
-        raise DataError(f"{where}: labels must be integers 0…K−1; row {r} has {yf[r]!r}")
+        raise DataError(f"{where}: labels must be integers 0…K−1; row {r} has {yf[r]:g}")
     if (yf < 0).any():
         r = int(np.argmax(yf < 0))
         raise DataError(f"{where}: labels must be ≥ 0; row {r} has {yf[r]:g}")
