@@ -281,3 +281,17 @@ def test_data_parallel_train_under_mpiexec_equals_one_process(tmp_path):
     for k in runs[1]:
         np.testing.assert_allclose(runs[2][k], runs[1][k], rtol=1e-10, atol=1e-13, err_msg=k)
     assert math.isfinite(float(np.abs(runs[1]["param/dense1.weight"]).sum()))
+
+
+@pytest.mark.cuda
+def test_training_on_the_gpu_follows_the_cpu_run(tmp_path):
+    # float64 on both backends, batch norm and dropout included (the dropout mask is the
+    # same counter-based stream on both): the trajectories differ only by the order of
+    # the BLAS and reduction sums
+    cfg = _cfg(dtype="float64", batch_norm=True, dropout=0.1, epochs=3, max_grad_norm=1.0)
+    cpu = train.run(cfg, tmp_path / "cpu", progress=None, backend="cpu")
+    gpu = train.run(cfg, tmp_path / "gpu", progress=None, backend="cuda")
+    pc, pg = _params(tmp_path / "cpu"), _params(tmp_path / "gpu")
+    for k in pc:
+        np.testing.assert_allclose(pg[k], pc[k], rtol=1e-8, atol=1e-10, err_msg=k)
+    assert gpu["summary"]["val_acc"] == pytest.approx(cpu["summary"]["val_acc"], abs=0.02)
