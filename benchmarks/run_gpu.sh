@@ -7,7 +7,8 @@
 # 1. prints `gpugd info` (device, CUDA runtime/driver, NVRTC);
 # 2. runs the whole test suite with the CUDA backend available; `-m cuda` tests must run,
 #    not skip (a skip here means the device did not answer: the script fails);
-# 3. runs `gpugd bench --backend cuda` (ceilings: device-to-device copy) and writes
+# 3. runs `gpugd train --backend cuda` (the default job and the vanishing preset);
+# 4. runs `gpugd bench --backend cuda` (ceilings: device-to-device copy) and writes
 #    benchmarks/results/gpu-<date>.json, then the CPU bench of the same machine beside it.
 # Results land in $OUT too when the variable is set (the device tool copies it back).
 set -uo pipefail
@@ -31,6 +32,12 @@ fi
 
 echo "== whole test suite"
 python3 -m pytest -q -x -p no:cacheprovider tests -m "not slow" || status=1
+
+echo "== gpugd train on the GPU (default job and the vanishing preset)"
+python3 -m gpugd.cli train --backend cuda --run-dir "$dest/gpu-train-$stamp" --no-plots \
+  | tee "$dest/gpu-train-$stamp.txt" || status=1
+python3 -m gpugd.cli train --backend cuda --preset vanishing --run-dir "$dest/gpu-vanishing-$stamp" \
+  | tee -a "$dest/gpu-train-$stamp.txt" || status=1
 
 echo "== GPU benchmarks"
 GPUGD_BACKEND=cuda python3 -m gpugd.cli bench --backend cuda --json "$dest/gpu-$stamp.json" \
