@@ -17,11 +17,21 @@ from . import (
     suite_clip,
     suite_optim,
     suite_parallel,
+    suite_train,
     suite_vector,
 )
 
 SUITES = {
-    m.NAME: m for m in (suite_vector, suite_optim, suite_clip, suite_act, suite_bn, suite_parallel)
+    m.NAME: m
+    for m in (
+        suite_vector,
+        suite_optim,
+        suite_clip,
+        suite_act,
+        suite_bn,
+        suite_parallel,
+        suite_train,
+    )
 }
 
 

@@ -59,6 +59,8 @@ def test_rows_follow_the_schema(small_run):
     expected |= acts | bn
     par = {"allreduce 2 ranks", "average_gradients 2 ranks"} if _has_mpiexec() else set()
     expected |= par
+    train_row = "train mlp 64-32-32-10 b16 adam+clip"  # --numel given: the scaled-down MLP
+    expected.add(train_row)
     assert kernels == expected
     words = {
         "axpy_": 3,
@@ -81,6 +83,20 @@ def test_rows_follow_the_schema(small_run):
         **{k: 3 if "forward" in k else 5 for k in bn},
     }
     for r in data["rows"]:
+        if r["kernel"] == train_row:  # the schema plus the training figures
+            assert set(r) == SCHEMA | {"steps_per_s", "peer_steps_per_s", "share_pct", "threads"}
+            n_params = 64 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
+            assert r["numel"] == n_params and r["tensors"] == 6
+            assert r["bytes"] == 32 * n_params + 20 * 16 * 64  # clipped Adam + two ReLUs
+            assert r["steps_per_s"] == pytest.approx(1 / r["median_s"])
+            assert sum(r["share_pct"].values()) == pytest.approx(100)
+            assert r["ceiling"] == "matmul" and 0 < r["pct_of_ceiling"] <= 100
+            assert r["pct_of_ceiling"] == pytest.approx(r["share_pct"]["matmul"], rel=1e-9) or (
+                r["share_pct"]["other"] == 0
+            )
+            for peer, ratio in r["baselines"].items():  # torch, when importable
+                assert ratio == pytest.approx(r["steps_per_s"] / r["peer_steps_per_s"][peer])
+            continue
         assert set(r) == SCHEMA
         if r["kernel"] in par:  # bus bytes (nccl-tests), + 8 B/element for the scaling pass
             extra = 8 * r["numel"] if r["kernel"].startswith("average") else 0
