@@ -11,6 +11,7 @@ counted as its allreduce's bus bytes plus the 8 B/element of its scaling pass.
 from __future__ import annotations
 
 import json
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -26,6 +27,10 @@ NAME = "parallel"
 
 
 def _mpiexec() -> str | None:
+    """The launcher, when this Python can also run the MPI worker (mpi4py importable): an
+    mpiexec found on PATH beside a Python without mpi4py is no use."""
+    if importlib.util.find_spec("mpi4py") is None:
+        return None
     return shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 
 
@@ -35,7 +40,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         return []
     mpiexec = _mpiexec()
     if mpiexec is None:
-        ctx.log("parallel: skipped, no mpiexec (pip install 'gpugd[mpi]')")
+        ctx.log("parallel: skipped, no mpiexec or mpi4py (pip install 'gpugd[mpi]')")
         return []
     rows = []
     for ranks in (2,) if ctx.quick else (2, 4):
