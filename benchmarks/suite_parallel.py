@@ -10,8 +10,8 @@ counted as its allreduce's bus bytes plus the 8 B/element of its scaling pass.
 
 from __future__ import annotations
 
-import json
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
