@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
 
-def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """Write ``arrays`` to ``path`` (.npz): a temporary file in the same directory, fsync,
-    rename over ``path``, fsync of the directory. A failure leaves no temporary file."""
+def _atomic(path: str | os.PathLike, mode: str, write: Callable[[IO[Any]], None]) -> Path:
+    """``write`` into a temporary file beside ``path``, fsync, rename over ``path``, fsync
+    the directory. A failure leaves no temporary file and the old ``path`` intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,18 +34,11 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path
     return path
 
 
+def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Write ``arrays`` to ``path`` (.npz) atomically."""
+    return _atomic(path, "wb", lambda f: np.savez(f, **arrays))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``text`` to ``path`` atomically."""
+    return _atomic(path, "w", lambda f: f.write(text))
