@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 import numpy as np
 
 GENERATORS = ("moons", "spirals", "circles")
+MAX_LABEL = 2**31 - 1  # a class index beyond this is a regression target or an ID, not a class
 
 
 class DataError(ValueError):
@@ -42,12 +44,13 @@ def _n(name: str, n: object, least: int = 2) -> int:
     return int(n)
 
 
+def _real(x: object) -> TypeGuard[float]:
+    """A real number that is not a bool (int, float, NumPy scalars)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool | np.bool_)
+
+
 def _noise(noise: object) -> float:
-    if (
-        isinstance(noise, bool)
-        or not isinstance(noise, int | float)
-        or not (math.isfinite(noise) and noise >= 0)
-    ):
+    if not _real(noise) or not (math.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise: expected a finite value ≥ 0, got {noise!r}")
     return float(noise)
 
@@ -82,6 +85,8 @@ def spirals(n_samples: int = 300, noise: float = 0.1, seed: int = 0, n_classes: 
     4r + 2πk/K plus N(0, noise²) (the classic CS231n spiral)."""
     n = _n("n_samples", n_samples)
     k = _n("n_classes", n_classes)
+    if n < k:
+        raise ValueError(f"n_samples: expected ≥ n_classes ({k}) so every arm has a point, got {n}")
     noise = _noise(noise)
     rng = np.random.default_rng(seed)
     y = np.arange(n, dtype=np.int64) % k
@@ -102,8 +107,9 @@ def circles(
     jittered with N(0, noise²) per coordinate."""
     n = _n("n_samples", n_samples)
     noise = _noise(noise)
-    if isinstance(factor, bool) or not isinstance(factor, int | float) or not 0 < factor < 1:
+    if not _real(factor) or not 0 < factor < 1:
         raise ValueError(f"factor: expected a value in (0, 1), got {factor!r}")
+    factor = float(factor)
     rng = np.random.default_rng(seed)
     n_out, n_in = n // 2, n - n // 2
     t_out = np.linspace(0, 2 * np.pi, n_out, endpoint=False)
@@ -124,8 +130,15 @@ def circles(
 # ---- user data ------------------------------------------------------------------------------
 
 
-def _checked(X: np.ndarray, y: np.ndarray, where: str, name: str) -> Dataset:
-    """Shapes, finiteness and labels of user data, or DataError naming where it fails."""
+def _checked(
+    X: np.ndarray, y: np.ndarray, where: str, name: str, lines: list[int] | None = None
+) -> Dataset:
+    """Shapes, finiteness and labels of user data, or DataError naming where it fails: the
+    0-based data row and column (and, for a CSV file, its 1-based line in ``lines``)."""
+
+    def at(r: int) -> str:
+        return f"row {r}" + ("" if lines is None else f" (line {lines[r]})")
+
     if X.ndim != 2:
         raise DataError(f"{where}: X must be 2-D (samples, features), got shape {X.shape}")
     if y.ndim != 1:
@@ -144,18 +157,23 @@ def _checked(X: np.ndarray, y: np.ndarray, where: str, name: str) -> Dataset:
     bad = ~np.isfinite(Xf)
     if bad.any():
         r, c = np.argwhere(bad)[0]
-        raise DataError(f"{where}: X has a non-finite value ({Xf[r, c]}) at row {r}, column {c}")
+        raise DataError(
+            f"{where}: X has a non-finite value ({Xf[r, c]}) at {at(int(r))}, column {c}"
+        )
     bad_y = ~np.isfinite(yf)
     if bad_y.any():
         r = int(np.argmax(bad_y))
-        raise DataError(f"{where}: label at row {r} is {yf[r]}")
+        raise DataError(f"{where}: y has a non-finite label ({yf[r]}) at {at(r)}")
     frac = yf != np.round(yf)
     if frac.any():
         r = int(np.argmax(frac))
-        raise DataError(f"{where}: labels must be integers 0…K−1; row {r} has {yf[r]:g}")
+        raise DataError(f"{where}: labels must be integers 0…K−1; {at(r)} has {yf[r]:g}")
     if (yf < 0).any():
         r = int(np.argmax(yf < 0))
-        raise DataError(f"{where}: labels must be ≥ 0; row {r} has {yf[r]:g}")
+        raise DataError(f"{where}: labels must be ≥ 0; {at(r)} has {yf[r]:g}")
+    if (yf > MAX_LABEL).any():
+        r = int(np.argmax(yf > MAX_LABEL))
+        raise DataError(f"{where}: labels must be ≤ {MAX_LABEL}; {at(r)} has {yf[r]:g}")
     labels = yf.astype(np.int64)
     if len(np.unique(labels)) < 2:
         raise DataError(f"{where}: need at least 2 distinct classes, all labels are {labels[0]}")
@@ -181,8 +199,11 @@ def _load_npz(path: Path) -> Dataset:
 
 def _load_csv(path: Path) -> Dataset:
     try:
-        with path.open(newline="") as f:
-            lines = [(k + 1, row) for k, row in enumerate(csv.reader(f)) if row]
+        # utf-8-sig: a byte-order mark (spreadsheet exports) would make the first cell
+        # non-numeric and the first data row a "header"
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            lines = [(reader.line_num, row) for row in reader if row]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: not a readable .csv file ({exc})") from None
     if not lines:
@@ -215,7 +236,8 @@ def _load_csv(path: Path) -> Dataset:
                 raise DataError(
                     f"{path}: line {lineno}, column {j}: {cell.strip()!r} is not a number"
                 ) from None
-    return _checked(values[:, :-1], values[:, -1], str(path), path.name)
+    linenos = [lineno for lineno, _ in lines]
+    return _checked(values[:, :-1], values[:, -1], str(path), path.name, linenos)
 
 
 def load(path: str | os.PathLike) -> Dataset:
@@ -254,14 +276,10 @@ def get(
 def train_val_split(ds: Dataset, val_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
     """A seeded random split: round(n·val_fraction) examples for validation, the rest for
     training (both keep the data set's class count and name)."""
-    if (
-        isinstance(val_fraction, bool)
-        or not isinstance(val_fraction, int | float)
-        or not (0 <= val_fraction < 1)
-    ):
+    if not _real(val_fraction) or not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction: expected a value in [0, 1), got {val_fraction!r}")
     n = len(ds.X)
-    n_val = round(n * val_fraction)
+    n_val = round(n * float(val_fraction))
     if val_fraction > 0 and n_val == 0:
         raise DataError(
             f"val_fraction: {val_fraction} of {n} samples leaves no validation "
@@ -289,20 +307,19 @@ def standardize(train: Dataset, *others: Dataset) -> tuple[Dataset, ...]:
 def minibatches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[np.ndarray]:
     """Index arrays covering range(n) once, ``batch_size`` at a time (the last may be
     smaller); a fresh permutation from ``rng``, or in order when it is None. batch_size ≥ n
-    is batch gradient descent, 1 stochastic."""
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int | np.integer)
-        or (batch_size < 1)
-    ):
-        raise ValueError(f"batch_size: expected an integer ≥ 1, got {batch_size!r}")
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    for lo in range(0, n, int(batch_size)):
-        yield order[lo : lo + batch_size]
+    is batch gradient descent, 1 stochastic. Arguments are checked at the call, not at the
+    first batch."""
+    for arg, value, least in (("n", n, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+            raise ValueError(f"{arg}: expected an integer ≥ {least}, got {value!r}")
+    order = rng.permutation(int(n)) if rng is not None else np.arange(int(n))
+    bs = int(batch_size)
+    return (order[lo : lo + bs] for lo in range(0, len(order), bs))
 
 
 __all__ = [
     "GENERATORS",
+    "MAX_LABEL",
     "DataError",
     "Dataset",
     "circles",
