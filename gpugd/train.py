@@ -56,6 +56,16 @@ DEFAULT_LR = {
 SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
 GD_MODES = ("minibatch", "batch", "sgd")
 TRAINER_FORMAT = "gpugd-trainer-1"
+# the loop state a checkpoint carries besides arrays, the RNG and the configuration
+_LOOP_STATE = (
+    "epoch",
+    "opt_step",
+    "history",
+    "best_epoch",
+    "best_metric",
+    "bad_epochs",
+    "stopped_early",
+)
 
 
 class ResumeError(ValueError):
@@ -409,21 +419,7 @@ def _trainer_state(run: dict[str, Any], model: nn.Sequential) -> dict[str, np.nd
         arrays["best/params"] = run["best_params"]
         for k, b in run["best_buffers"].items():
             arrays[f"best/buffer/{k}"] = b
-    meta = {
-        k: run[k]
-        for k in (
-            "format",
-            "config",
-            "epoch",
-            "opt_step",
-            "history",
-            "best_epoch",
-            "best_metric",
-            "bad_epochs",
-            "rng",
-            "stopped_early",
-        )
-    }
+    meta = {k: run[k] for k in ("format", "config", "rng", *_LOOP_STATE)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     return arrays
 
@@ -623,15 +619,7 @@ def run(
                 for k, a in files.items()
                 if k.startswith("best/buffer/")
             }
-        for k in (
-            "epoch",
-            "opt_step",
-            "history",
-            "best_epoch",
-            "best_metric",
-            "bad_epochs",
-            "stopped_early",
-        ):
+        for k in _LOOP_STATE:
             state[k] = saved[k]
         history = state["history"]
         rng.bit_generator.state = saved["rng"]
