@@ -1,11 +1,12 @@
 """The tensor table of the multi-tensor path, the same layout on both backends.
 
-``table`` is int64 of shape (6, T): rows hold the addresses of p, g and up to three states
-(0: state unused), then each tensor's element count. ``tasks`` is (n_tasks, 2): (tensor,
-first element) of every chunk of at most ``chunk`` elements. The CUDA ``apply_table``
-(kernels/optim.cu) reads both from device memory; the Numba mirror
-(``gpugd._cpu.tensor_table``) from host memory. The caller keeps every listed array alive
-while a kernel runs.
+``table`` is int64 of shape (7, T): rows hold the addresses of p, g and up to three states
+(0: state unused), then each tensor's element count, then (``OUT_ROW``) the addresses of
+half-precision parameters that receive round(p) when p is an fp32 master copy (0: none).
+``tasks`` is (n_tasks, 2): (tensor, first element) of every chunk of at most ``chunk``
+elements. The CUDA ``apply_table`` (kernels/optim.cu) reads both from device memory; the
+Numba mirror (``gpugd._cpu.tensor_table``) from host memory. The caller keeps every listed
+array alive while a kernel runs.
 """
 
 from __future__ import annotations
@@ -15,18 +16,26 @@ from typing import Any
 
 import numpy as np
 
-ROWS = 6  # p, g, s0, s1, s2, sizes
+ROWS = 7  # p, g, s0, s1, s2, sizes, out
 SIZE_ROW = 5
+OUT_ROW = 6
 
 
-def build(rows: Sequence[Sequence[Any] | None], address: Callable[[Any], int]) -> np.ndarray:
-    """The (6, T) table of ``rows`` = [ps, gs, states...] (up to 5 rows, None: unused)."""
+def build(
+    rows: Sequence[Sequence[Any] | None],
+    address: Callable[[Any], int],
+    out: Sequence[Any] | None = None,
+) -> np.ndarray:
+    """The (7, T) table of ``rows`` = [ps, gs, states...] (up to 5 rows, None: unused) and
+    the optional ``out`` row."""
     n = len(rows[0])
     table = np.zeros((ROWS, n), np.int64)
     for r, row in enumerate(rows):
         if row is not None:
             table[r] = [address(a) for a in row]
     table[SIZE_ROW] = [a.size for a in rows[0]]
+    if out is not None:
+        table[OUT_ROW] = [address(a) for a in out]
     return table
 
 

@@ -11,12 +11,15 @@ import numpy as np
 from .backend import array_backend
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+HALF_NAMES = ("float16", "bfloat16")  # bfloat16: ml_dtypes' dtype (NumPy and CuPy ≥ 14)
 
 
-def float_array(name: str, a: Any, *, writable: bool = False) -> None:
-    """``a`` is a C-contiguous float32/float64 array (writable when asked)."""
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name}: expected dtype float32 or float64, got {a.dtype}")
+def float_array(name: str, a: Any, *, writable: bool = False, half: bool = False) -> None:
+    """``a`` is a C-contiguous float32/float64 array — or float16/bfloat16 with ``half`` —
+    writable when asked."""
+    if a.dtype not in FLOAT_DTYPES and not (half and a.dtype.name in HALF_NAMES):
+        kinds = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
+        raise TypeError(f"{name}: expected dtype {kinds}, got {a.dtype}")
     if not a.flags.c_contiguous:
         raise ValueError(
             f"{name}: expected a C-contiguous array (strides {a.strides} for shape "

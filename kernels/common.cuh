@@ -23,6 +23,16 @@ __device__ __forceinline__ bool aligned16(const void* p) {
   return (reinterpret_cast<u64>(p) & 15ull) == 0ull;
 }
 
+// Select<B, A, C>::type is A when B, else C (NVRTC has no <type_traits>).
+template <bool B, typename A, typename C>
+struct Select {
+  typedef A type;
+};
+template <typename A, typename C>
+struct Select<false, A, C> {
+  typedef C type;
+};
+
 // First index and stride of a 1-D grid-stride loop, in 64-bit arithmetic.
 __device__ __forceinline__ i64 grid_start() {
   return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;

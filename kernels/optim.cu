@@ -10,7 +10,13 @@
 // runs it over one array (16-byte accesses where every pointer allows), apply_table over
 // many tensors listed in device memory (one launch for a whole model, as Apex's
 // multi_tensor_apply). Every state slot s0..s2 is a pointer that may be null (unused).
+// Mixed precision (apply_range_mixed, the `_multi_<policy>` entries): p and g in float16 or
+// bfloat16, states in float32 or bfloat16, the rule in float32 registers; with fp32 master
+// weights the rule updates the master copy (table row p) and the half-precision parameters
+// (row OUT_ROW) receive its rounding in the same pass (precision.cuh: to nearest even, or
+// stochastic for bfloat16).
 #include "common.cuh"
+#include "precision.cuh"
 
 namespace gpugd {
 
@@ -164,35 +170,100 @@ __device__ __forceinline__ void apply_range(T* __restrict__ p, const T* __restri
   }
 }
 
+// Mixed precision over n elements: p (P: f16_t/bf16_t, or the fp32 master copy when `out`
+// is non-null), g (G), states (S: float or bf16_t), `out` (OutT: the half-precision
+// parameters receiving round(p), or null); math in float. `first` is the index of element 0
+// within its tensor (for stochastic rounding's counter). Packs of 4 elements (8 or 16 bytes
+// per array) when every pointer in use allows.
+template <typename T>
+struct alignas(4 * sizeof(T)) Quad {
+  T v[4];
+};
+
+template <typename T>
+__device__ __forceinline__ bool aligned_quad(const T* a) {
+  return a == nullptr || (reinterpret_cast<u64>(a) & (4 * sizeof(T) - 1)) == 0ull;
+}
+
+template <typename P, typename G, typename S, typename OutT, typename Rule, bool STATS = false>
+__device__ __forceinline__ void apply_range_mixed(P* __restrict__ p, const G* __restrict__ g,
+                                                  S* __restrict__ s0, S* __restrict__ s1,
+                                                  S* __restrict__ s2, OutT* __restrict__ out,
+                                                  i64 n, i64 first, i64 start, i64 stride,
+                                                  float grad_scale, float clip, const Rule& rule,
+                                                  const Rounding& rnd, double* stats = nullptr) {
+  const Rounding nearest{0u, 0};
+  const bool h0 = s0 != nullptr, h1 = s1 != nullptr, h2 = s2 != nullptr;
+  // One element: load as float, apply the rule, store rounded (p: `rnd`, states: nearest).
+  auto one = [&](P& pr, G gr, S* a, S* b, S* c, OutT* o, i64 e) {
+    float pv = to_float(pr), x = h0 ? to_float(*a) : 0.f, y = h1 ? to_float(*b) : 0.f,
+          z = h2 ? to_float(*c) : 0.f;
+    const float old = pv;
+    rule(pv, grad_in(to_float(gr), grad_scale, clip), x, y, z);
+    if (STATS) add_update_stats(old, pv, stats);
+    store(pr, pv, rnd, e);
+    if (o != nullptr) store(*o, pv, rnd, e);
+    if (h0) store(*a, x, nearest, e);
+    if (h1) store(*b, y, nearest, e);
+    if (h2) store(*c, z, nearest, e);
+  };
+  i64 done = 0;
+  if (aligned_quad(p) && aligned_quad(g) && aligned_quad(s0) && aligned_quad(s1) &&
+      aligned_quad(s2) && aligned_quad(out)) {
+    const i64 nv = n / 4;
+    for (i64 i = start; i < nv; i += stride) {
+      Quad<P> pp = reinterpret_cast<Quad<P>*>(p)[i];
+      const Quad<G> gp = reinterpret_cast<const Quad<G>*>(g)[i];
+      Quad<S> a, b, c;
+      Quad<OutT> o;
+      if (h0) a = reinterpret_cast<Quad<S>*>(s0)[i];
+      if (h1) b = reinterpret_cast<Quad<S>*>(s1)[i];
+      if (h2) c = reinterpret_cast<Quad<S>*>(s2)[i];
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        one(pp.v[k], gp.v[k], &a.v[k], &b.v[k], &c.v[k], out ? &o.v[k] : nullptr,
+            first + 4 * i + k);
+      reinterpret_cast<Quad<P>*>(p)[i] = pp;
+      if (out != nullptr) reinterpret_cast<Quad<OutT>*>(out)[i] = o;
+      if (h0) reinterpret_cast<Quad<S>*>(s0)[i] = a;
+      if (h1) reinterpret_cast<Quad<S>*>(s1)[i] = b;
+      if (h2) reinterpret_cast<Quad<S>*>(s2)[i] = c;
+    }
+    done = nv * 4;
+  }
+  for (i64 i = done + start; i < n; i += stride)
+    one(p[i], g[i], h0 ? s0 + i : nullptr, h1 ? s1 + i : nullptr, h2 ? s2 + i : nullptr,
+        out ? out + i : nullptr, first + i);
+}
+
 // Many tensors in one launch (the multi-tensor path). `table` lives in device memory, so the
 // tensor count has no kernel-argument limit: rows of `ntensors` 64-bit entries — addresses
-// of p, g, s0, s1, s2 (0: state unused), then element counts. `chunks` holds (tensor, first
-// element) pairs; one block sweeps one chunk of at most `chunk` elements at a time.
-template <typename T, typename Rule>
+// of p, g, s0, s1, s2 (0: state unused), element counts, then the out row (OUT_ROW: the
+// half-precision parameters beside fp32 master weights, 0: none). `chunks` holds (tensor,
+// first element) pairs; one block sweeps one chunk of at most `chunk` elements at a time.
+// `range(addr, t, lo, n, stats)` updates elements [lo, lo + n) of tensor t (addr: the row
+// addresses, 0 where unused) across the block, adding to stats when it is non-null.
+template <typename Range>
 __device__ __forceinline__ void apply_table(const i64* __restrict__ table, i64 ntensors,
                                             const i64* __restrict__ chunks, i64 nchunks,
-                                            i64 chunk, T grad_scale, T clip, const Rule& rule,
+                                            i64 chunk, const Range& range,
                                             double* __restrict__ chunk_stats) {
   __shared__ double scratch[32];
   for (i64 c = blockIdx.x; c < nchunks; c += gridDim.x) {
     const i64 t = chunks[2 * c], lo = chunks[2 * c + 1];
     const i64 size = table[5 * ntensors + t];
     const i64 n = size - lo < chunk ? size - lo : chunk;
-    T* at[5];
+    i64 addr[6];
 #pragma unroll
-    for (int r = 0; r < 5; ++r) {
-      const i64 a = table[r * ntensors + t];
-      at[r] = a ? reinterpret_cast<T*>(a) + lo : nullptr;
-    }
+    for (int r = 0; r < 5; ++r) addr[r] = table[r * ntensors + t];
+    addr[5] = table[6 * ntensors + t];
     if (chunk_stats == nullptr) {
-      apply_range<T, Rule, false>(at[0], at[1], at[2], at[3], at[4], n, threadIdx.x,
-                                  blockDim.x, grad_scale, clip, rule);
+      range.template run<false>(addr, t, lo, n, nullptr);
       continue;
     }
     // Monitoring: this chunk's Σ p_new² and Σ Δp², fixed-order block sums, no atomics.
     double st[2] = {0.0, 0.0};
-    apply_range<T, Rule, true>(at[0], at[1], at[2], at[3], at[4], n, threadIdx.x, blockDim.x,
-                               grad_scale, clip, rule, st);
+    range.template run<true>(addr, t, lo, n, st);
     const double pn = block_sum(st[0], scratch);
     __syncthreads();
     const double dp = block_sum(st[1], scratch);
@@ -203,6 +274,43 @@ __device__ __forceinline__ void apply_table(const i64* __restrict__ table, i64 n
     __syncthreads();
   }
 }
+
+template <typename T>
+__device__ __forceinline__ T* row_ptr(i64 a, i64 lo) {
+  return a ? reinterpret_cast<T*>(a) + lo : nullptr;
+}
+
+// The range of one dtype T for every array (float32 or float64).
+template <typename T, typename Rule>
+struct PlainRange {
+  const Rule& rule;
+  T grad_scale, clip;
+  template <bool STATS>
+  __device__ __forceinline__ void run(const i64* a, i64, i64 lo, i64 n, double* st) const {
+    apply_range<T, Rule, STATS>(row_ptr<T>(a[0], lo), row_ptr<T>(a[1], lo),
+                                row_ptr<T>(a[2], lo), row_ptr<T>(a[3], lo),
+                                row_ptr<T>(a[4], lo), n, threadIdx.x, blockDim.x, grad_scale,
+                                clip, rule, st);
+  }
+};
+
+// The mixed-precision range: P parameters (or float masters with OutT parameters), P
+// gradients, S states; MASTER says whether row 0 is the fp32 master copy.
+template <typename P, typename S, bool MASTER, typename Rule>
+struct MixedRange {
+  const Rule& rule;
+  float grad_scale, clip;
+  Rounding rnd;
+  template <bool STATS>
+  __device__ __forceinline__ void run(const i64* a, i64 t, i64 lo, i64 n, double* st) const {
+    typedef typename Select<MASTER, float, P>::type W;  // what the rule updates
+    const Rounding r{mix32(rnd.key, t), rnd.stochastic};
+    apply_range_mixed<W, P, S, P, Rule, STATS>(
+        row_ptr<W>(a[0], lo), row_ptr<const P>(a[1], lo), row_ptr<S>(a[2], lo),
+        row_ptr<S>(a[3], lo), row_ptr<S>(a[4], lo), MASTER ? row_ptr<P>(a[5], lo) : nullptr,
+        n, lo, threadIdx.x, blockDim.x, grad_scale, clip, rule, r, st);
+  }
+};
 
 }  // namespace gpugd
 
@@ -229,29 +337,67 @@ __device__ __forceinline__ void apply_table(const i64* __restrict__ table, i64 n
                h2 = table[4 * ntensors] != 0;                                                   \
     (void)h0, (void)h1, (void)h2;                                                               \
     const auto rule = RULE;                                                                     \
-    gpugd::apply_table<T>(table, ntensors, chunks, nchunks, chunk, grad_scale, clip, rule,      \
-                          chunk_stats);                                                         \
+    const gpugd::PlainRange<T, decltype(rule)> range{rule, grad_scale, clip};                   \
+    gpugd::apply_table(table, ntensors, chunks, nchunks, chunk, range, chunk_stats);            \
   }
 
-#define GPUGD_OPTIM_KERNELS(T, SFX)                                                             \
-  GPUGD_OPTIM_ENTRIES(sgd, T, SFX,                                                              \
-                      (gpugd::SgdRule<T>{lr, wd, momentum, dampening, nesterov, first, h0}),    \
-                      T lr, T wd, T momentum, T dampening, int nesterov, int first)             \
-  GPUGD_OPTIM_ENTRIES(adagrad, T, SFX, (gpugd::AdagradRule<T>{clr, wd, eps}), T clr, T wd,      \
-                      T eps)                                                                    \
-  GPUGD_OPTIM_ENTRIES(rmsprop, T, SFX,                                                          \
-                      (gpugd::RmspropRule<T>{lr, alpha, eps, wd, momentum, h1, h2}), T lr,      \
-                      T alpha, T eps, T wd, T momentum)                                         \
-  GPUGD_OPTIM_ENTRIES(adam, T, SFX,                                                             \
-                      (gpugd::AdamRule<T>{lr, beta1, beta2, eps, wd, step_size, inv_bc2_sqrt,   \
-                                          decoupled, h2}),                                      \
-                      T lr, T beta1, T beta2, T eps, T wd, int decoupled, T step_size,          \
-                      T inv_bc2_sqrt)                                                           \
-  GPUGD_OPTIM_ENTRIES(nadam, T, SFX,                                                            \
-                      (gpugd::NadamRule<T>{lr, beta1, beta2, eps, wd, c_g, c_m, inv_bc2,        \
-                                           decoupled}),                                         \
-                      T lr, T beta1, T beta2, T eps, T wd, int decoupled, T c_g, T c_m,         \
-                      T inv_bc2)
+// The rules with their scalar arguments, for an entry macro ENTRY(NAME, T, SFX, RULE, ARGS).
+#define GPUGD_OPTIM_RULES(ENTRY, T, SFX)                                                         \
+  ENTRY(sgd, T, SFX, (gpugd::SgdRule<T>{lr, wd, momentum, dampening, nesterov, first, h0}),     \
+        T lr, T wd, T momentum, T dampening, int nesterov, int first)                           \
+  ENTRY(adagrad, T, SFX, (gpugd::AdagradRule<T>{clr, wd, eps}), T clr, T wd, T eps)             \
+  ENTRY(rmsprop, T, SFX, (gpugd::RmspropRule<T>{lr, alpha, eps, wd, momentum, h1, h2}), T lr,   \
+        T alpha, T eps, T wd, T momentum)                                                       \
+  ENTRY(adam, T, SFX,                                                                           \
+        (gpugd::AdamRule<T>{lr, beta1, beta2, eps, wd, step_size, inv_bc2_sqrt, decoupled, h2}), \
+        T lr, T beta1, T beta2, T eps, T wd, int decoupled, T step_size, T inv_bc2_sqrt)        \
+  ENTRY(nadam, T, SFX,                                                                          \
+        (gpugd::NadamRule<T>{lr, beta1, beta2, eps, wd, c_g, c_m, inv_bc2, decoupled}), T lr,   \
+        T beta1, T beta2, T eps, T wd, int decoupled, T c_g, T c_m, T inv_bc2)
 
-GPUGD_OPTIM_KERNELS(float, f32)
-GPUGD_OPTIM_KERNELS(double, f64)
+GPUGD_OPTIM_RULES(GPUGD_OPTIM_ENTRIES, float, f32)
+GPUGD_OPTIM_RULES(GPUGD_OPTIM_ENTRIES, double, f64)
+
+// ---- mixed precision: `gpugd_optim_<rule>_multi_<policy>` over a tensor table, float math.
+// policy = <param>p_<state>s[_master]; key/stochastic: the rounding of the parameters.
+namespace gpugd {
+template <typename PT, typename ST, bool M>
+struct Policy {
+  typedef PT P;
+  typedef ST S;
+  static constexpr bool master = M;
+};
+typedef Policy<f16_t, float, false> Policy_f16p_f32s;
+typedef Policy<f16_t, float, true> Policy_f16p_f32s_master;
+typedef Policy<f16_t, bf16_t, false> Policy_f16p_bf16s;
+typedef Policy<f16_t, bf16_t, true> Policy_f16p_bf16s_master;
+typedef Policy<bf16_t, float, false> Policy_bf16p_f32s;
+typedef Policy<bf16_t, float, true> Policy_bf16p_f32s_master;
+typedef Policy<bf16_t, bf16_t, false> Policy_bf16p_bf16s;
+typedef Policy<bf16_t, bf16_t, true> Policy_bf16p_bf16s_master;
+}  // namespace gpugd
+
+#define GPUGD_OPTIM_MIXED(NAME, T, SFX, RULE, ...)                                               \
+  extern "C" __global__ void gpugd_optim_##NAME##_multi_##SFX(                                  \
+      const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, __VA_ARGS__,   \
+      T grad_scale, T clip, unsigned key, int stochastic, const int* skip,                      \
+      double* chunk_stats) {                                                                    \
+    if (skip != nullptr && *skip != 0) return;                                                  \
+    const bool h0 = table[2 * ntensors] != 0, h1 = table[3 * ntensors] != 0,                    \
+               h2 = table[4 * ntensors] != 0;                                                   \
+    (void)h0, (void)h1, (void)h2;                                                               \
+    const auto rule = RULE;                                                                     \
+    typedef gpugd::Policy_##SFX Pol;                                                            \
+    const gpugd::MixedRange<Pol::P, Pol::S, Pol::master, decltype(rule)> range{                 \
+        rule, grad_scale, clip, gpugd::Rounding{key, stochastic}};                              \
+    gpugd::apply_table(table, ntensors, chunks, nchunks, chunk, range, chunk_stats);            \
+  }
+
+GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, f16p_f32s)
+GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, f16p_f32s_master)
+GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, f16p_bf16s)
+GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, f16p_bf16s_master)
+GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, bf16p_f32s)
+GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, bf16p_f32s_master)
+GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, bf16p_bf16s)
+GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, bf16p_bf16s_master)

@@ -297,7 +297,7 @@ def test_adam_rejects_bad_hyperparameters_and_writes_nothing(xp, kw, exc, match)
         (
             lambda xp, a: a.__setitem__(0, a[0].astype(xp.int32)),
             TypeError,
-            "p: expected dtype float32 or float64",
+            "p: expected dtype float32, float64, float16 or bfloat16",
         ),
         (lambda xp, a: a.__setitem__(3, a[2]), ValueError, "exp_avg_sq shares memory with exp_avg"),
         (lambda xp, a: a.__setitem__(1, a[0]), ValueError, "g shares memory with p"),

@@ -18,10 +18,12 @@ Arguments are validated by ``gpugd.ops.optim``.
 from __future__ import annotations
 
 import numpy as np
-from numba import get_num_threads, get_thread_id, njit, prange
+from numba import get_num_threads, get_thread_id, njit, prange, types
+from numba.extending import overload
 
 from .. import _tensor_table as layout
-from .tensor_table import SIZE_ROW, entry
+from .precision import ld, mix32, put, st
+from .tensor_table import OUT_ROW, SIZE_ROW, entry, entry_or_none
 from .vector import CHUNK, PARALLEL_MIN
 
 # ---------------------------------------------------------------- per-element rules
@@ -99,6 +101,12 @@ def _nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_
 
 
 # ---------------------------------------------------------------- serial range loops
+# Every array is read through ``ld`` and written through ``st`` (gpugd._cpu.precision):
+# float32/float64 arrays as they are, half-precision ones as their bit views, converted
+# to float32 around the rule. ``p`` holds the weights the rule updates (the fp32 master
+# copy when there is one); ``out`` is None, or the half-precision parameters that receive
+# round(p) in the same loop; ``rnd`` is None (round to nearest even) or (key, base) for
+# stochastic rounding of bfloat16 stores of the parameters.
 
 
 @njit(inline="always", error_model="numpy")
@@ -110,34 +118,52 @@ def _grad(g, gs, clip):
     return -clip if d < -clip else d
 
 
+@njit(inline="always")
+def _store_p(p, out, i, x, rnd):
+    st(p, i, x, rnd)
+    put(out, i, x, rnd)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
-def _apply_sgd(p, g, buf, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs, clip):
+def _apply_sgd(p, g, buf, out, rnd, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs, clip):
     for i in range(p.size):
-        b = buf[i] if has_buf else buf[0]
-        p[i], b = _sgd(
-            p[i], _grad(g[i], gs, clip), b, lr, wd, mom, one_m_damp, nesterov, first, has_buf
+        b = ld(buf, i) if has_buf else ld(buf, 0)
+        pi, b = _sgd(
+            ld(p, i),
+            _grad(ld(g, i), gs, clip),
+            b,
+            lr,
+            wd,
+            mom,
+            one_m_damp,
+            nesterov,
+            first,
+            has_buf,
         )
+        _store_p(p, out, i, pi, rnd)
         if has_buf:
-            buf[i] = b
+            st(buf, i, b, None)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _apply_adagrad(p, g, acc, clr, wd, eps, gs, clip):
+def _apply_adagrad(p, g, acc, out, rnd, clr, wd, eps, gs, clip):
     for i in range(p.size):
-        p[i], acc[i] = _adagrad(p[i], _grad(g[i], gs, clip), acc[i], clr, wd, eps)
+        pi, a = _adagrad(ld(p, i), _grad(ld(g, i), gs, clip), ld(acc, i), clr, wd, eps)
+        _store_p(p, out, i, pi, rnd)
+        st(acc, i, a, None)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _apply_rmsprop(
-    p, g, sq, gavg, buf, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf, gs, clip
+    p, g, sq, gavg, buf, out, rnd, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf, gs, clip
 ):
     for i in range(p.size):
-        ga = gavg[i] if centered else gavg[0]
-        b = buf[i] if has_buf else buf[0]
-        p[i], sq[i], ga, b = _rmsprop(
-            p[i],
-            _grad(g[i], gs, clip),
-            sq[i],
+        ga = ld(gavg, i) if centered else ld(gavg, 0)
+        b = ld(buf, i) if has_buf else ld(buf, 0)
+        pi, s, ga, b = _rmsprop(
+            ld(p, i),
+            _grad(ld(g, i), gs, clip),
+            ld(sq, i),
             ga,
             b,
             lr,
@@ -149,10 +175,12 @@ def _apply_rmsprop(
             centered,
             has_buf,
         )
+        _store_p(p, out, i, pi, rnd)
+        st(sq, i, s, None)
         if centered:
-            gavg[i] = ga
+            st(gavg, i, ga, None)
         if has_buf:
-            buf[i] = b
+            st(buf, i, b, None)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -162,6 +190,8 @@ def _apply_adam(
     m,
     v,
     vmax,
+    out,
+    rnd,
     b1,
     one_m_b1,
     b2,
@@ -178,12 +208,12 @@ def _apply_adam(
     # One loop per configuration, the flag a constant inside it: branch-free, vectorized.
     if amsgrad:
         for i in range(p.size):
-            p[i], m[i], v[i], vmax[i] = _adam(
-                p[i],
-                _grad(g[i], gs, clip),
-                m[i],
-                v[i],
-                vmax[i],
+            pi, mi, vi, wi = _adam(
+                ld(p, i),
+                _grad(ld(g, i), gs, clip),
+                ld(m, i),
+                ld(v, i),
+                ld(vmax, i),
                 b1,
                 one_m_b1,
                 b2,
@@ -195,14 +225,19 @@ def _apply_adam(
                 step_size,
                 inv_bc2_sqrt,
             )
+            _store_p(p, out, i, pi, rnd)
+            st(m, i, mi, None)
+            st(v, i, vi, None)
+            st(vmax, i, wi, None)
     else:
         for i in range(p.size):
-            p[i], m[i], v[i], _ = _adam(
-                p[i],
-                _grad(g[i], gs, clip),
-                m[i],
-                v[i],
-                v[i],
+            vi = ld(v, i)
+            pi, mi, vi, _ = _adam(
+                ld(p, i),
+                _grad(ld(g, i), gs, clip),
+                ld(m, i),
+                vi,
+                vi,
                 b1,
                 one_m_b1,
                 b2,
@@ -214,18 +249,38 @@ def _apply_adam(
                 step_size,
                 inv_bc2_sqrt,
             )
+            _store_p(p, out, i, pi, rnd)
+            st(m, i, mi, None)
+            st(v, i, vi, None)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _apply_nadam(
-    p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, inv_bc2, gs, clip
+    p,
+    g,
+    m,
+    v,
+    out,
+    rnd,
+    b1,
+    one_m_b1,
+    b2,
+    one_m_b2,
+    eps,
+    wd_c,
+    decay_mul,
+    c_g,
+    c_m,
+    inv_bc2,
+    gs,
+    clip,
 ):
     for i in range(p.size):
-        p[i], m[i], v[i] = _nadam(
-            p[i],
-            _grad(g[i], gs, clip),
-            m[i],
-            v[i],
+        pi, mi, vi = _nadam(
+            ld(p, i),
+            _grad(ld(g, i), gs, clip),
+            ld(m, i),
+            ld(v, i),
             b1,
             one_m_b1,
             b2,
@@ -237,6 +292,9 @@ def _apply_nadam(
             c_m,
             inv_bc2,
         )
+        _store_p(p, out, i, pi, rnd)
+        st(m, i, mi, None)
+        st(v, i, vi, None)
 
 
 # ---------------------------------------------------------------- tensor-table drivers
@@ -247,16 +305,29 @@ def _update_stats(p, old):
     """Σ p_new² and Σ (p_new − p_old)² of a chunk that is still in cache (float64)."""
     pn = dp = 0.0
     for i in range(p.size):
-        a = np.float64(p[i])
-        d = a - np.float64(old[i])
+        a = np.float64(ld(p, i))
+        d = a - np.float64(ld(old, i))
         pn += a * a
         dp += d * d
     return pn, dp
 
 
+def _task_rnd(key, t, lo):
+    """The stochastic-rounding pair of one task: None stays None."""
+
+
+@overload(_task_rnd, inline="always")
+def _task_rnd_impl(key, t, lo):
+    if isinstance(key, types.NoneType):
+        return lambda key, t, lo: None
+    return lambda key, t, lo: (mix32(key, t), np.int64(lo))
+
+
 # One prange over the chunk tasks of every tensor in the table (a whole model, or one large
-# array split into CHUNK-element tasks): the mirror of the CUDA apply_table. An unused
-# state's table entry is 0 and comes back as the 1-element dummy ``like``.
+# array split into CHUNK-element tasks): the mirror of the CUDA apply_table. ``likes`` holds
+# a 1-element array of the dtype (or bit view) of p, g and the states: an unused state's
+# table entry is 0 and comes back as that dummy. ``out_like`` is None, or a 1-element array
+# of the half-precision parameters' view: then row OUT_ROW lists them and p is the master.
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -264,7 +335,9 @@ def _multi_sgd(
     table,
     tasks,
     chunk,
-    like,
+    likes,
+    out_like,
+    key,
     stats,
     want_stats,
     scratch,
@@ -278,17 +351,20 @@ def _multi_sgd(
     gs,
     clip,
 ):
+    lp, lg, ls = likes
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
-        p = entry(table, 0, t, lo, n, like)
-        old = scratch[get_thread_id(), :n] if want_stats else like
+        p = entry(table, 0, t, lo, n, lp)
+        old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
             old[:] = p
         _apply_sgd(
             p,
-            entry(table, 1, t, lo, n, like),
-            entry(table, 2, t, lo, n, like),
+            entry(table, 1, t, lo, n, lg),
+            entry(table, 2, t, lo, n, ls),
+            entry_or_none(table, OUT_ROW, t, lo, n, out_like),
+            _task_rnd(key, t, lo),
             lr,
             wd,
             mom,
@@ -304,18 +380,23 @@ def _multi_sgd(
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def _multi_adagrad(table, tasks, chunk, like, stats, want_stats, scratch, clr, wd, eps, gs, clip):
+def _multi_adagrad(
+    table, tasks, chunk, likes, out_like, key, stats, want_stats, scratch, clr, wd, eps, gs, clip
+):
+    lp, lg, ls = likes
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
-        p = entry(table, 0, t, lo, n, like)
-        old = scratch[get_thread_id(), :n] if want_stats else like
+        p = entry(table, 0, t, lo, n, lp)
+        old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
             old[:] = p
         _apply_adagrad(
             p,
-            entry(table, 1, t, lo, n, like),
-            entry(table, 2, t, lo, n, like),
+            entry(table, 1, t, lo, n, lg),
+            entry(table, 2, t, lo, n, ls),
+            entry_or_none(table, OUT_ROW, t, lo, n, out_like),
+            _task_rnd(key, t, lo),
             clr,
             wd,
             eps,
@@ -331,7 +412,9 @@ def _multi_rmsprop(
     table,
     tasks,
     chunk,
-    like,
+    likes,
+    out_like,
+    key,
     stats,
     want_stats,
     scratch,
@@ -346,19 +429,22 @@ def _multi_rmsprop(
     gs,
     clip,
 ):
+    lp, lg, ls = likes
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
-        p = entry(table, 0, t, lo, n, like)
-        old = scratch[get_thread_id(), :n] if want_stats else like
+        p = entry(table, 0, t, lo, n, lp)
+        old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
             old[:] = p
         _apply_rmsprop(
             p,
-            entry(table, 1, t, lo, n, like),
-            entry(table, 2, t, lo, n, like),
-            entry(table, 3, t, lo, n, like),
-            entry(table, 4, t, lo, n, like),
+            entry(table, 1, t, lo, n, lg),
+            entry(table, 2, t, lo, n, ls),
+            entry(table, 3, t, lo, n, ls),
+            entry(table, 4, t, lo, n, ls),
+            entry_or_none(table, OUT_ROW, t, lo, n, out_like),
+            _task_rnd(key, t, lo),
             lr,
             alpha,
             one_m_alpha,
@@ -379,7 +465,9 @@ def _multi_adam(
     table,
     tasks,
     chunk,
-    like,
+    likes,
+    out_like,
+    key,
     stats,
     want_stats,
     scratch,
@@ -396,19 +484,22 @@ def _multi_adam(
     gs,
     clip,
 ):
+    lp, lg, ls = likes
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
-        p = entry(table, 0, t, lo, n, like)
-        old = scratch[get_thread_id(), :n] if want_stats else like
+        p = entry(table, 0, t, lo, n, lp)
+        old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
             old[:] = p
         _apply_adam(
             p,
-            entry(table, 1, t, lo, n, like),
-            entry(table, 2, t, lo, n, like),
-            entry(table, 3, t, lo, n, like),
-            entry(table, 4, t, lo, n, like),
+            entry(table, 1, t, lo, n, lg),
+            entry(table, 2, t, lo, n, ls),
+            entry(table, 3, t, lo, n, ls),
+            entry(table, 4, t, lo, n, ls),
+            entry_or_none(table, OUT_ROW, t, lo, n, out_like),
+            _task_rnd(key, t, lo),
             b1,
             one_m_b1,
             b2,
@@ -431,7 +522,9 @@ def _multi_nadam(
     table,
     tasks,
     chunk,
-    like,
+    likes,
+    out_like,
+    key,
     stats,
     want_stats,
     scratch,
@@ -448,18 +541,21 @@ def _multi_nadam(
     gs,
     clip,
 ):
+    lp, lg, ls = likes
     for k in prange(tasks.shape[0]):
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
-        p = entry(table, 0, t, lo, n, like)
-        old = scratch[get_thread_id(), :n] if want_stats else like
+        p = entry(table, 0, t, lo, n, lp)
+        old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
             old[:] = p
         _apply_nadam(
             p,
-            entry(table, 1, t, lo, n, like),
-            entry(table, 2, t, lo, n, like),
-            entry(table, 3, t, lo, n, like),
+            entry(table, 1, t, lo, n, lg),
+            entry(table, 2, t, lo, n, ls),
+            entry(table, 3, t, lo, n, ls),
+            entry_or_none(table, OUT_ROW, t, lo, n, out_like),
+            _task_rnd(key, t, lo),
             b1,
             one_m_b1,
             b2,
@@ -478,7 +574,6 @@ def _multi_nadam(
 
 
 _NO_STATS = np.zeros((1, 2), np.float64)
-_NO_SCRATCH = {np.dtype(t): np.zeros((1, 1), t) for t in (np.float32, np.float64)}
 STATS_CHUNK = 1 << 12  # task size when update statistics are taken (copy and sums in L1)
 
 _DRIVERS = {
@@ -491,37 +586,45 @@ _DRIVERS = {
 
 
 def run(rule: str, p: np.ndarray, g: np.ndarray, states: list, scalars: tuple) -> None:
-    """Apply ``rule`` to 1-D contiguous ``p``, ``g`` and the rule's states (kernel slot order,
-    None where unused) with the scalars of its ``_apply_*`` signature. Large arrays run as
-    a one-tensor table, in parallel."""
+    """Apply ``rule`` to 1-D contiguous float32/float64 ``p``, ``g`` and the rule's states
+    (kernel slot order, None where unused) with the scalars of its ``_apply_*`` signature.
+    Large arrays run as a one-tensor table, in parallel."""
     serial, multi = _DRIVERS[rule]
     dummy = np.zeros(1, p.dtype)
     if p.size < PARALLEL_MIN:
-        serial(p, g, *(dummy if s is None else s for s in states), *scalars)
+        serial(p, g, *(dummy if s is None else s for s in states), None, None, *scalars)
         return
     table = layout.build([[p], [g], *([s] if s is not None else None for s in states)], address)
     tasks = layout.tasks([p.size], CHUNK)
-    multi(table, tasks, CHUNK, dummy, _NO_STATS, False, _NO_SCRATCH[p.dtype], *scalars)
+    likes = (dummy, dummy, dummy)
+    multi(table, tasks, CHUNK, likes, None, None, _NO_STATS, False, dummy.reshape(1, 1), *scalars)
 
 
 def run_table(
     rule: str,
     table: np.ndarray,
     tasks: np.ndarray,
-    like: np.ndarray,
+    likes: tuple,
     *scalars,
+    out_like: np.ndarray | None = None,
+    key: np.uint32 | None = None,
     stats=None,
     chunk: int = CHUNK,
 ) -> None:
     """Apply ``rule`` to every tensor of a table (``gpugd._tensor_table``): one parallel
-    region for all. ``like``: a 1-element array of the tensors' dtype. ``stats``: a float64
-    (n_tasks, 2) array to receive each task's Σ p_new² and Σ Δp² (for monitoring): each
-    task first copies its p into a per-thread scratch row, so ``tasks`` should then be cut
-    in ``STATS_CHUNK``-element pieces (``chunk``) that keep the copy and the sums in L1."""
+    region for all. ``likes``: 1-element arrays of the dtypes (bit views for half formats,
+    ``precision.kernel_view``) of p, g and the states. ``out_like``: with fp32 master
+    weights in row 0, a 1-element array of the half-precision parameters' view (row
+    ``OUT_ROW``). ``key``: a uint32 seed for stochastic rounding of bfloat16 parameters,
+    None for round-to-nearest-even. ``stats``: a float64 (n_tasks, 2) array to receive each
+    task's Σ p_new² and Σ Δp² (for monitoring): each task first copies its p into a
+    per-thread scratch row, so ``tasks`` should then be cut in ``STATS_CHUNK``-element
+    pieces (``chunk``) that keep the copy and the sums in L1."""
     want = stats is not None
     out = stats if want else _NO_STATS
-    scratch = np.empty((get_num_threads(), chunk), like.dtype) if want else _NO_SCRATCH[like.dtype]
-    _DRIVERS[rule][1](table, tasks, chunk, like, out, want, scratch, *scalars)
+    lp = likes[0]
+    scratch = np.empty((get_num_threads(), chunk), lp.dtype) if want else lp.reshape(1, 1)
+    _DRIVERS[rule][1](table, tasks, chunk, likes, out_like, key, out, want, scratch, *scalars)
 
 
 def address(a: np.ndarray) -> int:

@@ -1,17 +1,18 @@
 """Reading the tensor table (``gpugd._tensor_table``) inside Numba kernels: the CPU mirror
 of the CUDA ``apply_table``. ``entry(table, row, t, lo, n, like)`` turns a table entry back
 into a 1-D array of ``n`` elements from element ``lo``; ``like`` (a 1-element array of the
-dtype) stands in for an unused state (address 0).
+dtype) stands in for an unused state (address 0). ``entry_or_none`` reads an optional row
+(the half-precision parameters beside fp32 master weights): None when ``like`` is None.
 """
 
 from __future__ import annotations
 
 from numba import carray, njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
-from .._tensor_table import SIZE_ROW
+from .._tensor_table import OUT_ROW, SIZE_ROW
 
-__all__ = ["SIZE_ROW", "entry"]
+__all__ = ["OUT_ROW", "SIZE_ROW", "entry", "entry_or_none"]
 
 
 @intrinsic
@@ -32,3 +33,14 @@ def entry(table, row, t, lo, n, like):
     if addr == 0:
         return like
     return carray(_as_pointer(addr + lo * like.itemsize, like), n)
+
+
+def entry_or_none(table, row, t, lo, n, like):
+    """``entry`` for an optional row: None when ``like`` is None (resolved at compile time)."""
+
+
+@overload(entry_or_none, inline="always")
+def _entry_or_none(table, row, t, lo, n, like):
+    if isinstance(like, types.NoneType):
+        return lambda table, row, t, lo, n, like: None
+    return lambda table, row, t, lo, n, like: entry(table, row, t, lo, n, like)

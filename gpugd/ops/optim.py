@@ -7,7 +7,16 @@ scaling fuse in) and is never written. ``skip_if``: an int32 array of one elemen
 arrays' device; when it is non-zero the step is skipped and nothing is written (on the GPU
 the kernel reads the flag itself, so no host synchronization is needed). ``step`` counts
 from 1, this step included. Arrays: same shape, same float dtype, C-contiguous, on one
-backend, p and states pairwise disjoint. Every argument is checked before any kernel
+backend, p and states pairwise disjoint.
+
+Mixed precision: p and g may be float16 or bfloat16 (``ml_dtypes.bfloat16``) with the
+states in float32 (the default policy) or bfloat16; the rule then runs in float32
+registers and each result is rounded once, to nearest even. ``master=``: float32 master
+weights (p's shape) that the rule updates instead, p receiving round(master) in the same
+pass, so updates smaller than half an ulp of p still accumulate. ``rounding="stochastic"``
+(bfloat16 p only) rounds p's stores up with probability (dropped part)/ulp from a
+counter-based hash of ``seed`` and the element index: unbiased, reproducible per seed;
+pass a new seed each step. Every argument is checked before any kernel
 runs; a rejected call writes nothing. Per-element math: ``kernels/optim.cu`` (CUDA) and
 ``gpugd/_cpu/optim.py`` (Numba); the float64 specification: ``gpugd.reference``.
 """
@@ -23,12 +32,16 @@ from .. import _tensor_table as layout
 from .. import _validate as v
 from ..reference import nadam_mu
 
+RULES = ("sgd", "adagrad", "rmsprop", "adam", "nadam")
+MIXED_POLICIES = tuple(
+    f"{p}p_{s}s{m}" for p in ("f16", "bf16") for s in ("f32", "bf16") for m in ("", "_master")
+)
 CUDA_KERNELS = tuple(
     f"gpugd_optim_{rule}{multi}_{sfx}"
-    for rule in ("sgd", "adagrad", "rmsprop", "adam", "nadam")
+    for rule in RULES
     for multi in ("", "_multi")
     for sfx in ("f32", "f64")
-)
+) + tuple(f"gpugd_optim_{rule}_multi_{pol}" for rule in RULES for pol in MIXED_POLICIES)
 CUDA_CHUNK = 1 << 16  # elements per block-task of the CUDA multi-tensor launch
 
 
@@ -39,16 +52,21 @@ def _address(a: Any, be: str) -> int:
 class Tensors:
     """The validated arrays of one update: p, g and the rule's states (kernel slot order,
     None where unused), each one array or a list of arrays (the multi-tensor path: one
-    launch for all). Validation runs once here; the optimizer classes keep a ``Tensors``
-    per param group and launch it every step, and the tensor table for the multi-tensor
-    kernels is built on the first launch and reused."""
+    launch for all), and optional fp32 ``master`` weights. Validation runs once here; the
+    optimizer classes keep a ``Tensors`` per param group and launch it every step, and the
+    tensor table for the multi-tensor kernels is built on the first launch and reused.
 
-    def __init__(self, p: Any, g: Any, states: dict[str, Any]):
+    Precision policies: p, g and states all float32 or all float64; or p and g in float16
+    or bfloat16 with states in float32 or bfloat16 (math in float32 registers), and then
+    optionally ``master``: float32 copies of p that the rule updates, p receiving
+    round(master) in the same pass."""
+
+    def __init__(self, p: Any, g: Any, states: dict[str, Any], master: Any = None):
         self.multi = isinstance(p, list | tuple)
         names = ["p", "g", *states]
         if self.multi:
             rows = [list(p)]
-            for name, x in [("g", g), *states.items()]:
+            for name, x in [("g", g), *states.items(), ("master", master)]:
                 if x is None:
                     rows.append(None)
                     continue
@@ -60,33 +78,78 @@ class Tensors:
                     )
                 rows.append(list(x))
         else:
-            rows = [None if x is None else [x] for x in (p, g, *states.values())]
+            rows = [None if x is None else [x] for x in (p, g, *states.values(), master)]
+        self.master = rows.pop()
         self.rows: list[list | None] = rows
         self.names = names
         labelled = {
             (f"{n}[{i}]" if self.multi else n): a
-            for n, row in zip(names, rows, strict=True)
+            for n, row in zip([*names, "master"], [*rows, self.master], strict=True)
             if row is not None
             for i, a in enumerate(row)
         }
         self.backend = v.array_backend(**labelled) if labelled else "cpu"
         ps = rows[0]
+        self.dtype = ps[0].dtype if ps else None
+        self.half = self.dtype is not None and self.dtype.name in v.HALF_NAMES
+        self.state_dtype = next((r[0].dtype for r in rows[2:] if r is not None and r), None)
         for i, pa in enumerate(ps):
             lab = (lambda n, i=i: f"{n}[{i}]") if self.multi else (lambda n: n)
-            v.float_array(lab("p"), pa, writable=True)
+            v.float_array(lab("p"), pa, writable=True, half=True)
             if pa.dtype != ps[0].dtype:
                 raise TypeError(
                     f"{lab('p')}: dtype {pa.dtype} differs from p[0]'s {ps[0].dtype}; "
                     "one launch takes one dtype, so update each dtype separately"
                 )
             for n, row in zip(names[1:], rows[1:], strict=True):
-                if row is not None:
-                    v.float_array(lab(n), row[i], writable=n != "g")
+                if row is None:
+                    continue
+                v.float_array(lab(n), row[i], writable=n != "g", half=self.half)
+                if n == "g" or not self.half:
                     v.same_layout(lab("p"), pa, lab(n), row[i])
-        self.dtype = ps[0].dtype if ps else None
+                else:
+                    self._check_half_state(lab(n), row[i], lab("p"), pa)
+            if self.master is not None:
+                m = self.master[i]
+                if not self.half:
+                    raise TypeError(
+                        "master: fp32 master weights go with float16 or bfloat16 parameters; "
+                        f"p is {pa.dtype}"
+                    )
+                v.float_array(lab("master"), m, writable=True)
+                if m.dtype != np.float32 or m.shape != pa.shape:
+                    raise TypeError(
+                        f"{lab('master')}: expected float32 of p's shape {pa.shape}, got "
+                        f"{m.dtype}{list(m.shape)}"
+                    )
+        self.compute = np.dtype(np.float32) if self.half else self.dtype
         self.sizes = [int(a.size) for a in ps]
         self._check_disjoint(labelled)
         self._prepared: Any = None
+
+    def _check_half_state(self, name: str, s: Any, pname: str, pa: Any) -> None:
+        """States beside half-precision parameters: p's shape, float32 or bfloat16, and
+        one dtype for all states."""
+        if s.shape != pa.shape:
+            raise ValueError(f"{name}: shape {s.shape} does not match {pname}'s {pa.shape}")
+        if s.dtype.name not in ("float32", "bfloat16"):
+            raise TypeError(
+                f"{name}: states beside {pa.dtype} parameters are float32 or bfloat16, "
+                f"got {s.dtype}"
+            )
+        if s.dtype != self.state_dtype:
+            raise TypeError(
+                f"{name}: dtype {s.dtype} differs from the other states' {self.state_dtype}"
+            )
+
+    @property
+    def policy(self) -> str:
+        """The precision policy's kernel suffix: "f32", "f64", or e.g. "bf16p_f32s_master"."""
+        if not self.half:
+            return "f32" if self.dtype == np.float32 else "f64"
+        s = "f32" if self.state_dtype is None or self.state_dtype == np.float32 else "bf16"
+        p = "f16" if self.dtype == np.float16 else "bf16"
+        return f"{p}p_{s}s" + ("_master" if self.master is not None else "")
 
     def _check_disjoint(self, labelled: dict[str, Any]) -> None:
         """Every array its own memory: sort the [start, end) byte ranges, compare neighbours."""
@@ -102,23 +165,38 @@ class Tensors:
             if end > reach:
                 reach, owner = end, name
 
+    def _table_rows(self) -> tuple[list, list | None]:
+        """Rows of the tensor table: the rule updates the master copy when there is one,
+        and the parameters then receive its rounding (the out row)."""
+        if self.master is None:
+            return self.rows, None
+        return [self.master, *self.rows[1:]], self.rows[0]
+
     def launch(
-        self, rule: str, cuda_scalars: tuple, cpu_scalars: tuple, skip_if: Any, stats: bool = False
+        self,
+        rule: str,
+        cuda_scalars: tuple,
+        cpu_scalars: tuple,
+        skip_if: Any,
+        stats: bool = False,
+        key: int | None = None,
     ) -> Any:
         """Run ``rule`` over every tensor: one kernel launch (or one parallel region). With
         ``stats`` (lists only) return per tensor [Σ p_new², Σ (p_new − p_old)²] (float64,
-        shape (T, 2), on the arrays' backend), summed in the same pass; else None."""
+        shape (T, 2), on the arrays' backend), summed in the same pass; else None. ``key``:
+        a 32-bit seed for stochastic rounding of bfloat16 parameters (None: to nearest)."""
         if stats and not self.multi:
             raise ValueError("stats: update statistics need the multi-tensor (list) path")
         if not sum(self.sizes):
             return self._zero_stats() if stats else None
-        t = self.dtype.type
+        t = self.compute.type
         if self.backend == "cpu":
             if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
                 return None
-            return self._launch_cpu(rule, tuple(_cpu_value(x, t) for x in cpu_scalars), stats)
+            scalars = tuple(_cpu_value(x, t) for x in cpu_scalars)
+            return self._launch_cpu(rule, scalars, stats, key)
         return self._launch_cuda(
-            rule, tuple(_cuda_value(x, t) for x in cuda_scalars), skip_if, stats
+            rule, tuple(_cuda_value(x, t) for x in cuda_scalars), skip_if, stats, key
         )
 
     def _zero_stats(self) -> Any:
@@ -128,36 +206,62 @@ class Tensors:
 
         return cupy.zeros((len(self.sizes), 2))
 
-    def _launch_cpu(self, rule: str, scalars: tuple, stats: bool) -> Any:
+    def _launch_cpu(self, rule: str, scalars: tuple, stats: bool, key: int | None) -> Any:
         from .._cpu import optim as k
         from .._cpu import reduce as kr
+        from .._cpu.precision import kernel_view
 
-        if not self.multi:
+        if not self.multi and not self.half:
             flat = [None if r is None else r[0].reshape(-1) for r in self.rows]
             k.run(rule, flat[0], flat[1], flat[2:], scalars)
             return None
         if self._prepared is None:
+            rows, out = self._table_rows()
+
+            def like(a: Any) -> np.ndarray:
+                return kernel_view(np.zeros(1, a.dtype))
+
+            states = [r for r in rows[2:] if r is not None and r]
+            likes = (
+                like(rows[0][0]),
+                like(rows[1][0]),
+                like((states[0] if states else rows[0])[0]),
+            )
             self._prepared = (
-                layout.build(self.rows, k.address),
+                layout.build(rows, k.address, out),
                 layout.tasks(self.sizes, k.CHUNK),
-                np.zeros(1, self.dtype),
+                likes,
+                None if out is None else like(out[0]),
                 layout.tasks(self.sizes, k.STATS_CHUNK),
             )
-        table, tasks, like, stats_tasks = self._prepared
+        table, tasks, likes, out_like, stats_tasks = self._prepared
+        sr = None if key is None else np.uint32(key)
         if not stats:
-            k.run_table(rule, table, tasks, like, *scalars)
+            k.run_table(rule, table, tasks, likes, *scalars, out_like=out_like, key=sr)
             return None
         out = np.empty((stats_tasks.shape[0], 2))
-        k.run_table(rule, table, stats_tasks, like, *scalars, stats=out, chunk=k.STATS_CHUNK)
+        k.run_table(
+            rule,
+            table,
+            stats_tasks,
+            likes,
+            *scalars,
+            out_like=out_like,
+            key=sr,
+            stats=out,
+            chunk=k.STATS_CHUNK,
+        )
         return kr.finish(stats_tasks, out, len(self.sizes))[0]
 
-    def _launch_cuda(self, rule: str, scalars: tuple, skip_if: Any, stats: bool) -> Any:
+    def _launch_cuda(
+        self, rule: str, scalars: tuple, skip_if: Any, stats: bool, key: int | None
+    ) -> Any:
         from .. import _cuda
 
         null = np.uint64(0)
         skip = skip_if if skip_if is not None else null
-        sfx = _cuda.dtype_suffix(self.dtype)
-        if not self.multi:
+        if not self.multi and not self.half:
+            sfx = _cuda.dtype_suffix(self.dtype)
             p, g, *states = (r[0] if r is not None else null for r in self.rows)
             states += [null] * (3 - len(states))
             args = (p, g, *states, np.int64(p.size), *scalars, skip)
@@ -169,7 +273,8 @@ class Tensors:
             chunks = layout.tasks(self.sizes, CUDA_CHUNK)
             counts = -(-np.asarray(self.sizes, np.int64) // CUDA_CHUNK)
             first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            table = layout.build(self.rows, lambda a: a.data.ptr)
+            rows, out = self._table_rows()
+            table = layout.build(rows, lambda a: a.data.ptr, out)
             self._prepared = (
                 cupy.asarray(table),
                 cupy.asarray(chunks),
@@ -179,6 +284,7 @@ class Tensors:
         table, chunks, nchunks, first = self._prepared
         ntensors = len(self.sizes)
         chunk_stats = cupy.zeros((nchunks, 2), cupy.float64) if stats else None
+        rounding = () if not self.half else (np.uint32(key or 0), np.int32(key is not None))
         args = (
             table,
             np.int64(ntensors),
@@ -186,11 +292,12 @@ class Tensors:
             np.int64(nchunks),
             np.int64(CUDA_CHUNK),
             *scalars,
+            *rounding,
             skip,
             chunk_stats if stats else null,
         )
         blocks = max(1, min(nchunks, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
-        _cuda.get_kernel("optim", f"gpugd_optim_{rule}_multi_{sfx}")(
+        _cuda.get_kernel("optim", f"gpugd_optim_{rule}_multi_{self.policy}")(
             (blocks,), (_cuda.THREADS,), args
         )
         if not stats:
@@ -302,26 +409,61 @@ class Kernel(NamedTuple):
     cpu: tuple
     grad_scale: float = 1.0
     clip: float = math.inf
+    key: int | None = None  # stochastic-rounding key (bfloat16 parameters), None: nearest
 
-    def tensors(self, p: Any, g: Any, given: dict[str, Any]) -> Tensors:
-        """Validate p, g and the states this configuration uses (others are ignored)."""
+    def tensors(self, p: Any, g: Any, given: dict[str, Any], master: Any = None) -> Tensors:
+        """Validate p, g, the states this configuration uses (others are ignored) and the
+        optional fp32 master weights."""
         for name, why in self.states.items():
             if why is not None:
                 _required(name, given.get(name), why)
-        return Tensors(
-            p, g, {n: given.get(n) if w is not None else None for n, w in self.states.items()}
-        )
+        states = {n: given.get(n) if w is not None else None for n, w in self.states.items()}
+        tensors = Tensors(p, g, states, master)
+        if self.key is not None and (tensors.dtype is None or tensors.dtype.name != "bfloat16"):
+            raise ValueError(
+                f"rounding: stochastic rounding is for bfloat16 parameters, p is {tensors.dtype}"
+            )
+        return tensors
 
     def launch(self, tensors: Tensors, skip_if: Any = None, stats: bool = False) -> Any:
         """Run on ``tensors``; with ``stats`` return their per-tensor update statistics
         (``Tensors.launch``)."""
         skip_if = _skip_flag(skip_if, tensors.backend)
         tail = (self.grad_scale, self.clip)
-        return tensors.launch(self.rule, self.cuda + tail, self.cpu + tail, skip_if, stats)
+        return tensors.launch(
+            self.rule, self.cuda + tail, self.cpu + tail, skip_if, stats, self.key
+        )
 
 
-def _apply(kernel: Kernel, p: Any, g: Any, given: dict[str, Any], skip_if: Any) -> Any:
-    kernel.launch(kernel.tensors(p, g, given), skip_if)
+ROUNDINGS = ("nearest", "stochastic")
+
+
+def rounding_key(rounding: str, seed: Any) -> int | None:
+    """The 32-bit key of stochastic rounding (None for round-to-nearest-even), validated."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding: expected one of {ROUNDINGS}, got {rounding!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed: expected an integer ≥ 0, got {seed!r}")
+    if rounding == "nearest":
+        return None
+    z = (int(seed) * 0x9E3779B97F4A7C15 + 0xD1B54A32D192ED03) % (1 << 64)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
+
+
+def _apply(
+    kernel: Kernel,
+    p: Any,
+    g: Any,
+    given: dict[str, Any],
+    skip_if: Any,
+    master: Any = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+) -> Any:
+    kernel = kernel._replace(key=rounding_key(rounding, seed))
+    kernel.launch(kernel.tensors(p, g, given, master), skip_if)
     return p
 
 
@@ -370,6 +512,9 @@ def sgd_(
     grad_scale: float = 1.0,
     clip_value: float | None = None,
     skip_if: Any = None,
+    master: Any = None,
+    rounding: str = "nearest",
+    seed: int = 0,
 ) -> Any:
     """torch.optim.SGD, fused: d = s·g + wd·p; with momentum μ: buf = d on step 1, else
     μ·buf + (1−τ)·d; d = d + μ·buf (Nesterov) or buf; p ← p − lr·d. Returns ``p``."""
@@ -383,7 +528,7 @@ def sgd_(
         grad_scale=grad_scale,
         clip_value=clip_value,
     )
-    return _apply(k, p, g, {"momentum_buffer": momentum_buffer}, skip_if)
+    return _apply(k, p, g, {"momentum_buffer": momentum_buffer}, skip_if, master, rounding, seed)
 
 
 def adagrad_kernel(
@@ -420,6 +565,9 @@ def adagrad_(
     grad_scale: float = 1.0,
     clip_value: float | None = None,
     skip_if: Any = None,
+    master: Any = None,
+    rounding: str = "nearest",
+    seed: int = 0,
 ) -> Any:
     """torch.optim.Adagrad, fused: d = s·g + wd·p; sum += d²;
     p ← p − lr/(1 + (t−1)·lr_decay) · d/(√sum + ε). Returns ``p``."""
@@ -432,7 +580,7 @@ def adagrad_(
         grad_scale=grad_scale,
         clip_value=clip_value,
     )
-    return _apply(k, p, g, {"state_sum": state_sum}, skip_if)
+    return _apply(k, p, g, {"state_sum": state_sum}, skip_if, master, rounding, seed)
 
 
 def rmsprop_kernel(
@@ -485,6 +633,9 @@ def rmsprop_(
     grad_scale: float = 1.0,
     clip_value: float | None = None,
     skip_if: Any = None,
+    master: Any = None,
+    rounding: str = "nearest",
+    seed: int = 0,
 ) -> Any:
     """torch.optim.RMSprop, fused: v = α·v + (1−α)·d²; centered: m̄ = α·m̄ + (1−α)·d and
     den = √(v − m̄²) + ε, else √v + ε; with momentum μ: b = μ·b + d/den, p ← p − lr·b;
@@ -500,7 +651,7 @@ def rmsprop_(
         clip_value=clip_value,
     )
     given = {"square_avg": square_avg, "grad_avg": grad_avg, "momentum_buffer": momentum_buffer}
-    return _apply(k, p, g, given, skip_if)
+    return _apply(k, p, g, given, skip_if, master, rounding, seed)
 
 
 def adam_kernel(
@@ -561,6 +712,9 @@ def adam_(
     grad_scale: float = 1.0,
     clip_value: float | None = None,
     skip_if: Any = None,
+    master: Any = None,
+    rounding: str = "nearest",
+    seed: int = 0,
 ) -> Any:
     """torch.optim.Adam; AdamW with ``decoupled=True`` (p ← p·(1 − lr·wd) first, instead of
     d = d + wd·p). m = β1·m + (1−β1)·d; v = β2·v + (1−β2)·d²; v̂ = v or max(v̂, v);
@@ -577,7 +731,7 @@ def adam_(
         clip_value=clip_value,
     )
     given = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "max_exp_avg_sq": max_exp_avg_sq}
-    return _apply(k, p, g, given, skip_if)
+    return _apply(k, p, g, given, skip_if, master, rounding, seed)
 
 
 def nadam_kernel(
@@ -635,6 +789,9 @@ def nadam_(
     grad_scale: float = 1.0,
     clip_value: float | None = None,
     skip_if: Any = None,
+    master: Any = None,
+    rounding: str = "nearest",
+    seed: int = 0,
 ) -> Any:
     """torch.optim.NAdam. ``mu_product``: Π μ_s over the steps *before* this one (1.0 at
     step 1); multiply it by ``gpugd.reference.nadam_mu(step, β1, ψ)`` after each step.
@@ -652,4 +809,6 @@ def nadam_(
         grad_scale=grad_scale,
         clip_value=clip_value,
     )
-    return _apply(k, p, g, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, skip_if)
+    return _apply(
+        k, p, g, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, skip_if, master, rounding, seed
+    )
