@@ -16,11 +16,11 @@ from ._kernels import kernel_sources, resolved_source
 THREADS = 256  # threads per block for the elementwise families
 BLOCKS_PER_SM = 8  # resident blocks per multiprocessor that a grid-stride launch aims for
 
-_DTYPE_SUFFIX = {"float32": "f32", "float64": "f64"}
+_DTYPE_SUFFIX = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
 
 
 def dtype_suffix(dtype: Any) -> str:
-    """Kernel name suffix for a dtype ("f32", "f64")."""
+    """Kernel name suffix for a dtype ("f32", "f64", "f16", "bf16")."""
     return _DTYPE_SUFFIX[cupy.dtype(dtype).name]
 
 

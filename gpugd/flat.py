@@ -3,7 +3,11 @@
 Parameters are described by name and shape; each view starts on a 64-byte boundary so the
 kernels' 16-byte vector accesses stay aligned. Gradients live in a twin buffer with the
 same layout, and optimizer states are allocated the same way (``new_state``), so one fused
-kernel can sweep a whole model in one pass. NumPy and CuPy alike (``xp``).
+kernel can sweep a whole model in one pass. NumPy and CuPy alike (``xp``). The dtype may be
+float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``); a state buffer may have a
+dtype of its own (``new_state(dtype=np.float32)``: fp32 states and master weights beside
+half-precision parameters, in the same layout). Views start on a 64-byte boundary, which
+is a multiple of every element size.
 
     params = FlatParams({"w1": (784, 128), "b1": (128,)}, dtype=np.float32)
     params["w1"][...] = init                  # a view into params.data
@@ -47,8 +51,10 @@ class FlatParams(Mapping):
         self, shapes: Mapping[str, tuple[int, ...]], dtype: Any = np.float32, xp: Any = np
     ):
         dtype = np.dtype(dtype)
-        if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
-            raise TypeError(f"dtype: expected float32 or float64, got {dtype}")
+        if dtype.name not in ("float32", "float64", "float16", "bfloat16"):
+            raise TypeError(
+                f"dtype: expected float32, float64, float16 or bfloat16 (ml_dtypes), got {dtype}"
+            )
         if not shapes:
             raise ValueError("shapes: expected at least one named parameter")
         self.dtype, self.xp = dtype, xp
@@ -82,13 +88,14 @@ class FlatParams(Mapping):
     def grad_data(self) -> Any:
         return self.grads.data
 
-    def _alloc(self) -> Any:
-        """A zeroed buffer of ``numel`` elements starting on a 64-byte boundary (NumPy
-        guarantees only 16 bytes: over-allocate one alignment step and slice)."""
-        step = ALIGN_BYTES // self.dtype.itemsize
-        raw = self.xp.zeros(self.numel + step, dtype=self.dtype)
+    def _alloc(self, dtype: Any = None) -> Any:
+        """A zeroed buffer of ``numel`` elements (of ``dtype``, default the arena's) starting
+        on a 64-byte boundary (NumPy guarantees only 16 bytes: over-allocate and slice)."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        step = ALIGN_BYTES // dtype.itemsize
+        raw = self.xp.zeros(self.numel + step, dtype=dtype)
         ptr = raw.data.ptr if self.xp is not np else raw.ctypes.data
-        skip = (-ptr % ALIGN_BYTES) // self.dtype.itemsize
+        skip = (-ptr % ALIGN_BYTES) // dtype.itemsize
         return raw[skip : skip + self.numel]
 
     def _slot(self, name: str) -> tuple[int, tuple[int, ...]]:
@@ -115,9 +122,10 @@ class FlatParams(Mapping):
 
     # ---- states and gradients
 
-    def new_state(self, fill: float = 0.0) -> _Views:
-        """A zero-initialized (or ``fill``) buffer with the same layout, as named views."""
-        views = _Views(self, self._alloc())
+    def new_state(self, fill: float = 0.0, dtype: Any = None) -> _Views:
+        """A zero-initialized (or ``fill``) buffer with the same layout, as named views; of
+        ``dtype`` when given (fp32 states or master weights beside half parameters)."""
+        views = _Views(self, self._alloc(dtype))
         if fill:
             views.data.fill(fill)
         return views

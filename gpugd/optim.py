@@ -16,6 +16,14 @@ kernel), ``nonfinite="propagate" | "skip" | "error"``; ``last_report`` and
 ``skipped_steps`` tell what happened. ``gpugd.monitor.GradientMonitor`` records gradient
 health from the same passes.
 
+Mixed precision: parameters (and gradients) may be float16 or bfloat16 — a half-precision
+arena (``FlatParams(..., dtype=ml_dtypes.bfloat16)``) or lists. States are then float32
+(``state_dtype=``: or bfloat16); ``master_weights=True`` keeps fp32 copies of the
+parameters (state "master", in the arena's layout), which the fused kernel updates and
+rounds into the half-precision parameters in the same pass; ``rounding="stochastic"``
+(bfloat16 parameters) rounds them stochastically, from ``seed`` and the step number.
+``gpugd.amp.LossScaler`` adds dynamic loss scaling.
+
 A param group is either names of a ``FlatParams`` arena or a list of arrays with a list of
 gradient arrays beside it (``grads``), plus hyperparameter overrides. Each step is one
 launch per group: one fused kernel over the group's span of the arena (its tensors merged
@@ -42,13 +50,14 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from ._io import atomic_savez
+from ._io import atomic_savez, load_npz
 from .flat import FlatParams
 from .ops import optim as _ops
 from .ops import reduce as _reduce
 from .reference import nadam_mu
 
 FORMAT = "gpugd-checkpoint-1"
+MASTER = "master"  # the state holding fp32 master weights (master_weights=True)
 NONFINITE_POLICIES = ("propagate", "skip", "error")
 
 
@@ -162,6 +171,10 @@ class Optimizer:
         max_grad_norm: float | None = None,
         clip_value: float | None = None,
         nonfinite: str = "propagate",
+        master_weights: bool = False,
+        state_dtype: Any = None,
+        rounding: str = "nearest",
+        seed: int = 0,
         **hyper: Any,
     ):
         self.max_grad_norm = (
@@ -207,18 +220,73 @@ class Optimizer:
         if len(arenas) > 1:
             raise ValueError("params: all FlatParams groups must share one arena")
         self._groups = groups
+        self._precision(master_weights, state_dtype, rounding, seed)
         self.param_groups: list[dict[str, Any]] = [
             {**self.defaults, **g.hyper, "names": g.names} for g in groups
         ]
         self.step_count = 0
         self.scheduler: Any = None  # set by a schedule from gpugd.schedules
         self.monitor: Any = None  # set by gpugd.monitor.GradientMonitor
+        self.loss_scaler: Any = None  # set by gpugd.amp.LossScaler
         self.skipped_steps = 0  # steps skipped for non-finite gradients (nonfinite="skip")
         self.last_report: StepReport | None = None
         self._grad_reduction: _reduce.Reduction | None = None
         for gi, group in enumerate(self.param_groups):
             self._kernel(group, 1, 1.0, self._groups[gi])  # validate every hyperparameter now
         self._allocate()
+
+    # ---- precision policy
+
+    def _precision(self, master_weights: Any, state_dtype: Any, rounding: str, seed: Any) -> None:
+        """Check and record the precision policy: the parameters' dtype (one for every
+        group), the states' dtype, fp32 master weights, the rounding of the parameters."""
+        dtypes = {np.dtype(p.dtype) for g in self._groups for p in g.params}
+        if len(dtypes) != 1:
+            raise TypeError(
+                f"params: one parameter dtype for all groups, got {sorted(map(str, dtypes))}"
+            )
+        pdt = dtypes.pop()
+        self.param_dtype = pdt
+        half = pdt.name in ("float16", "bfloat16")
+        if not isinstance(master_weights, bool):
+            raise TypeError(f"master_weights: expected a bool, got {master_weights!r}")
+        _ops.rounding_key(rounding, seed)  # validates both
+        if state_dtype is None:
+            sdt = np.dtype(np.float32) if half else pdt
+        else:
+            try:
+                sdt = np.dtype(state_dtype)
+            except TypeError:
+                raise TypeError(f"state_dtype: not a dtype: {state_dtype!r}") from None
+        if not half:
+            if master_weights:
+                raise ValueError(
+                    f"master_weights: fp32 master weights are for float16 or bfloat16 "
+                    f"parameters; these are {pdt}"
+                )
+            if sdt != pdt:
+                raise ValueError(f"state_dtype: with {pdt} parameters states are {pdt}, got {sdt}")
+            if rounding != "nearest":
+                raise ValueError(
+                    f"rounding: stochastic rounding is for bfloat16 parameters, not {pdt}"
+                )
+        else:
+            if sdt.name not in ("float32", "bfloat16"):
+                raise ValueError(
+                    f"state_dtype: beside {pdt} parameters states are float32 or bfloat16, "
+                    f"got {sdt}"
+                )
+            if rounding != "nearest" and pdt.name != "bfloat16":
+                raise ValueError(
+                    f"rounding: stochastic rounding is for bfloat16 parameters, not {pdt}"
+                )
+        self.state_dtype = sdt
+        self.master_weights = master_weights
+        self.rounding, self.seed = rounding, int(seed)
+
+    def _rounding_key(self, t: int) -> int | None:
+        """This step's stochastic-rounding key (a new stream every step), or None."""
+        return _ops.rounding_key(self.rounding, self.seed * (1 << 32) + t)
 
     # ---- per optimizer
 
@@ -245,7 +313,7 @@ class Optimizer:
         arena = next((g.flat for g in self._groups if g.flat is not None), None)
         for sname in self._all_state_names():
             if arena is not None:
-                self._buffers[sname] = arena.new_state()
+                self._buffers[sname] = arena.new_state(dtype=self.state_dtype)
             for group, g in zip(self.param_groups, self._groups, strict=True):
                 fill = self._state_fills(group).get(sname)
                 if fill is None:
@@ -258,9 +326,33 @@ class Optimizer:
                         self.state[n][sname] = views[n]
                 else:
                     for n, p in zip(g.names, g.params, strict=True):
-                        self.state[n][sname] = _full_like(p, fill)
+                        self.state[n][sname] = _full_like(p, fill, self.state_dtype)
+        if self.master_weights:
+            self._copy_masters(arena)
         for g in self._groups:
             g.tensors = None
+
+    def _copy_masters(self, arena: FlatParams | None) -> None:
+        """fp32 master weights: copies of the parameters (state "master"), in the arena's
+        layout beside an arena."""
+        if arena is not None:
+            self._buffers[MASTER] = arena.new_state(dtype=np.float32)
+            self._buffers[MASTER].data[...] = arena.data
+        for g in self._groups:
+            for n, p in zip(g.names, g.params, strict=True):
+                if g.flat is not None:
+                    self.state[n][MASTER] = self._buffers[MASTER][n]
+                else:
+                    self.state[n][MASTER] = p.astype(np.float32)
+
+    def sync_master_weights(self) -> None:
+        """Copy the parameters into the fp32 master weights (after writing parameters by
+        hand; ``load`` and ``load_state_dict`` restore the masters themselves)."""
+        if not self.master_weights:
+            raise ValueError("sync_master_weights: this optimizer keeps no master weights")
+        for g in self._groups:
+            for n, p in zip(g.names, g.params, strict=True):
+                self.state[n][MASTER][...] = p
 
     def _tensors(self, gi: int, kernel: _ops.Kernel) -> _ops.Tensors:
         """The group's validated arrays for this kernel configuration (cached)."""
@@ -282,11 +374,16 @@ class Optimizer:
                     given[arg] = g.kernel_arrays(self._buffers[sname].data)
                 else:
                     given[arg] = [self.state[n][sname] for n in g.names]
+            master = None
             if g.flat is not None and not per_name:
                 p, gr = g.kernel_arrays(g.flat.data), g.kernel_arrays(g.flat.grad_data)
+                if self.master_weights:
+                    master = g.kernel_arrays(self._buffers[MASTER].data)
             else:
                 p, gr = g.params, g.grads
-            g.tensors = kernel.tensors(p, gr, given)
+                if self.master_weights:
+                    master = [self.state[n][MASTER] for n in g.names]
+            g.tensors = kernel.tensors(p, gr, given, master)
             g.tensors_key = key
         return g.tensors
 
@@ -309,6 +406,13 @@ class Optimizer:
         closure's loss when a closure is given."""
         loss = closure() if closure is not None else None
         t = self.step_count + 1
+        scaler = (
+            self.loss_scaler if self.loss_scaler is not None and self.loss_scaler.enabled else None
+        )
+        policy = self.nonfinite
+        if scaler is not None:
+            grad_scale = grad_scale * scaler.unscale_factor()
+            policy = "skip"  # an overflow of the scaled loss is expected: skip and back off
         kernels = [
             self._kernel(group, t, grad_scale, g)
             for group, g in zip(self.param_groups, self._groups, strict=True)
@@ -317,11 +421,13 @@ class Optimizer:
         coef = 1.0
         gstats = None
         watch = self.monitor is not None and self.monitor.wants(t)
-        if self.max_grad_norm is not None or self.nonfinite != "propagate" or watch:
+        if self.max_grad_norm is not None or policy != "propagate" or watch:
             gstats = self._gradients().run(zeros=watch)
-            if self.nonfinite != "propagate" and bool(gstats.nonfinite):
+            if policy != "propagate" and bool(gstats.nonfinite):
                 bad = self._nonfinite_names(gstats)
-                if self.nonfinite == "error":
+                if scaler is not None:
+                    scaler._update(found_inf=True)
+                if policy == "error":
                     raise FloatingPointError(
                         f"step {t}: non-finite gradients in {bad} (elements per tensor); "
                         "nothing was changed"
@@ -339,9 +445,10 @@ class Optimizer:
                 coef = _reduce.clip_coefficient(norm, self.max_grad_norm)
                 report = report._replace(clip_coef=coef)
         clip = math.inf if self.clip_value is None else self.clip_value
+        key = self._rounding_key(t)
         update_stats = []
         for gi, k in enumerate(kernels):
-            k = k._replace(grad_scale=k.grad_scale * coef, clip=clip)
+            k = k._replace(grad_scale=k.grad_scale * coef, clip=clip, key=key)
             update_stats.append(k.launch(self._tensors(gi, k), skip_if, stats=watch))
         if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
             self.last_report = report._replace(skipped=True)
@@ -349,6 +456,8 @@ class Optimizer:
         self._after_step(t)
         self.step_count = t
         self.last_report = report
+        if scaler is not None:
+            scaler._update(found_inf=False)
         if watch:
             self.monitor._record(t, gstats, abs(grad_scale), update_stats)
         return loss
@@ -415,6 +524,7 @@ class Optimizer:
             "group_state": [dict(g.extra) for g in self._groups],
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "skipped_steps": self.skipped_steps,
+            "loss_scaler": None if self.loss_scaler is None else self.loss_scaler.state_dict(),
         }
 
     def _check_state_dict(self, sd: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -499,6 +609,18 @@ class Optimizer:
             )
         if sched is not None:
             self.scheduler._check_state_dict(sched)
+        scaler = sd.get("loss_scaler")
+        if (scaler is None) != (self.loss_scaler is None):
+            raise CheckpointError(
+                f"state dict: carries {'no' if scaler is None else 'a'} loss scaler, this "
+                f"optimizer has {'none' if self.loss_scaler is None else 'one'}; attach the "
+                "same LossScaler before loading"
+            )
+        if scaler is not None:
+            try:
+                self.loss_scaler._check_state_dict(scaler)
+            except ValueError as exc:
+                raise CheckpointError(f"state dict: {exc}") from None
         return new_groups
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
@@ -515,6 +637,8 @@ class Optimizer:
         self.skipped_steps = int(sd.get("skipped_steps", 0))
         if self.scheduler is not None:
             self.scheduler.load_state_dict(sd["scheduler"])
+        if self.loss_scaler is not None:
+            self.loss_scaler.load_state_dict(sd["loss_scaler"])
 
     # ---- checkpoints on disk
 
@@ -541,8 +665,7 @@ class Optimizer:
         Everything is validated before anything is written (``CheckpointError``)."""
         path = Path(path)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                files = {k: z[k] for k in z.files}
+            files = load_npz(path)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable gpugd checkpoint ({exc})") from None
         if "meta" not in files:
@@ -595,8 +718,8 @@ def _like(target: Any, host: np.ndarray) -> Any:
     return cupy.asarray(host)
 
 
-def _full_like(a: Any, fill: float) -> Any:
-    out = a.copy()
+def _full_like(a: Any, fill: float, dtype: Any) -> Any:
+    out = a.astype(dtype)
     out.fill(fill)
     return out
 

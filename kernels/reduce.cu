@@ -9,15 +9,17 @@
 //   2. stats_finish (one block): per tensor, its chunks' partials in order; then the
 //      totals over tensors by a fixed tree.
 #include "common.cuh"
+#include "precision.cuh"
 
 namespace gpugd {
 
 template <typename T>
 __device__ __forceinline__ void stats_add(T x, double& ssq, double& nonfinite, double& zeros) {
-  const double v = static_cast<double>(x);
+  const auto f = to_float(x);  // float16/bfloat16 widened (precision.cuh)
+  const double v = static_cast<double>(f);
   ssq += v * v;
-  nonfinite += isfinite(x) ? 0.0 : 1.0;
-  zeros += x == T(0) ? 1.0 : 0.0;
+  nonfinite += isfinite(f) ? 0.0 : 1.0;
+  zeros += v == 0.0 ? 1.0 : 0.0;
 }
 
 template <typename T>
@@ -60,17 +62,17 @@ __device__ __forceinline__ void stats_partial_body(const i64* __restrict__ table
 
 }  // namespace gpugd
 
-extern "C" __global__ void gpugd_reduce_stats_partial_f32(const i64* table, i64 ntensors,
-                                                          const i64* chunks, i64 nchunks,
-                                                          i64 chunk, double* partial) {
-  gpugd::stats_partial_body<float>(table, ntensors, chunks, nchunks, chunk, partial);
-}
+#define GPUGD_REDUCE_STATS_PARTIAL(T, SFX)                                                     \
+  extern "C" __global__ void gpugd_reduce_stats_partial_##SFX(                                  \
+      const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk,                \
+      double* partial) {                                                                        \
+    gpugd::stats_partial_body<T>(table, ntensors, chunks, nchunks, chunk, partial);             \
+  }
 
-extern "C" __global__ void gpugd_reduce_stats_partial_f64(const i64* table, i64 ntensors,
-                                                          const i64* chunks, i64 nchunks,
-                                                          i64 chunk, double* partial) {
-  gpugd::stats_partial_body<double>(table, ntensors, chunks, nchunks, chunk, partial);
-}
+GPUGD_REDUCE_STATS_PARTIAL(float, f32)
+GPUGD_REDUCE_STATS_PARTIAL(double, f64)
+GPUGD_REDUCE_STATS_PARTIAL(gpugd::f16_t, f16)
+GPUGD_REDUCE_STATS_PARTIAL(gpugd::bf16_t, bf16)
 
 // One block. first_chunk[t] .. first_chunk[t + 1]: tensor t's chunks (ntensors + 1 entries).
 // `partial` holds `ncols` (≤ 3) sums per chunk; per_tensor[ncols·t + k] sums tensor t's chunks

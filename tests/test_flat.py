@@ -74,7 +74,7 @@ def test_one_fused_step_over_the_arena_equals_per_view_steps(xp):
 
 
 def test_bad_input():
-    with pytest.raises(TypeError, match="dtype: expected float32 or float64"):
+    with pytest.raises(TypeError, match="dtype: expected float32, float64, float16 or bfloat16"):
         FlatParams(SHAPES, np.int32)
     with pytest.raises(ValueError, match="shapes: expected at least one"):
         FlatParams({})

@@ -4,11 +4,12 @@ read-only pass over a tensor table (``gpugd._tensor_table``, row 0).
 Per chunk of at most ``CHUNK`` elements of one tensor (the CUDA chunk size too): Σ x² in
 float64, the count of exact zeros when asked (the monitor's dead-unit fraction), and the
 count of non-finite elements — taken only for a chunk whose Σ x² is not finite, so the hot
-loop is the plain sum of squares. A full chunk is read as four interleaved sequential
-streams (more cache misses in flight per core, as in ``vector.sum_of_squares``); the inner
-loops vectorize (``{'reassoc', 'contract'}``: no flag that assumes away NaN/Inf). Then, in
-task order, each tensor's chunks are summed and the tensors' sums are summed:
-deterministic for any thread count.
+loop is the plain sum of squares. float16/bfloat16 tensors arrive as their integer bit
+views (``precision.kernel_view``) and are widened on load. A full chunk is read as four
+interleaved sequential streams (more cache misses in flight per core, as in
+``vector.sum_of_squares``); the inner loops vectorize (``{'reassoc', 'contract'}``: no
+flag that assumes away NaN/Inf). Then, in task order, each tensor's chunks are summed and
+the tensors' sums are summed: deterministic for any thread count.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .precision import ld
 from .tensor_table import SIZE_ROW, entry
 from .vector import _REDUCE_MATH, _ssq_four_streams, _ssq_stream
 
@@ -27,7 +29,7 @@ STREAM = CHUNK // 4
 def _ssq_zeros_stream(x):
     ssq, z = 0.0, 0.0
     for i in range(x.size):
-        v = np.float64(x[i])
+        v = np.float64(ld(x, i))
         ssq += v * v
         z += 1.0 if v == 0.0 else 0.0
     return ssq, z
@@ -38,10 +40,10 @@ def _ssq_zeros_four_streams(x0, x1, x2, x3):
     a0 = a1 = a2 = a3 = 0.0
     z0 = z1 = z2 = z3 = 0.0
     for i in range(x0.size):
-        v0 = np.float64(x0[i])
-        v1 = np.float64(x1[i])
-        v2 = np.float64(x2[i])
-        v3 = np.float64(x3[i])
+        v0 = np.float64(ld(x0, i))
+        v1 = np.float64(ld(x1, i))
+        v2 = np.float64(ld(x2, i))
+        v3 = np.float64(ld(x3, i))
         a0 += v0 * v0
         a1 += v1 * v1
         a2 += v2 * v2
@@ -57,7 +59,7 @@ def _ssq_zeros_four_streams(x0, x1, x2, x3):
 def _count_nonfinite(x):
     n = 0
     for i in range(x.size):
-        n += not (abs(x[i]) < np.inf)  # NaN compares False, so it counts too
+        n += not (abs(ld(x, i)) < np.inf)  # NaN compares False, so it counts too
     return n
 
 

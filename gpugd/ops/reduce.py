@@ -3,8 +3,10 @@
 
 One read-only pass over one array or a list of arrays gives, per tensor, Σ x² (float64),
 the count of non-finite elements and the count of exact zeros, and from them the global L2
-norm and a non-finite flag. Deterministic: two stages without atomics on the GPU, fixed
-chunks summed in order on the CPU (``kernels/reduce.cu``, ``gpugd/_cpu/reduce.py``).
+norm and a non-finite flag. Tensors may be float32, float64, float16 or bfloat16 (the
+half-precision gradients of mixed-precision training: widened on load, summed in float64).
+Deterministic: two stages without atomics on the GPU, fixed chunks summed in order on the
+CPU (``kernels/reduce.cu``, ``gpugd/_cpu/reduce.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from .. import _validate as v
 CUDA_KERNELS = (
     "gpugd_reduce_stats_partial_f32",
     "gpugd_reduce_stats_partial_f64",
+    "gpugd_reduce_stats_partial_f16",
+    "gpugd_reduce_stats_partial_bf16",
     "gpugd_reduce_stats_finish",
     "gpugd_reduce_average_f32",
     "gpugd_reduce_average_f64",
@@ -51,7 +55,7 @@ class Reduction:
         labelled = {(f"{name}[{i}]" if self.multi else name): a for i, a in enumerate(arrays)}
         self.backend = v.array_backend(**labelled) if labelled else "cpu"
         for label, a in labelled.items():
-            v.float_array(label, a)
+            v.float_array(label, a, half=True)
             if a.dtype != arrays[0].dtype:
                 raise TypeError(
                     f"{label}: dtype {a.dtype} differs from {name}[0]'s {arrays[0].dtype}; "
@@ -71,6 +75,7 @@ class Reduction:
     def _run_cpu(self, zeros: bool) -> GradStats:
         from .._cpu import reduce as k
         from .._cpu.optim import address
+        from .._cpu.precision import kernel_view
         from .._cpu.vector import PARALLEL_MIN
 
         n = len(self.arrays)
@@ -81,7 +86,7 @@ class Reduction:
                 self._prepared = (
                     layout.build([self.arrays], address),
                     layout.tasks(self.sizes, k.CHUNK),
-                    np.zeros(1, self.arrays[0].dtype),
+                    kernel_view(np.zeros(1, self.arrays[0].dtype)),
                 )
             table, tasks, like = self._prepared
             per, total = k.stats(table, tasks, like, sum(self.sizes) >= PARALLEL_MIN, zeros)
