@@ -14,7 +14,7 @@ import os as _os
 ORIGINAL_OMP_WAIT_POLICY = _os.environ.get("OMP_WAIT_POLICY")
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import amp, monitor, ops, optim, schedules  # noqa: E402 (after the environment)
+from . import amp, graph, monitor, ops, optim, schedules  # noqa: E402 (after the environment)
 from .backend import Backend, BackendUnavailableError, array_backend, get_backend  # noqa: E402
 from .flat import FlatParams  # noqa: E402
 
@@ -28,6 +28,7 @@ __all__ = [
     "amp",
     "array_backend",
     "get_backend",
+    "graph",
     "monitor",
     "ops",
     "optim",

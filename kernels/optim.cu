@@ -401,3 +401,108 @@ GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, bf16p_f32s)
 GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, bf16p_f32s_master)
 GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, bf16p_bf16s)
 GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, bf16p_bf16s_master)
+
+// ---- CUDA-graph-capturable Adam/AdamW: every step-dependent scalar in device memory -----
+// gpugd_optim_adam_prepare (one thread) runs after the gradients' norm pass and before the
+// update, all on the device: from the pass's totals (Σ g², non-finite count) and the step
+// state it decides skip / go, advances the step count, computes the clip coefficient, the
+// loss-scale update and per group the bias-corrected step sizes, and the stochastic-rounding
+// key of this step. The same formulas, in the same order, as the eager host path
+// (gpugd.optim.Optimizer.step, gpugd.ops.optim.adam_kernel, gpugd.ops.optim.rounding_key,
+// gpugd.ops.reduce.clip_coefficient), so a replayed graph steps bit for bit as eager steps.
+//   state: [0] step count t, [1] loss scale S, [2] growth tracker, [3] skipped steps (the
+//          optimizer's), [4] unscaled global norm of this step, [5] clip coefficient,
+//          [6] skipped steps (the scaler's)
+//   hyper: per group (lr, β1, β2); scalars: per group 4 floats (step_size, 1/√bc2,
+//          grad_scale, key bits)
+namespace gpugd {
+__device__ __forceinline__ u64 splitmix64(u64 z) {
+  z = z * 0x9E3779B97F4A7C15ull + 0xD1B54A32D192ED03ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+}  // namespace gpugd
+
+extern "C" __global__ void gpugd_optim_adam_prepare(
+    const double* total, double* state, int ngroups, const double* hyper, double max_norm,
+    int skip_nonfinite, int use_scaler, double growth_factor, double backoff_factor,
+    int growth_interval, u64 seed_base, float* scalars, int* skip) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  const double scale = use_scaler ? state[1] : 1.0;
+  const double inv_scale = 1.0 / scale;
+  const bool found_inf = total != nullptr && total[1] > 0.0;
+  if (found_inf && (use_scaler || skip_nonfinite)) {
+    skip[0] = 1;
+    state[3] += 1.0;
+    if (use_scaler) {
+      state[1] = scale * backoff_factor;
+      state[2] = 0.0;
+      state[6] += 1.0;
+    }
+    return;
+  }
+  skip[0] = 0;
+  const double t = state[0] + 1.0;
+  state[0] = t;
+  double coef = 1.0;
+  if (total != nullptr) {
+    const double norm = sqrt(total[0]) * fabs(inv_scale);
+    state[4] = norm;
+    if (max_norm > 0.0) {
+      const double c = max_norm / (norm + 1e-6);
+      coef = (c < 1.0 || c != c) ? c : 1.0;
+    }
+  }
+  state[5] = coef;
+  const float grad_scale = static_cast<float>(inv_scale * coef);
+  const unsigned key =
+      static_cast<unsigned>(gpugd::splitmix64(seed_base + static_cast<u64>(t)) & 0xFFFFFFFFull);
+  for (int g = 0; g < ngroups; ++g) {
+    const double lr = hyper[3 * g], b1 = hyper[3 * g + 1], b2 = hyper[3 * g + 2];
+    scalars[4 * g] = static_cast<float>(lr / (1.0 - pow(b1, t)));
+    scalars[4 * g + 1] = static_cast<float>(1.0 / sqrt(1.0 - pow(b2, t)));
+    scalars[4 * g + 2] = grad_scale;
+    scalars[4 * g + 3] = __uint_as_float(key);
+  }
+  if (use_scaler) {
+    state[2] += 1.0;
+    if (state[2] == static_cast<double>(growth_interval)) {
+      state[1] = scale * growth_factor;
+      state[2] = 0.0;
+    }
+  }
+}
+
+// The Adam update of one group over its tensor table with the scalars `dev` (4 floats, from
+// gpugd_optim_adam_prepare) read on the device; skip[0] != 0 returns before any access.
+#define GPUGD_OPTIM_ADAM_GRAPH(SFX, RANGE)                                                      \
+  extern "C" __global__ void gpugd_optim_adam_graph_##SFX(                                      \
+      const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, float lr,      \
+      float beta1, float beta2, float eps, float wd, int decoupled, float clip,                 \
+      const float* dev, int stochastic, const int* skip) {                                      \
+    if (*skip != 0) return;                                                                     \
+    const bool h2 = table[4 * ntensors] != 0;                                                   \
+    const gpugd::AdamRule<float> rule{lr,      beta1,  beta2, eps, wd, dev[0], dev[1],          \
+                                      decoupled, h2};                                           \
+    const float grad_scale = dev[2];                                                            \
+    const unsigned key = __float_as_uint(dev[3]);                                               \
+    (void)key, (void)stochastic;                                                                \
+    const auto range = RANGE;                                                                   \
+    gpugd::apply_table(table, ntensors, chunks, nchunks, chunk, range, nullptr);                \
+  }
+
+GPUGD_OPTIM_ADAM_GRAPH(f32, (gpugd::PlainRange<float, decltype(rule)>{rule, grad_scale, clip}))
+#define GPUGD_OPTIM_ADAM_GRAPH_MIXED(SFX)                                                       \
+  GPUGD_OPTIM_ADAM_GRAPH(                                                                       \
+      SFX, (gpugd::MixedRange<gpugd::Policy_##SFX::P, gpugd::Policy_##SFX::S,                   \
+                              gpugd::Policy_##SFX::master, decltype(rule)>{                     \
+               rule, grad_scale, clip, gpugd::Rounding{key, stochastic}}))
+GPUGD_OPTIM_ADAM_GRAPH_MIXED(f16p_f32s)
+GPUGD_OPTIM_ADAM_GRAPH_MIXED(f16p_f32s_master)
+GPUGD_OPTIM_ADAM_GRAPH_MIXED(f16p_bf16s)
+GPUGD_OPTIM_ADAM_GRAPH_MIXED(f16p_bf16s_master)
+GPUGD_OPTIM_ADAM_GRAPH_MIXED(bf16p_f32s)
+GPUGD_OPTIM_ADAM_GRAPH_MIXED(bf16p_f32s_master)
+GPUGD_OPTIM_ADAM_GRAPH_MIXED(bf16p_bf16s)
+GPUGD_OPTIM_ADAM_GRAPH_MIXED(bf16p_bf16s_master)

@@ -36,12 +36,17 @@ RULES = ("sgd", "adagrad", "rmsprop", "adam", "nadam")
 MIXED_POLICIES = tuple(
     f"{p}p_{s}s{m}" for p in ("f16", "bf16") for s in ("f32", "bf16") for m in ("", "_master")
 )
-CUDA_KERNELS = tuple(
-    f"gpugd_optim_{rule}{multi}_{sfx}"
-    for rule in RULES
-    for multi in ("", "_multi")
-    for sfx in ("f32", "f64")
-) + tuple(f"gpugd_optim_{rule}_multi_{pol}" for rule in RULES for pol in MIXED_POLICIES)
+CUDA_KERNELS = (
+    tuple(
+        f"gpugd_optim_{rule}{multi}_{sfx}"
+        for rule in RULES
+        for multi in ("", "_multi")
+        for sfx in ("f32", "f64")
+    )
+    + tuple(f"gpugd_optim_{rule}_multi_{pol}" for rule in RULES for pol in MIXED_POLICIES)
+    + ("gpugd_optim_adam_prepare", "gpugd_optim_adam_graph_f32")
+    + tuple(f"gpugd_optim_adam_graph_{pol}" for pol in MIXED_POLICIES)
+)
 CUDA_CHUNK = 1 << 16  # elements per block-task of the CUDA multi-tensor launch
 
 
@@ -253,6 +258,25 @@ class Tensors:
         )
         return kr.finish(stats_tasks, out, len(self.sizes))[0]
 
+    def cuda_table(self) -> tuple:
+        """(table, chunks, chunk count, each tensor's first chunk) in device memory, built on
+        first use and kept (a captured CUDA graph reads the same buffers every replay)."""
+        if self._prepared is None:
+            import cupy
+
+            chunks = layout.tasks(self.sizes, CUDA_CHUNK)
+            counts = -(-np.asarray(self.sizes, np.int64) // CUDA_CHUNK)
+            first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            rows, out = self._table_rows()
+            table = layout.build(rows, lambda a: a.data.ptr, out)
+            self._prepared = (
+                cupy.asarray(table),
+                cupy.asarray(chunks),
+                len(chunks),
+                cupy.asarray(first),
+            )
+        return self._prepared
+
     def _launch_cuda(
         self, rule: str, scalars: tuple, skip_if: Any, stats: bool, key: int | None
     ) -> Any:
@@ -269,19 +293,7 @@ class Tensors:
             return None
         import cupy
 
-        if self._prepared is None:
-            chunks = layout.tasks(self.sizes, CUDA_CHUNK)
-            counts = -(-np.asarray(self.sizes, np.int64) // CUDA_CHUNK)
-            first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            rows, out = self._table_rows()
-            table = layout.build(rows, lambda a: a.data.ptr, out)
-            self._prepared = (
-                cupy.asarray(table),
-                cupy.asarray(chunks),
-                len(chunks),
-                cupy.asarray(first),
-            )
-        table, chunks, nchunks, first = self._prepared
+        table, chunks, nchunks, first = self.cuda_table()
         ntensors = len(self.sizes)
         chunk_stats = cupy.zeros((nchunks, 2), cupy.float64) if stats else None
         rounding = () if not self.half else (np.uint32(key or 0), np.int32(key is not None))

@@ -99,41 +99,55 @@ class Reduction:
             flag=np.array([int(total[1] > 0)], np.int32),
         )
 
+    def cuda_buffers(self) -> tuple:
+        """(table, chunks, chunk count, first chunk per tensor) in device memory, built on
+        first use and kept."""
+        if self._prepared is None:
+            import cupy
+
+            tasks = layout.tasks(self.sizes, CHUNK)
+            counts = -(-np.asarray(self.sizes, np.int64) // CHUNK)
+            first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            table = layout.build([self.arrays], lambda a: a.data.ptr)
+            self._prepared = (
+                cupy.asarray(table),
+                cupy.asarray(tasks),
+                len(tasks),
+                cupy.asarray(first),
+            )
+        return self._prepared
+
+    def launch_cuda(self, partial: Any, per: Any, total: Any, flag: Any) -> None:
+        """The two kernels of one pass into caller-owned device buffers (no allocation, so a
+        CUDA graph can capture it): ``partial`` (chunks, 3), ``per`` (T, 3), ``total`` (3,)
+        float64, ``flag`` (1,) int32."""
+        from .. import _cuda
+
+        table, chunks, nchunks, first = self.cuda_buffers()
+        n = len(self.arrays)
+        sfx = _cuda.dtype_suffix(self.arrays[0].dtype)
+        blocks = max(1, min(nchunks, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
+        _cuda.get_kernel("reduce", f"gpugd_reduce_stats_partial_{sfx}")(
+            (blocks,),
+            (_cuda.THREADS,),
+            (table, np.int64(n), chunks, np.int64(nchunks), np.int64(CHUNK), partial),
+        )
+        _cuda.get_kernel("reduce", "gpugd_reduce_stats_finish")(
+            (1,),
+            (FINISH_THREADS,),
+            (first, np.int64(n), partial, np.int32(3), per, total, flag),
+        )
+
     def _run_cuda(self, zeros: bool) -> GradStats:
         import cupy
-
-        from .. import _cuda
 
         n = len(self.arrays)
         per = cupy.zeros((n, 3), cupy.float64)
         total = cupy.zeros(3, cupy.float64)
         flag = cupy.zeros(1, cupy.int32)
         if sum(self.sizes):
-            if self._prepared is None:
-                tasks = layout.tasks(self.sizes, CHUNK)
-                counts = -(-np.asarray(self.sizes, np.int64) // CHUNK)
-                first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-                table = layout.build([self.arrays], lambda a: a.data.ptr)
-                self._prepared = (
-                    cupy.asarray(table),
-                    cupy.asarray(tasks),
-                    len(tasks),
-                    cupy.asarray(first),
-                )
-            table, chunks, nchunks, first = self._prepared
-            partial = cupy.empty((nchunks, 3), cupy.float64)
-            sfx = _cuda.dtype_suffix(self.arrays[0].dtype)
-            blocks = max(1, min(nchunks, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
-            _cuda.get_kernel("reduce", f"gpugd_reduce_stats_partial_{sfx}")(
-                (blocks,),
-                (_cuda.THREADS,),
-                (table, np.int64(n), chunks, np.int64(nchunks), np.int64(CHUNK), partial),
-            )
-            _cuda.get_kernel("reduce", "gpugd_reduce_stats_finish")(
-                (1,),
-                (FINISH_THREADS,),
-                (first, np.int64(n), partial, np.int32(3), per, total, flag),
-            )
+            partial = cupy.empty((self.cuda_buffers()[2], 3), cupy.float64)
+            self.launch_cuda(partial, per, total, flag)
         return GradStats(
             norm=cupy.sqrt(total[0]),
             norms=cupy.sqrt(per[:, 0]),

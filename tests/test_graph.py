@@ -1,0 +1,132 @@
+"""CUDA-graph-captured steps (``gpugd.graph.CapturedStep``): replayed steps equal eager
+steps bit for bit (cuda marker), and configurations a graph cannot hold are refused before
+anything is captured (CPU)."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+from conftest import to_numpy
+
+import gpugd
+from gpugd import amp, optim, schedules
+from gpugd.graph import CapturedStep, CaptureError
+
+SHAPES = {"w1": (33, 17), "b1": (17,), "w2": (17, 5), "b2": (5,)}
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+def _arena(xp, dtype=np.float32, seed=0):
+    flat = gpugd.FlatParams(SHAPES, dtype, xp)
+    rng = np.random.default_rng(seed)
+    for n, s in SHAPES.items():
+        flat[n][...] = xp.asarray(rng.standard_normal(s).astype(dtype))
+    return flat
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda f: optim.SGD(f, lr=0.1), "graph capture supports Adam and AdamW"),
+        (lambda f: optim.Adam(f), "graph capture needs CuPy arrays"),
+        (lambda f: optim.Adam(f, nonfinite="error"), 'nonfinite: "error" raises on the host'),
+    ],
+)
+def test_unsupported_configurations_are_refused(make, match):
+    with pytest.raises(CaptureError, match=match):
+        CapturedStep(make(_arena(np)))
+
+
+def test_schedule_and_monitor_are_refused():
+    opt = optim.AdamW(_arena(np))
+    schedules.StepLR(opt, step_size=2)
+    with pytest.raises(CaptureError, match="a schedule changes the learning rate"):
+        CapturedStep(opt)
+    opt2 = optim.AdamW(_arena(np))
+    gpugd.monitor.GradientMonitor(opt2)
+    with pytest.raises(CaptureError, match="a monitor reads statistics"):
+        CapturedStep(opt2)
+
+
+def _twins(cp, dtype, **kw):
+    """Two identical optimizers with scalers: one to step eagerly, one to capture."""
+    out = []
+    for _ in range(2):
+        flat = _arena(cp, dtype)
+        opt = optim.AdamW(flat, lr=1e-2, **kw)
+        amp.LossScaler(opt, init_scale=2.0**10, growth_interval=3)
+        out.append((flat, opt))
+    return out
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    ("dtype", "kw"),
+    [
+        (np.float32, dict(max_grad_norm=0.5)),
+        (BF16, dict(master_weights=True, max_grad_norm=1.0, rounding="stochastic", seed=3)),
+        (np.float16, dict(master_weights=True)),
+        (BF16, dict(state_dtype=BF16, amsgrad=True)),
+    ],
+    ids=["f32-clip", "bf16-master-sr-clip", "f16-master", "bf16-bf16states-amsgrad"],
+)
+def test_replayed_steps_equal_eager_steps_bit_for_bit(dtype, kw):
+    cp = pytest.importorskip("cupy")
+    (fe, oe), (fg, og) = _twins(cp, dtype, **kw)
+    step = CapturedStep(og)
+    rng = np.random.default_rng(1)
+    for t in range(8):
+        scale = oe.loss_scaler.scale_factor
+        grads = {n: (rng.standard_normal(s) * scale).astype(dtype) for n, s in SHAPES.items()}
+        if t == 4:
+            grads["b2"][1] = np.inf  # overflow: skipped, scale backs off on both
+        for n, g in grads.items():
+            fe.grads[n][...] = cp.asarray(g)
+            fg.grads[n][...] = cp.asarray(g)
+        oe.step()
+        oe.zero_grad()
+        step()
+        np.testing.assert_array_equal(
+            to_numpy(fg.data).view(np.uint8), to_numpy(fe.data).view(np.uint8), f"step {t}"
+        )
+    for k, b in oe._buffers.items():
+        np.testing.assert_array_equal(
+            to_numpy(og._buffers[k].data).view(np.uint8), to_numpy(b.data).view(np.uint8), k
+        )
+    assert not np.any(to_numpy(fg.grad_data).astype(np.float64))  # zero_grad was captured
+    st = step.sync()
+    assert og.step_count == oe.step_count == 7 and og.skipped_steps == 1
+    assert og.loss_scaler.scale_factor == oe.loss_scaler.scale_factor
+    assert og.loss_scaler.growth_tracker == oe.loss_scaler.growth_tracker
+    assert st["grad_norm"] == oe.last_report.grad_norm
+
+
+@pytest.mark.cuda
+def test_list_groups_and_refresh_after_an_eager_step():
+    cp = pytest.importorskip("cupy")
+    rng = np.random.default_rng(2)
+    shapes = [(7,), (1000,), (3, 65537)]
+    runs = []
+    for _ in range(2):
+        ps = [cp.asarray(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+        gs = [cp.zeros(s, cp.float32) for s in shapes]
+        runs.append((ps, gs, optim.Adam(ps, grads=gs, lr=1e-3, weight_decay=1e-2)))
+        rng = np.random.default_rng(2)
+    (pe, ge, oe), (pg, gg, og) = runs
+    step = CapturedStep(og, zero_grad=False)
+    for t in range(4):
+        g0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+        for a, b, g in zip(ge, gg, g0, strict=True):
+            a[...] = cp.asarray(g)
+            b[...] = cp.asarray(g)
+        oe.step()
+        if t == 2:  # an eager step between replays: state to the host, step, back to the device
+            step.sync()
+            og.step()
+            step.refresh()
+        else:
+            step()
+    for a, b in zip(pe, pg, strict=True):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    assert step.sync()["step"] == 4 and og.step_count == 4
