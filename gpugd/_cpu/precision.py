@@ -17,6 +17,10 @@ float32 values beyond bfloat16's range round to ±Inf as IEEE rounding does.
 All three are resolved at compile time, so a float32 kernel compiles to exactly the code
 it had before, and every branch here is a select that vectorizes.
 Mirrors ``kernels/precision.cuh``.
+
+Numba's on-disk cache is keyed by the file of the function it compiled, not by the files of
+the functions inlined into it: after editing this file, delete ``gpugd/_cpu/__pycache__``
+(or point ``NUMBA_CACHE_DIR`` at a fresh folder) or the optimizer kernels keep the old code.
 """
 
 from __future__ import annotations
