@@ -59,75 +59,86 @@ def _f32_to_f16_bits(typingctx, x):
     return types.int16(x), codegen
 
 
+# bfloat16 and the hash in LLVM IR with 32-bit integers throughout: written in Numba, the
+# uint32 arithmetic is widened to 64 bits, which halves the vector lanes (the bf16 Adam
+# step ran at half the fp32 speed per core in cache).
+_I16, _I32, _F32 = cgutils.ir.IntType(16), cgutils.ir.IntType(32), cgutils.ir.FloatType()
+
+
+def _c32(v: int):
+    return cgutils.ir.Constant(_I32, v)
+
+
 @intrinsic
-def _f32_bits(typingctx, x):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], cgutils.ir.IntType(32))
-
-    return types.uint32(x), codegen
-
-
-@intrinsic
-def _bits_f32(typingctx, b):
-    """The float32 whose bits are the low 32 bits of integer ``b``."""
+def bf16_to_f32(typingctx, b):
+    """bfloat16 bits (uint16) → float32: the bits become the upper half."""
 
     def codegen(context, builder, signature, args):
-        v = args[0]
-        if v.type.width != 32:
-            v = builder.trunc(v, cgutils.ir.IntType(32))
-        return builder.bitcast(v, cgutils.ir.FloatType())
+        w = builder.shl(builder.zext(args[0], _I32), _c32(16))
+        return builder.bitcast(w, _F32)
 
     return types.float32(b), codegen
 
 
-@njit(inline="always")
-def bf16_to_f32(b):
-    return _bits_f32(np.uint32(b) << np.uint32(16))
+def _round_bf16(builder, x, add):
+    """(bits(x) + add) >> 16 as 16 bits; NaN x gives its quiet NaN (sign, payload kept)."""
+    b = builder.bitcast(x, _I32)
+    r = builder.lshr(builder.add(b, add), _c32(16))
+    q = builder.or_(builder.lshr(b, _c32(16)), _c32(0x0040))
+    nan = builder.fcmp_unordered("uno", x, x)
+    return builder.trunc(builder.select(nan, q, r), _I16)
 
 
-@njit(inline="always")
-def _nan_or(x, b, r):
-    """``r`` as 16 bits, or for NaN x its quiet NaN (sign and payload kept); a bit select,
-    no branch."""
-    q = (b >> np.uint32(16)) | np.uint32(0x0040)
-    sel = np.uint32(0) - np.uint32(x != x)  # all ones for NaN
-    return np.uint16((q & sel) | (r & ~sel))
-
-
-@njit(inline="always")
-def f32_to_bf16(x):
+@intrinsic
+def f32_to_bf16(typingctx, x):
     """Round-to-nearest-even: add 0x7FFF plus the lowest kept bit, drop 16 bits."""
-    b = _f32_bits(np.float32(x))
-    r = (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-    return _nan_or(x, b, r)
+
+    def codegen(context, builder, signature, args):
+        b = builder.bitcast(args[0], _I32)
+        lsb = builder.and_(builder.lshr(b, _c32(16)), _c32(1))
+        return _round_bf16(builder, args[0], builder.add(lsb, _c32(0x7FFF)))
+
+    return types.uint16(types.float32), codegen
 
 
-@njit(inline="always")
-def mix32(key, index):
+@intrinsic
+def f32_to_bf16_stochastic(typingctx, x, rand16):
+    """Round up with probability (dropped bits)/2^16: add 16 random bits, drop 16 bits."""
+
+    def codegen(context, builder, signature, args):
+        r = args[1]
+        r = builder.trunc(r, _I32) if r.type.width > 32 else builder.zext(r, _I32)
+        return _round_bf16(builder, args[0], r)
+
+    return types.uint16(types.float32, rand16), codegen
+
+
+@intrinsic
+def mix32(typingctx, key, index):
     """32 well-mixed bits of (key, integer index): a 32-bit integer finalizer ("lowbias32")
-    of the index's two halves folded into the key."""
-    lo = np.uint32(index & 0xFFFFFFFF)
-    hi = np.uint32((index >> 32) & 0xFFFFFFFF)
-    z = np.uint32(lo * np.uint32(0x9E3779B9)) ^ np.uint32(key)
-    z = np.uint32(z ^ np.uint32(hi * np.uint32(0x85EBCA6B)))
-    z = np.uint32(z ^ (z >> np.uint32(16)))
-    z = np.uint32(z * np.uint32(0x7FEB352D))
-    z = np.uint32(z ^ (z >> np.uint32(15)))
-    z = np.uint32(z * np.uint32(0x846CA68B))
-    return np.uint32(z ^ (z >> np.uint32(16)))
+    of the index's two halves folded into the key. Mirrors precision.cuh's mix32."""
+
+    def codegen(context, builder, signature, args):
+        k, i = args
+        k = builder.trunc(k, _I32) if k.type.width > 32 else builder.zext(k, _I32)
+        i64 = builder.sext(i, cgutils.ir.IntType(64)) if i.type.width < 64 else i
+        lo = builder.trunc(i64, _I32)
+        hi = builder.trunc(builder.lshr(i64, cgutils.ir.Constant(i64.type, 32)), _I32)
+        z = builder.xor(builder.mul(lo, _c32(0x9E3779B9)), k)
+        z = builder.xor(z, builder.mul(hi, _c32(0x85EBCA6B)))
+        z = builder.xor(z, builder.lshr(z, _c32(16)))
+        z = builder.mul(z, _c32(0x7FEB352D))
+        z = builder.xor(z, builder.lshr(z, _c32(15)))
+        z = builder.mul(z, _c32(0x846CA68B))
+        return builder.xor(z, builder.lshr(z, _c32(16)))
+
+    return types.uint32(key, index), codegen
 
 
 @njit(inline="always")
 def hash32(key, index):
     """16 uniform random bits from (key, element index)."""
     return mix32(key, index) & np.uint32(0xFFFF)
-
-
-@njit(inline="always")
-def f32_to_bf16_stochastic(x, rand16):
-    """Round up with probability (dropped bits)/2^16: add 16 random bits, drop 16 bits."""
-    b = _f32_bits(np.float32(x))
-    return _nan_or(x, b, (b + rand16) >> np.uint32(16))
 
 
 def ld(a, i):
