@@ -48,3 +48,18 @@ def tasks(sizes: Sequence[int], chunk: int) -> np.ndarray:
     first = np.cumsum(counts) - counts
     lo = (np.arange(t.size, dtype=np.int64) - np.repeat(first, counts)) * chunk
     return np.stack([t, lo], axis=1)
+
+
+def on_device(
+    rows: Sequence[Sequence[Any] | None], chunk: int, out: Sequence[Any] | None = None
+) -> tuple:
+    """The CUDA launch's tables of CuPy ``rows`` in device memory: (table, tasks, task
+    count, index of each tensor's first task (T + 1 entries))."""
+    import cupy
+
+    sizes = [a.size for a in rows[0]]
+    chunks = tasks(sizes, chunk)
+    counts = -(-np.asarray(sizes, np.int64) // chunk)
+    first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    table = build(rows, lambda a: a.data.ptr, out)
+    return cupy.asarray(table), cupy.asarray(chunks), len(chunks), cupy.asarray(first)

@@ -130,3 +130,28 @@ def test_list_groups_and_refresh_after_an_eager_step():
     for a, b in zip(pe, pg, strict=True):
         np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
     assert step.sync()["step"] == 4 and og.step_count == 4
+
+
+def test_device_tables_list_every_chunk_and_each_tensors_first(monkeypatch):
+    """``_tensor_table.on_device`` (the CUDA launch's tables, shared by the update, the norm
+    pass and the graph), checked on the host with a stand-in for CuPy."""
+    import sys
+    import types
+
+    from gpugd import _tensor_table as layout
+
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(asarray=np.asarray))
+
+    class Fake:
+        def __init__(self, ptr, size):
+            self.data, self.size = types.SimpleNamespace(ptr=ptr), size
+
+    ps = [Fake(1000, 5), Fake(2000, 0), Fake(3000, 9)]
+    gs = [Fake(10, 5), Fake(20, 0), Fake(30, 9)]
+    out = [Fake(7, 5), Fake(8, 0), Fake(9, 9)]
+    table, chunks, n, first = layout.on_device([ps, gs, None], 4, out)
+    assert n == 5 and chunks.tolist() == [[0, 0], [0, 4], [2, 0], [2, 4], [2, 8]]
+    assert first.tolist() == [0, 2, 2, 5]
+    assert table[0].tolist() == [1000, 2000, 3000] and table[1].tolist() == [10, 20, 30]
+    assert table[2].tolist() == [0, 0, 0] and table[layout.SIZE_ROW].tolist() == [5, 0, 9]
+    assert table[layout.OUT_ROW].tolist() == [7, 8, 9]

@@ -262,19 +262,8 @@ class Tensors:
         """(table, chunks, chunk count, each tensor's first chunk) in device memory, built on
         first use and kept (a captured CUDA graph reads the same buffers every replay)."""
         if self._prepared is None:
-            import cupy
-
-            chunks = layout.tasks(self.sizes, CUDA_CHUNK)
-            counts = -(-np.asarray(self.sizes, np.int64) // CUDA_CHUNK)
-            first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             rows, out = self._table_rows()
-            table = layout.build(rows, lambda a: a.data.ptr, out)
-            self._prepared = (
-                cupy.asarray(table),
-                cupy.asarray(chunks),
-                len(chunks),
-                cupy.asarray(first),
-            )
+            self._prepared = layout.on_device(rows, CUDA_CHUNK, out)
         return self._prepared
 
     def _launch_cuda(

@@ -103,18 +103,7 @@ class Reduction:
         """(table, chunks, chunk count, first chunk per tensor) in device memory, built on
         first use and kept."""
         if self._prepared is None:
-            import cupy
-
-            tasks = layout.tasks(self.sizes, CHUNK)
-            counts = -(-np.asarray(self.sizes, np.int64) // CHUNK)
-            first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            table = layout.build([self.arrays], lambda a: a.data.ptr)
-            self._prepared = (
-                cupy.asarray(table),
-                cupy.asarray(tasks),
-                len(tasks),
-                cupy.asarray(first),
-            )
+            self._prepared = layout.on_device([self.arrays], CHUNK)
         return self._prepared
 
     def launch_cuda(self, partial: Any, per: Any, total: Any, flag: Any) -> None:
