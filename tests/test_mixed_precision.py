@@ -288,3 +288,21 @@ def test_every_rule_takes_every_state_slot_in_bfloat16():
         )
         assert np.all(np.abs(p.astype(np.float64) - pr) <= ulp(pr, BF16)), (rule, cid)
         assert set(st) == set(n for n in CASES_STATES[rule] if n in st)
+
+
+def test_serial_and_parallel_paths_round_the_same_bits():
+    """A small array runs serially, a large one as a parallel table: element i gets the same
+    value and the same random bits in both (stochastic and nearest)."""
+    from gpugd._cpu.vector import PARALLEL_MIN
+
+    n = PARALLEL_MIN + 1000
+    rng = np.random.default_rng(11)
+    p0 = rng.standard_normal(n).astype(BF16)
+    g0 = rng.standard_normal(n).astype(BF16)
+    for rounding in ("nearest", "stochastic"):
+        big, small = p0.copy(), p0[:1000].copy()
+        for p, g in ((big, g0), (small, g0[:1000].copy())):
+            m = np.zeros(p.size, F32)
+            v = np.zeros(p.size, F32)
+            ops.adam_(p, g, m, v, lr=1e-2, master=p.astype(F32), rounding=rounding, seed=4)
+        assert np.array_equal(big[:1000].view(np.uint16), small.view(np.uint16)), rounding

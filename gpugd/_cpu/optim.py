@@ -585,19 +585,48 @@ _DRIVERS = {
 }
 
 
-def run(rule: str, p: np.ndarray, g: np.ndarray, states: list, scalars: tuple) -> None:
-    """Apply ``rule`` to 1-D contiguous float32/float64 ``p``, ``g`` and the rule's states
-    (kernel slot order, None where unused) with the scalars of its ``_apply_*`` signature.
-    Large arrays run as a one-tensor table, in parallel."""
+@njit(cache=True)
+def task_key(key, t):
+    """The stochastic-rounding key of tensor ``t`` (what ``_task_rnd`` gives a task)."""
+    return mix32(key, t)
+
+
+def run(
+    rule: str,
+    p: np.ndarray,
+    g: np.ndarray,
+    states: list,
+    scalars: tuple,
+    out: np.ndarray | None = None,
+    key: np.uint32 | None = None,
+) -> None:
+    """Apply ``rule`` to one tensor: 1-D contiguous ``p``, ``g``, the rule's states (kernel
+    slot order, None where unused) and ``out`` (the half-precision parameters beside a
+    master ``p``), as the kernels take them (``precision.kernel_view``), with the scalars
+    of its ``_apply_*`` signature; ``key``: stochastic rounding. Small tensors run serially
+    (a parallel region costs more than it saves), large ones as a one-tensor table."""
     serial, multi = _DRIVERS[rule]
-    dummy = np.zeros(1, p.dtype)
+    given = [s for s in states if s is not None]
+    ls = (given[0] if given else p)[:1]
     if p.size < PARALLEL_MIN:
-        serial(p, g, *(dummy if s is None else s for s in states), None, None, *scalars)
+        rnd = None if key is None else (task_key(key, 0), np.int64(0))
+        serial(p, g, *(ls if s is None else s for s in states), out, rnd, *scalars)
         return
-    table = layout.build([[p], [g], *([s] if s is not None else None for s in states)], address)
+    rows = [[p], [g], *([s] if s is not None else None for s in states)]
+    table = layout.build(rows, address, None if out is None else [out])
     tasks = layout.tasks([p.size], CHUNK)
-    likes = (dummy, dummy, dummy)
-    multi(table, tasks, CHUNK, likes, None, None, _NO_STATS, False, dummy.reshape(1, 1), *scalars)
+    multi(
+        table,
+        tasks,
+        CHUNK,
+        (p[:1], g[:1], ls),
+        None if out is None else out[:1],
+        key,
+        _NO_STATS,
+        False,
+        p[:1].reshape(1, 1),
+        *scalars,
+    )
 
 
 def run_table(

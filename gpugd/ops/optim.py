@@ -99,7 +99,11 @@ class Tensors:
         self.half = self.dtype is not None and self.dtype.name in v.HALF_NAMES
         self.state_dtype = next((r[0].dtype for r in rows[2:] if r is not None and r), None)
         for i, pa in enumerate(ps):
-            lab = (lambda n, i=i: f"{n}[{i}]") if self.multi else (lambda n: n)
+            sfx = f"[{i}]" if self.multi else ""
+
+            def lab(n: str, sfx: str = sfx) -> str:
+                return n + sfx
+
             v.float_array(lab("p"), pa, writable=True, half=True)
             if pa.dtype != ps[0].dtype:
                 raise TypeError(
@@ -129,6 +133,8 @@ class Tensors:
                     )
         self.compute = np.dtype(np.float32) if self.half else self.dtype
         self.sizes = [int(a.size) for a in ps]
+        # every address once (reading one costs ~2 µs): the overlap check and the table
+        self._addresses = {id(a): _address(a, self.backend) for a in labelled.values()}
         self._check_disjoint(labelled)
         self._prepared: Any = None
 
@@ -158,8 +164,9 @@ class Tensors:
 
     def _check_disjoint(self, labelled: dict[str, Any]) -> None:
         """Every array its own memory: sort the [start, end) byte ranges, compare neighbours."""
+        at = self._addresses
         spans = sorted(
-            (_address(a, self.backend), k, _address(a, self.backend) + a.nbytes, name)
+            (at[id(a)], k, at[id(a)] + a.nbytes, name)
             for k, (name, a) in enumerate(labelled.items())
             if a.size
         )
@@ -216,9 +223,12 @@ class Tensors:
         from .._cpu import reduce as kr
         from .._cpu.precision import kernel_view
 
-        if not self.multi and not self.half:
-            flat = [None if r is None else r[0].reshape(-1) for r in self.rows]
-            k.run(rule, flat[0], flat[1], flat[2:], scalars)
+        if not self.multi:
+            rows, out = self._table_rows()
+            flat = [None if r is None else kernel_view(r[0].reshape(-1)) for r in rows]
+            half_p = None if out is None else kernel_view(out[0].reshape(-1))
+            sr = None if key is None else np.uint32(key)
+            k.run(rule, flat[0], flat[1], flat[2:], scalars, half_p, sr)
             return None
         if self._prepared is None:
             rows, out = self._table_rows()
@@ -233,7 +243,7 @@ class Tensors:
                 like((states[0] if states else rows[0])[0]),
             )
             self._prepared = (
-                layout.build(rows, k.address, out),
+                layout.build(rows, lambda a: self._addresses[id(a)], out),
                 layout.tasks(self.sizes, k.CHUNK),
                 likes,
                 None if out is None else like(out[0]),
