@@ -13,6 +13,7 @@ from . import (
     ceilings,
     harness,
     suite_act,
+    suite_amp,
     suite_bn,
     suite_clip,
     suite_optim,
@@ -26,6 +27,7 @@ SUITES = {
     for m in (
         suite_vector,
         suite_optim,
+        suite_amp,
         suite_clip,
         suite_act,
         suite_bn,

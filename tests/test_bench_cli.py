@@ -57,6 +57,12 @@ def test_rows_follow_the_schema(small_run):
     bn = {f"batch_norm {d} NCHW" for d in ("forward", "backward")}
     expected = {"axpy_", "scale_", "sum_of_squares", *benchmarks.suite_optim.QUICK, *lists, *clip}
     expected |= acts | bn
+    amp = benchmarks.suite_amp
+    latency = f"adam_ step latency {amp.LATENCY_TENSORS} tensors"
+    amp_rows = {f"adam_ {k} flat" for k in amp.QUICK}
+    amp_rows |= {f"adam_ {k} resnet50-list" for k in amp.QUICK_LIST}
+    amp_rows |= {f"{latency} eager", f"{latency} ops"}
+    expected |= amp_rows
     par = {"allreduce 2 ranks", "average_gradients 2 ranks"} if _has_mpiexec() else set()
     expected |= par
     train_row = "train mlp 64-32-32-10 b16 adam+clip"  # --numel given: the scaled-down MLP
@@ -96,6 +102,12 @@ def test_rows_follow_the_schema(small_run):
             )
             for peer, ratio in r["baselines"].items():  # torch, when importable
                 assert ratio == pytest.approx(r["steps_per_s"] / r["peer_steps_per_s"][peer])
+            continue
+        if r["kernel"] in amp_rows:  # the schema plus the policy (tests/test_bench_amp.py)
+            assert set(r) == SCHEMA | {"policy", "note"}
+            bpe = amp.policy_bytes_per_elem(amp.POLICIES[r["policy"]])
+            assert r["bytes"] == bpe * r["numel"]
+            assert 0 < r["pct_of_ceiling"] and all(v > 0 for v in r["baselines"].values())
             continue
         assert set(r) == SCHEMA
         if r["kernel"] in par:  # bus bytes (nccl-tests), + 8 B/element for the scaling pass

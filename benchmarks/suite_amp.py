@@ -1,0 +1,392 @@
+"""Suite ``amp``: mixed-precision Adam (``ops.adam_`` with float16/bfloat16 parameters and
+gradients, float32 or bfloat16 states, optional fp32 master weights, stochastic rounding)
+on one flat buffer and on the ResNet-50-like list of 161 tensors, against the in-place
+ceiling and their peers; and the latency of one Adam step of a small model.
+
+Policies (``POLICIES``: parameter/gradient dtype, state dtype, master weights, rounding)
+and the fewest bytes per element each must move (``bytes_per_elem``): read g, both states
+and the master copy (or p), write both states, the master copy and p:
+
+    fp32                    p, g, m, v float32                               28 B
+    bf16p-f32s              p, g bfloat16; m, v float32                      22 B
+    bf16p-f32s-master       + fp32 master weights (p written, not read)      28 B
+    f16p-f32s-master        float16 p, g; m, v float32; fp32 master          28 B
+    bf16p-bf16s             p, g, m, v bfloat16                              14 B
+    bf16p-f32s-master-sr    as bf16p-f32s-master, p stochastically rounded   28 B
+
+Peers, measured round-robin with gpugd and the ceiling loops (``Context.measure``):
+
+* ``numpy`` (``cupy`` on the GPU; ``numpy-loop`` per tensor on the list): the NumPy
+  composition of the same policy: the half-precision arrays cast to float32 (``astype``),
+  Adam's arithmetic in float32 with in-place ufuncs (suite ``optim``'s composition), the
+  results cast back into the stored arrays: p (from the master copy when there is one),
+  bfloat16 states. Stochastic rounding: 16 fresh random bits per element (NumPy's
+  generator) added to the float32 bits of the master copy, the low 16 bits dropped (no
+  NaN handling: the inputs are finite).
+* ``torch-fused``: ``torch.optim.Adam(fused=True)`` on copies of p with the same
+  gradients, when importable and when it takes that dtype. torch keeps Adam's states in
+  the parameters' dtype and has no master copy, so for a policy it cannot run the peer is
+  the nearest one it can — half-precision parameters with states in that same precision —
+  and is named for it (``torch-fused-bf16state``, ``torch-fused-f16state``); the row's
+  ``note`` says what that peer moves against gpugd's bytes. A peer that raises is skipped
+  and the reason logged.
+
+Each policy row carries, beyond the DESIGN.md schema, ``policy`` (its code above) and
+``note``. The step-latency rows: 200 tensors (100 layers' weights and biases, mixed
+sizes, about 2^20 float32 parameters; fewer when ``--numel`` is smaller), ``median_s`` the
+median seconds per step, bytes as for ``fp32`` against the in-place ceiling: ``eager``
+(``gpugd.optim.Adam.step``: one launch, the tensor table kept), ``graph`` (GPU only: the
+same step replayed from a CUDA graph, ``gpugd.graph.CapturedStep``) and ``ops`` (one
+``ops.adam_`` call on the lists, which validates every array on every call); peers torch
+fused Adam and, on the GPU, torch's ``capturable=True`` fused Adam replayed from a torch
+CUDA graph; the graph and ops rows also carry ``gpugd-eager`` (eager time / their time).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from gpugd import ops
+
+from .harness import Context, optional_torch, row
+from .suite_optim import _numpy_adam, resnet50_shapes
+
+NAME = "amp"
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+F32 = np.dtype(np.float32)
+SHORT = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+HP = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
+STEP = 10  # Adam's step count passed to every call (it changes no byte moved)
+
+
+@dataclass(frozen=True)
+class Policy:
+    param: np.dtype  # p's and g's dtype
+    state: np.dtype  # exp_avg's and exp_avg_sq's dtype
+    master: bool  # fp32 master weights beside p
+    rounding: str = "nearest"
+
+
+POLICIES: dict[str, Policy] = {
+    "fp32": Policy(F32, F32, False),
+    "bf16p-f32s": Policy(BF16, F32, False),
+    "bf16p-f32s-master": Policy(BF16, F32, True),
+    "f16p-f32s-master": Policy(F16, F32, True),
+    "bf16p-bf16s": Policy(BF16, BF16, False),
+    "bf16p-f32s-master-sr": Policy(BF16, F32, True, "stochastic"),
+}
+QUICK = ("fp32", "bf16p-f32s-master", "bf16p-bf16s")  # flat rows of --quick
+QUICK_LIST = ("bf16p-f32s-master",)  # list rows of --quick
+LATENCY_TENSORS = 200
+LATENCY_NUMEL = 1 << 20
+
+
+def bytes_per_elem(param: Any, grad: Any, state: Any, master: bool, nstates: int = 2) -> int:
+    """The fewest bytes one element of an update moves: read g, each state and the master
+    copy (p when there is none); write each state, the master copy and p. With master
+    weights p is written but not read (it receives round(master))."""
+    w = lambda d: np.dtype(d).itemsize  # noqa: E731
+    read = w(grad) + nstates * w(state) + (4 if master else w(param))
+    write = nstates * w(state) + (4 if master else 0) + w(param)
+    return read + write
+
+
+def policy_bytes_per_elem(pol: Policy) -> int:
+    return bytes_per_elem(pol.param, pol.param, pol.state, pol.master)
+
+
+def default_numel(ctx: Context) -> int:
+    if ctx.numel:
+        return ctx.numel
+    return 1 << 28 if ctx.backend.name == "cuda" else 1 << 24
+
+
+# ---- arrays ---------------------------------------------------------------------------
+
+
+@dataclass
+class Arrays:
+    """One policy's arrays, as lists (one array for the flat buffer)."""
+
+    p: list
+    g: list
+    m: list
+    v: list
+    master: list | None
+
+    def numel(self) -> int:
+        return sum(int(a.size) for a in self.p)
+
+
+def _arrays(xp: Any, shapes: list[tuple[int, ...]], pol: Policy) -> Arrays:
+    p, g, m, v, master = [], [], [], [], []
+    for s in shapes:
+        p32 = xp.random.standard_normal(s).astype(xp.float32)
+        p.append(p32.astype(pol.param))
+        g.append((xp.random.standard_normal(s) * 1e-2).astype(xp.float32).astype(pol.param))
+        m.append(xp.zeros(s, pol.state))
+        v.append(xp.zeros(s, pol.state))
+        if pol.master:
+            master.append(p[-1].astype(xp.float32))  # the master copy starts at p's value
+        del p32
+    return Arrays(p, g, m, v, master if pol.master else None)
+
+
+# ---- gpugd ----------------------------------------------------------------------------
+
+
+def _gpugd_call(a: Arrays, pol: Policy, flat: bool):
+    """One ``ops.adam_`` call per step: one array for the flat buffer, the lists (one
+    launch) otherwise; stochastic rounding with a new seed each step."""
+    one = (lambda x: x[0]) if flat else (lambda x: x)
+    p, g, m, v = one(a.p), one(a.g), one(a.m), one(a.v)
+    master = None if a.master is None else one(a.master)
+    seed = [0]
+
+    def call():
+        seed[0] += 1
+        ops.adam_(p, g, m, v, **HP, step=STEP, master=master, rounding=pol.rounding, seed=seed[0])
+
+    return call
+
+
+# ---- NumPy composition of a policy ------------------------------------------------------
+
+
+def numpy_policy_step(xp: Any, p, g, m, v, master=None, rounding: str = "nearest") -> None:
+    """One Adam step of the policy as a user writes it with array ops: cast what is stored
+    in half precision to float32, run Adam in float32 (in-place ufuncs), store back: the
+    bfloat16 states, and p (round(master) when there is a master copy)."""
+    f32 = xp.float32
+    g32 = g if g.dtype == f32 else g.astype(f32)
+    m32 = m if m.dtype == f32 else m.astype(f32)
+    v32 = v if v.dtype == f32 else v.astype(f32)
+    w = master if master is not None else (p if p.dtype == f32 else p.astype(f32))
+    _numpy_adam(xp, w, g32, m32, v32, lr=HP["lr"], step=STEP)
+    if m32 is not m:
+        m[...] = m32
+        v[...] = v32
+    if w is p:
+        return
+    if rounding == "stochastic":  # bfloat16: add 16 random bits, keep the upper 16
+        rand = xp.random.randint(0, 1 << 16, size=w.shape, dtype=xp.uint32)
+        bits = w.view(xp.uint32) + rand
+        bits >>= 16
+        p.view(xp.uint16)[...] = bits
+    else:
+        p[...] = w  # the cast rounds to nearest even
+
+
+def _numpy_call(xp: Any, a: Arrays, pol: Policy):
+    def call():
+        for i in range(len(a.p)):
+            mw = None if a.master is None else a.master[i]
+            numpy_policy_step(xp, a.p[i], a.g[i], a.m[i], a.v[i], mw, pol.rounding)
+
+    return call
+
+
+# ---- torch ----------------------------------------------------------------------------
+
+
+def _as_torch(torch: Any, a: Any) -> Any:
+    """A torch tensor on the same memory (bfloat16 NumPy arrays through their bit view)."""
+    if isinstance(a, np.ndarray):
+        if a.dtype == BF16:
+            return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+        return torch.from_numpy(a)
+    return torch.from_dlpack(a)
+
+
+def torch_peer(pol: Policy) -> tuple[str, str]:
+    """(peer name, note) of the torch fused Adam held beside ``pol``: the same policy when
+    torch can run it, else half-precision parameters with states in that precision."""
+    if pol.param == F32 or (pol.state == pol.param and not pol.master):
+        return "torch-fused", ""
+    short = SHORT[pol.param.name]
+    name = f"torch-fused-{short}state"
+    tb = bytes_per_elem(pol.param, pol.param, pol.param, False)
+    note = (
+        f"{name}: torch.optim.Adam(fused=True) keeps Adam's states in the parameters' dtype"
+        f" and has no master copy, so it runs {pol.param.name} params, grads and states"
+        f" ({tb} B/elem against this policy's {policy_bytes_per_elem(pol)})"
+    )
+    return name, note
+
+
+def _torch_step(ctx: Context, torch: Any, name: str, a: Arrays, **flags: Any):
+    """``torch.optim.Adam(**flags).step`` on copies of p with the same gradients (torch
+    creates the states, in p's dtype), or None (logged) when torch refuses that dtype or
+    flag."""
+    try:
+        tps = [_as_torch(torch, x.copy()) for x in a.p]
+        for tp, g in zip(tps, a.g, strict=True):
+            tp.grad = _as_torch(torch, g)
+        opt = torch.optim.Adam(tps, lr=HP["lr"], betas=HP["betas"], eps=HP["eps"], **flags)
+        opt.step()  # creates the state outside the timing
+    except Exception as exc:  # a peer that cannot run is skipped, never fatal
+        ctx.log(f"  amp: peer {name} skipped: {type(exc).__name__}: {exc}")
+        return None
+    return opt.step
+
+
+# ---- rows -----------------------------------------------------------------------------
+
+
+def _policy_row(
+    ctx: Context, torch: Any, code: str, a: Arrays, flat: bool, kernel: str
+) -> dict[str, Any]:
+    pol = POLICIES[code]
+    xp = ctx.backend.xp
+    peers: dict[str, Any] = {}
+    numpy_name = "numpy" if xp is np else "cupy"
+    peers[numpy_name if flat else f"{numpy_name}-loop"] = _numpy_call(xp, a, pol)
+    note = ""
+    if torch is not None:
+        tname, note = torch_peer(pol)
+        step = _torch_step(ctx, torch, tname, a, fused=True)
+        if step is not None:
+            peers[tname] = step
+        else:
+            note = ""
+    t, ceil = ctx.measure({"gpugd": _gpugd_call(a, pol, flat), **peers}, "inplace")
+    n = a.numel()
+    nbytes = policy_bytes_per_elem(pol) * n
+    base = {k: t[k].median_s for k in peers}
+    r = row(ctx, kernel, pol.param, n, t["gpugd"], nbytes, "inplace", ceil, base, len(a.p))
+    r["policy"] = code
+    r["note"] = note
+    ctx.log(
+        f"  {kernel:<36} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace "
+        f"({ceil:.1f} GB/s)"
+    )
+    return r
+
+
+def latency_shapes(total: int, tensors: int = LATENCY_TENSORS) -> list[tuple[int, ...]]:
+    """A small model's parameter shapes: ``tensors`` // 2 layers of weight (out, in) and bias
+    (out,), the widths mixed (a fixed draw of 1–8 units, scaled), about ``total`` elements."""
+    rng = np.random.default_rng(0)
+    layers = tensors // 2
+    units = rng.choice(np.array([1, 2, 3, 4, 6, 8]), layers + 1)
+    scale = math.sqrt(total / float(np.sum(units[:-1] * units[1:])))
+    widths = [max(1, round(scale * u)) for u in units]
+    shapes: list[tuple[int, ...]] = []
+    for d_in, d_out in itertools.pairwise(widths):
+        shapes += [(d_out, d_in), (d_out,)]
+    return shapes
+
+
+def _torch_graph_step(ctx: Context, torch: Any, a: Arrays):
+    """torch fused Adam with ``capturable=True``, its step captured in a torch CUDA graph
+    (warm-up on a side stream, as torch's documentation does): ``graph.replay``; or None."""
+    try:
+        tps = [_as_torch(torch, x.copy()) for x in a.p]
+        for tp, g in zip(tps, a.g, strict=True):
+            tp.grad = _as_torch(torch, g)
+        opt = torch.optim.Adam(
+            tps, lr=HP["lr"], betas=HP["betas"], eps=HP["eps"], fused=True, capturable=True
+        )
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            opt.step()
+    except Exception as exc:
+        ctx.log(f"  amp: peer torch-fused-capturable-graph skipped: {type(exc).__name__}: {exc}")
+        return None
+    return graph.replay
+
+
+def _latency_rows(ctx: Context, torch: Any) -> list[dict[str, Any]]:
+    """Seconds per Adam step of a small model (200 tensors, ~2^20 fp32 parameters), all
+    timed in the same rounds: ``gpugd.optim.Adam.step`` (eager: one launch, the tensor
+    table kept), on the GPU the same step replayed from a CUDA graph
+    (``gpugd.graph.CapturedStep``), the functional ``ops.adam_`` call on the lists (which
+    validates its arrays every call), against torch fused Adam and, on the GPU, torch's
+    capturable fused Adam replayed from a torch CUDA graph."""
+    from gpugd import optim
+
+    xp = ctx.backend.xp
+    total = min(ctx.numel, LATENCY_NUMEL) if ctx.numel else LATENCY_NUMEL
+    shapes = latency_shapes(total)
+    pol = POLICIES["fp32"]
+    a = _arrays(xp, shapes, pol)
+    n = a.numel()
+    ctx.log(f"amp: step latency, {len(shapes)} tensors, {n} float32 parameters")
+    eager = optim.Adam([x.copy() for x in a.p], grads=a.g, lr=HP["lr"])
+    eager.step()  # builds the tensor table outside the timing
+    fns: dict[str, Any] = {"gpugd-eager": eager.step, "gpugd-ops": _gpugd_call(a, pol, False)}
+    if ctx.backend.name == "cuda":
+        from gpugd.graph import CapturedStep
+
+        captured = optim.Adam([x.copy() for x in a.p], grads=a.g, lr=HP["lr"])
+        fns["gpugd-graph"] = CapturedStep(captured, zero_grad=False)
+    peers: dict[str, Any] = {}
+    if torch is not None:
+        step = _torch_step(ctx, torch, "torch-fused", a, fused=True)
+        if step is not None:
+            peers["torch-fused"] = step
+        if ctx.backend.name == "cuda":
+            replay = _torch_graph_step(ctx, torch, a)
+            if replay is not None:
+                peers["torch-fused-capturable-graph"] = replay
+    t, ceil = ctx.measure({**fns, **peers}, "inplace")
+    nbytes = policy_bytes_per_elem(pol) * n
+    label = f"adam_ step latency {len(shapes)} tensors"
+    notes = {
+        "gpugd-eager": ("eager", "seconds per step: gpugd.optim.Adam.step on the lists"),
+        "gpugd-graph": ("graph", "seconds per step: the same step replayed from a CUDA graph"),
+        "gpugd-ops": ("ops", "seconds per step: one ops.adam_ call (validates every call)"),
+    }
+    rows = []
+    for key, (suffix, note) in notes.items():
+        if key not in t:
+            continue
+        base = {k: t[k].median_s for k in peers}
+        if key != "gpugd-eager":
+            base["gpugd-eager"] = t["gpugd-eager"].median_s
+        name = f"{label} {suffix}"
+        r = row(ctx, name, F32, n, t[key], nbytes, "inplace", ceil, base, len(shapes))
+        r["policy"] = "fp32"
+        r["note"] = note
+        ctx.log(f"  {name:<36} {r['median_s'] * 1e6:8.1f} us/step")
+        rows.append(r)
+    return rows
+
+
+def run(ctx: Context) -> list[dict[str, Any]]:
+    xp = ctx.backend.xp
+    torch = optional_torch()
+    n = default_numel(ctx)
+    rows = []
+    ctx.log(f"amp: flat n={n}")
+    for code, pol in POLICIES.items():
+        if ctx.quick and code not in QUICK:
+            continue
+        a = _arrays(xp, [(n,)], pol)
+        rows.append(_policy_row(ctx, torch, code, a, True, f"adam_ {code} flat"))
+        del a
+    full = 25_557_032
+    shapes = resnet50_shapes(min(1.0, (ctx.numel / full) ** 0.5) if ctx.numel else 1.0)
+    ctx.log(f"amp: ResNet-50-like list, {len(shapes)} tensors")
+    for code, pol in POLICIES.items():
+        if ctx.quick and code not in QUICK_LIST:
+            continue
+        a = _arrays(xp, shapes, pol)
+        rows.append(_policy_row(ctx, torch, code, a, False, f"adam_ {code} resnet50-list"))
+        del a
+    rows += _latency_rows(ctx, torch)
+    return rows

@@ -1,0 +1,142 @@
+"""`gpugd bench --suite amp`: the bytes each mixed-precision policy must move, rows that
+follow the DESIGN.md schema, and a NumPy peer that computes what gpugd computes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_bench_cli import SCHEMA
+
+import benchmarks
+from benchmarks import suite_amp as amp
+from gpugd import get_backend
+
+NUMEL = 1 << 12
+# The fewest bytes per element, counted by hand: read g, m, v and p or the master copy;
+# write m, v, the master copy and p.
+BYTES = {
+    "fp32": (4 + 4 + 8) + (4 + 8),
+    "bf16p-f32s": (2 + 2 + 8) + (2 + 8),
+    "bf16p-f32s-master": (2 + 4 + 8) + (4 + 2 + 8),
+    "f16p-f32s-master": (2 + 4 + 8) + (4 + 2 + 8),
+    "bf16p-bf16s": (2 + 2 + 4) + (2 + 4),
+    "bf16p-f32s-master-sr": (2 + 4 + 8) + (4 + 2 + 8),
+}
+
+
+def test_bytes_per_policy():
+    assert {k: amp.policy_bytes_per_elem(p) for k, p in amp.POLICIES.items()} == BYTES
+    assert BYTES == {
+        "fp32": 28,
+        "bf16p-f32s": 22,
+        "bf16p-f32s-master": 28,
+        "f16p-f32s-master": 28,
+        "bf16p-bf16s": 14,
+        "bf16p-f32s-master-sr": 28,
+    }
+    # torch's nearest policy beside half-precision params: states in p's dtype, no master
+    assert amp.bytes_per_elem(amp.F16, amp.F16, amp.F16, False) == 14
+    assert amp.bytes_per_elem(np.float32, np.float32, np.float32, False, nstates=1) == 20
+
+
+@pytest.fixture(scope="module")
+def amp_run(tmp_path_factory):
+    """The amp suite at a tiny size: --quick's repeats, every policy on the flat buffer."""
+    path = tmp_path_factory.mktemp("bench-amp") / "amp.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(amp, "QUICK", tuple(amp.POLICIES))
+        result = benchmarks.run(
+            get_backend("cpu"),
+            suite="amp",
+            quick=True,
+            numel=NUMEL,
+            json_path=path,
+            echo=lambda *a: None,
+        )
+    return result, json.loads(path.read_text())
+
+
+def test_amp_rows_follow_the_schema_and_count_bytes_per_policy(amp_run):
+    result, data = amp_run
+    rows = data["rows"]
+    assert rows == json.loads(json.dumps(result["rows"]))
+    latency = f"adam_ step latency {amp.LATENCY_TENSORS} tensors"
+    expected = {f"adam_ {k} flat" for k in amp.POLICIES}
+    expected |= {f"adam_ {k} resnet50-list" for k in amp.QUICK_LIST}
+    expected |= {f"{latency} eager", f"{latency} ops"}  # "graph" on the GPU only
+    assert {r["kernel"] for r in rows} == expected
+    torch = benchmarks.harness.optional_torch()
+    for r in rows:
+        assert set(r) == SCHEMA | {"policy", "note"}
+        pol = amp.POLICIES[r["policy"]]
+        assert r["dtype"] == pol.param.name
+        assert r["bytes"] == BYTES[r["policy"]] * r["numel"]
+        if r["kernel"].endswith(" flat"):
+            assert (r["numel"], r["tensors"]) == (NUMEL, 1)
+        elif r["kernel"].endswith("resnet50-list"):
+            assert r["tensors"] == 161
+        else:
+            assert r["policy"] == "fp32" and r["tensors"] == amp.LATENCY_TENSORS
+            assert 0.8 * NUMEL < r["numel"] < 1.3 * NUMEL  # about --numel, 200 tensors
+        assert r["gbps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
+        assert r["ceiling"] == "inplace" and 0 < r["ceiling_gbps"] < float("inf")
+        assert r["pct_of_ceiling"] == pytest.approx(100 * r["gbps"] / r["ceiling_gbps"])
+        assert all(v > 0 for v in r["baselines"].values())
+        peers = set(r["baselines"])
+        if r["kernel"].startswith(latency):
+            torch_peers = {"torch-fused"} if torch is not None else set()
+            eager = set() if r["kernel"].endswith(" eager") else {"gpugd-eager"}
+            assert peers == torch_peers | eager
+            continue
+        numpy_peer = "numpy" if r["kernel"].endswith(" flat") else "numpy-loop"
+        if torch is None:
+            assert peers == {numpy_peer}
+            continue
+        tname, note = amp.torch_peer(pol)
+        assert peers == {numpy_peer, tname}
+        assert (tname == "torch-fused") == (note == r["note"] == "")
+    by = {r["kernel"]: r for r in rows}
+    if torch is not None:  # torch runs the nearest policy it has, and the row says so
+        assert "torch-fused-bf16state" in by["adam_ bf16p-f32s-master flat"]["baselines"]
+        assert "torch-fused-f16state" in by["adam_ f16p-f32s-master flat"]["baselines"]
+        assert "torch-fused" in by["adam_ bf16p-bf16s flat"]["baselines"]
+        assert "14 B/elem against this policy's 28" in by["adam_ bf16p-f32s-master flat"]["note"]
+
+
+def _bits(a):
+    return a.view(np.uint16 if a.itemsize == 2 else np.uint32).astype(np.int64)
+
+
+@pytest.mark.parametrize("code", list(amp.POLICIES))
+def test_numpy_peer_computes_what_gpugd_computes(code):
+    """The peer is an honest composition of the same policy: after three steps from the
+    same arrays, states and master weights agree to fp32 rounding, fp32 p to a few fp32
+    roundings of |p| + lr (the same arithmetic in another order), half-precision p to one
+    ulp (almost all to the bit under round-to-nearest, where both round nearly the same
+    fp32 value)."""
+    pol = amp.POLICIES[code]
+    a = amp._arrays(np, [(1023,)], pol)
+    b = amp.Arrays(*[None if x is None else [y.copy() for y in x] for x in vars(a).values()])
+    step, peer = amp._gpugd_call(a, pol, flat=True), amp._numpy_call(np, b, pol)
+    for _ in range(3):
+        step()
+        peer()
+    for x, y in [(a.m, b.m), (a.v, b.v), *([(a.master, b.master)] if pol.master else [])]:
+        x64, y64 = x[0].astype(np.float64), y[0].astype(np.float64)
+        tol = 1e-5 if x[0].dtype == np.float32 else 2e-2
+        assert np.linalg.norm(x64 - y64) <= tol * np.linalg.norm(y64)
+    if pol.param == np.float32:
+        p, q = a.p[0].astype(np.float64), b.p[0].astype(np.float64)
+        assert np.all(np.abs(p - q) <= 4 * 2.0**-24 * (np.abs(q) + amp.HP["lr"]))
+        return
+    ulps = np.abs(_bits(a.p[0]) - _bits(b.p[0]))
+    assert ulps.max() <= 1
+    if pol.rounding == "stochastic":  # both round the master copy down or up
+        m = a.master[0].view(np.uint32).astype(np.int64)
+        low = m >> 16
+        assert np.all((_bits(a.p[0]) == low) | (_bits(a.p[0]) == low + 1))
+        assert 0 < np.mean(ulps) < 1  # different random bits, same rule
+    else:
+        assert np.mean(ulps == 0) > 0.99
