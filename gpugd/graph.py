@@ -22,11 +22,15 @@ kernel ``gpugd_optim_adam_prepare`` between the norm pass and the update. Its fo
 the eager path's, in the same order, so replayed steps equal eager steps bit for bit
 (``tests/test_graph.py``, cuda marker).
 
+The learning rate lives in device memory too: ``step.set_lr(lr)`` writes it for the next
+replays (drive a schedule by hand with it; an attached ``gpugd.schedules`` object steps on
+the host and is refused).
+
 Limits (each refused with a clear error at capture): Adam/AdamW only, CuPy float32 or
-mixed-precision parameters (float64 has no graph kernel), no schedule (the learning rate is
-a constant of the graph; build a new ``CapturedStep`` after changing it), no monitor, and
-``nonfinite`` "propagate" or "skip" ("error" needs the host). The loss scale is read back
-only by ``sync()``: use ``scale_factor()`` (one synchronization) when the host needs it.
+mixed-precision parameters (float64 has no graph kernel), no attached schedule, no
+monitor, and ``nonfinite`` "propagate" or "skip" ("error" needs the host). The loss scale
+is read back only by ``sync()``: use ``scale_factor()`` (one synchronization) when the host
+needs it.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ class CapturedStep:
         if optimizer.scheduler is not None:
             raise CaptureError(
                 "optimizer: a schedule changes the learning rate on the host every step; "
-                "a captured graph keeps it constant (capture again after changing it)"
+                "detach it and drive the captured step with CapturedStep.set_lr(lr)"
             )
         if optimizer.monitor is not None:
             raise CaptureError("optimizer: a monitor reads statistics on the host every step")
@@ -74,6 +78,7 @@ class CapturedStep:
             raise TypeError(f"zero_grad: expected a bool, got {zero_grad!r}")
         self.optimizer = optimizer
         self.zero_grad = zero_grad
+        self._slot: dict[int, int] = {}  # optimizer group index -> this graph's group slot
         groups = []
         for gi, (group, g) in enumerate(
             zip(optimizer.param_groups, optimizer._groups, strict=True)
@@ -86,6 +91,7 @@ class CapturedStep:
                 raise CaptureError(f"param_groups[{gi}]: float64 parameters have no graph kernel")
             if not sum(tensors.sizes):
                 continue
+            self._slot[gi] = len(groups)
             groups.append((group, tensors))
         import cupy
 
@@ -104,7 +110,7 @@ class CapturedStep:
         self.state = cupy.asarray(self._host_state(), dtype=cupy.float64)
         hyper = [(g["lr"], g["betas"][0], g["betas"][1]) for g, _ in groups]
         self._hyper = cupy.asarray(np.asarray(hyper or [(0.0, 0.0, 0.0)], np.float64).ravel())
-        self.scalars = cupy.zeros(4 * max(1, len(groups)), cupy.float32)
+        self.scalars = cupy.zeros(8 * max(1, len(groups)), cupy.float32)
         self.skip = cupy.zeros(1, cupy.int32)
         if self._norm:
             red = optimizer._gradients()
@@ -188,14 +194,13 @@ class CapturedStep:
                     chunks,
                     np.int64(nchunks),
                     np.int64(CUDA_CHUNK),
-                    np.float32(group["lr"]),
                     np.float32(b1),
                     np.float32(b2),
                     np.float32(group["eps"]),
                     np.float32(group["weight_decay"]),
                     np.int32(opt.DECOUPLED),
                     np.float32(clip),
-                    self.scalars[4 * gi :],
+                    self.scalars[8 * gi :],
                     np.int32(opt.rounding == "stochastic"),
                     self.skip,
                 ),
@@ -215,6 +220,22 @@ class CapturedStep:
     def scale_factor(self) -> float:
         """The current loss scale S (one synchronization)."""
         return float(self.state[1].get())
+
+    def set_lr(self, lr: float, group: int | None = None) -> None:
+        """Write a new learning rate (every group, or param group ``group``) into device
+        memory for the next replays — how a schedule drives a captured step:
+        ``step.set_lr(value)`` each step, an asynchronous copy, no synchronization. Also
+        sets the optimizer's ``param_groups`` so eager steps and checkpoints agree."""
+        from .ops.optim import _hyper
+
+        lr = _hyper("lr", lr)
+        n = len(self.optimizer.param_groups)
+        if group is not None and not (isinstance(group, int) and 0 <= group < n):
+            raise IndexError(f"group: expected an index into the {n} param groups, got {group!r}")
+        for gi in range(n) if group is None else [group]:
+            self.optimizer.param_groups[gi]["lr"] = lr
+            if gi in self._slot:
+                self._hyper[3 * self._slot[gi]] = lr
 
     def refresh(self) -> None:
         """Copy the host-side state (step count, skips, scale) into the device buffers: after

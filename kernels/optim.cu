@@ -413,8 +413,9 @@ GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, bf16p_bf16s_master)
 //   state: [0] step count t, [1] loss scale S, [2] growth tracker, [3] skipped steps (the
 //          optimizer's), [4] unscaled global norm of this step, [5] clip coefficient,
 //          [6] skipped steps (the scaler's)
-//   hyper: per group (lr, β1, β2); scalars: per group 4 floats (step_size, 1/√bc2,
-//          grad_scale, key bits)
+//   hyper: per group (lr, β1, β2), in device memory so a schedule can write lr between
+//          replays; scalars: per group 8 floats (step_size, 1/√bc2, grad_scale, key bits,
+//          lr, 3 unused)
 namespace gpugd {
 __device__ __forceinline__ u64 splitmix64(u64 z) {
   z = z * 0x9E3779B97F4A7C15ull + 0xD1B54A32D192ED03ull;
@@ -460,10 +461,11 @@ extern "C" __global__ void gpugd_optim_adam_prepare(
       static_cast<unsigned>(gpugd::splitmix64(seed_base + static_cast<u64>(t)) & 0xFFFFFFFFull);
   for (int g = 0; g < ngroups; ++g) {
     const double lr = hyper[3 * g], b1 = hyper[3 * g + 1], b2 = hyper[3 * g + 2];
-    scalars[4 * g] = static_cast<float>(lr / (1.0 - pow(b1, t)));
-    scalars[4 * g + 1] = static_cast<float>(1.0 / sqrt(1.0 - pow(b2, t)));
-    scalars[4 * g + 2] = grad_scale;
-    scalars[4 * g + 3] = __uint_as_float(key);
+    scalars[8 * g] = static_cast<float>(lr / (1.0 - pow(b1, t)));
+    scalars[8 * g + 1] = static_cast<float>(1.0 / sqrt(1.0 - pow(b2, t)));
+    scalars[8 * g + 2] = grad_scale;
+    scalars[8 * g + 3] = __uint_as_float(key);
+    scalars[8 * g + 4] = static_cast<float>(lr);
   }
   if (use_scaler) {
     state[2] += 1.0;
@@ -474,17 +476,18 @@ extern "C" __global__ void gpugd_optim_adam_prepare(
   }
 }
 
-// The Adam update of one group over its tensor table with the scalars `dev` (4 floats, from
-// gpugd_optim_adam_prepare) read on the device; skip[0] != 0 returns before any access.
+// The Adam update of one group over its tensor table with the scalars `dev` (8 floats, from
+// gpugd_optim_adam_prepare, lr among them) read on the device; skip[0] != 0 returns before
+// any access.
 #define GPUGD_OPTIM_ADAM_GRAPH(SFX, RANGE)                                                      \
   extern "C" __global__ void gpugd_optim_adam_graph_##SFX(                                      \
-      const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, float lr,      \
-      float beta1, float beta2, float eps, float wd, int decoupled, float clip,                 \
-      const float* dev, int stochastic, const int* skip) {                                      \
+      const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, float beta1,   \
+      float beta2, float eps, float wd, int decoupled, float clip, const float* dev,            \
+      int stochastic, const int* skip) {                                                        \
     if (*skip != 0) return;                                                                     \
     const bool h2 = table[4 * ntensors] != 0;                                                   \
-    const gpugd::AdamRule<float> rule{lr,      beta1,  beta2, eps, wd, dev[0], dev[1],          \
-                                      decoupled, h2};                                           \
+    const gpugd::AdamRule<float> rule{dev[4], beta1,     beta2, eps, wd, dev[0],                \
+                                      dev[1], decoupled, h2};                                   \
     const float grad_scale = dev[2];                                                            \
     const unsigned key = __float_as_uint(dev[3]);                                               \
     (void)key, (void)stochastic;                                                                \

@@ -103,6 +103,39 @@ def test_replayed_steps_equal_eager_steps_bit_for_bit(dtype, kw):
 
 
 @pytest.mark.cuda
+def test_a_learning_rate_written_between_replays_matches_eager_steps():
+    cp = pytest.importorskip("cupy")
+    fe, fg = _arena(cp), _arena(cp)
+    oe = optim.AdamW(
+        [{"params": fe, "names": ["w1", "w2"]}, {"params": fe, "names": ["b1", "b2"], "lr": 0.05}],
+        lr=1e-2,
+    )
+    og = optim.AdamW(
+        [{"params": fg, "names": ["w1", "w2"]}, {"params": fg, "names": ["b1", "b2"], "lr": 0.05}],
+        lr=1e-2,
+    )
+    step = CapturedStep(og)
+    rng = np.random.default_rng(4)
+    for t in range(5):
+        lr = 1e-2 * 0.5**t  # a schedule driven by hand
+        oe.param_groups[0]["lr"] = lr
+        step.set_lr(lr, group=0)
+        for n, s in SHAPES.items():
+            g = cp.asarray(rng.standard_normal(s).astype(np.float32))
+            fe.grads[n][...] = g
+            fg.grads[n][...] = g
+        oe.step()
+        oe.zero_grad()
+        step()
+    np.testing.assert_array_equal(to_numpy(fg.data), to_numpy(fe.data))
+    assert og.param_groups[0]["lr"] == oe.param_groups[0]["lr"]
+    with pytest.raises(IndexError, match="group: expected an index into the 2 param groups"):
+        step.set_lr(0.1, group=2)
+    with pytest.raises(ValueError, match="lr: expected a finite value"):
+        step.set_lr(-1.0)
+
+
+@pytest.mark.cuda
 def test_list_groups_and_refresh_after_an_eager_step():
     cp = pytest.importorskip("cupy")
     rng = np.random.default_rng(2)
