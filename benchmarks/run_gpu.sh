@@ -11,6 +11,8 @@
 # 4. runs `gpugd bench --backend cuda` (ceilings: device-to-device copy) and writes
 #    benchmarks/results/gpu-<date>.json, then the CPU bench of the same machine beside it.
 # Results land in $OUT too when the variable is set (the device tool copies it back).
+# With little device time: SUITES="amp optim" limits step 4 to those suites (one JSON each),
+# QUICK=1 adds --quick, FULL_SUITE=0 skips the whole-suite rerun and the train jobs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -30,18 +32,25 @@ if grep -q "no CUDA device" "$dest/gpu-tests-$stamp.txt"; then
 fi
 [ "$rc" -eq 0 ] || status=1
 
-echo "== whole test suite"
-python3 -m pytest -q -x -p no:cacheprovider tests -m "not slow" || status=1
+if [ "${FULL_SUITE:-1}" != 0 ]; then
+  echo "== whole test suite"
+  python3 -m pytest -q -x -p no:cacheprovider tests -m "not slow" || status=1
 
-echo "== gpugd train on the GPU (default job and the vanishing preset)"
-python3 -m gpugd.cli train --backend cuda --run-dir "$dest/gpu-train-$stamp" --no-plots \
-  | tee "$dest/gpu-train-$stamp.txt" || status=1
-python3 -m gpugd.cli train --backend cuda --preset vanishing --run-dir "$dest/gpu-vanishing-$stamp" \
-  | tee -a "$dest/gpu-train-$stamp.txt" || status=1
+  echo "== gpugd train on the GPU (default job and the vanishing preset)"
+  python3 -m gpugd.cli train --backend cuda --run-dir "$dest/gpu-train-$stamp" --no-plots \
+    | tee "$dest/gpu-train-$stamp.txt" || status=1
+  python3 -m gpugd.cli train --backend cuda --preset vanishing \
+    --run-dir "$dest/gpu-vanishing-$stamp" | tee -a "$dest/gpu-train-$stamp.txt" || status=1
+fi
 
 echo "== GPU benchmarks"
-GPUGD_BACKEND=cuda python3 -m gpugd.cli bench --backend cuda --json "$dest/gpu-$stamp.json" \
-  | tee "$dest/gpu-$stamp.txt" || status=1
+quick=()
+[ "${QUICK:-0}" != 0 ] && quick=(--quick)
+for suite in ${SUITES:-all}; do
+  tag=$([ "$suite" = all ] && echo "" || echo "-$suite")
+  GPUGD_BACKEND=cuda python3 -m gpugd.cli bench --backend cuda --suite "$suite" "${quick[@]}" \
+    --json "$dest/gpu$tag-$stamp.json" | tee "$dest/gpu$tag-$stamp.txt" || status=1
+done
 echo "== CPU benchmarks of the same machine"
 python3 -m gpugd.cli bench --backend cpu --quick --json "$dest/gpu-host-cpu-$stamp.json" \
   | tee "$dest/gpu-host-cpu-$stamp.txt" || status=1
