@@ -607,7 +607,7 @@ def run(
     (a parallel region costs more than it saves), large ones as a one-tensor table."""
     serial, multi = _DRIVERS[rule]
     given = [s for s in states if s is not None]
-    ls = (given[0] if given else p)[:1]
+    ls = np.zeros(1, (given[0] if given else p).dtype)  # stands in for unused states
     if p.size < PARALLEL_MIN:
         rnd = None if key is None else (task_key(key, 0), np.int64(0))
         serial(p, g, *(ls if s is None else s for s in states), out, rnd, *scalars)
