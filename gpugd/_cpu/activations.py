@@ -8,6 +8,10 @@ loop per kind (the kind is chosen outside the loop, so each loop vectorizes; exp
 vectorizable ``vmath.vexp``), in CHUNK-element tasks of a ``prange`` for large arrays.
 float32 GELU takes Φ from a vectorizable erfc (relative error ~1e-7 in both tails);
 float64 GELU and softplus' forward call libm's erfc/log1p (scalar: exact, slower).
+Compiled with fastmath ``contract`` only (here and in ``vmath``): a·b + c may become one
+FMA, as nvcc does by default, and nothing else is relaxed (no reassociation, NaN and Inf
+kept). Measured in L1 on one core (AMD EPYC, 2026-12-02): elu 1.78 → 2.34, softplus 1.09
+→ 1.68, silu 1.04 → 1.66, gelu 0.40 → 0.67 G elements/s.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ _K = 0.7978845608028654  # √(2/π)
 _C = 0.044715
 _INV_SQRT_2PI = 0.3989422804014327
 
-_J = dict(inline="always", error_model="numpy")
+_J = dict(inline="always", error_model="numpy", fastmath={"contract"})
 
 
 @njit(**_J)
@@ -147,7 +151,7 @@ def _silu_b(dy, x, a, b):
 # ---- loops: the kind picked outside, one vectorizable loop each --------------------------
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _forward_serial(kind, x, y, a, b):
     n = x.size
     if kind == 0:
@@ -179,7 +183,7 @@ def _forward_serial(kind, x, y, a, b):
             y[i] = _silu_f(x[i], a, b)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 def _backward_serial(kind, dy, v, dx, a, b):
     n = dy.size
     if kind == 0:
@@ -211,7 +215,7 @@ def _backward_serial(kind, dy, v, dx, a, b):
             dx[i] = _silu_b(dy[i], v[i], a, b)
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy", fastmath={"contract"})
 def _forward_parallel(kind, x, y, a, b):
     n = x.size
     for c in prange((n + CHUNK - 1) // CHUNK):
@@ -219,7 +223,7 @@ def _forward_parallel(kind, x, y, a, b):
         _forward_serial(kind, x[lo:hi], y[lo:hi], a, b)
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy", fastmath={"contract"})
 def _backward_parallel(kind, dy, v, dx, a, b):
     n = dy.size
     for c in prange((n + CHUNK - 1) // CHUNK):

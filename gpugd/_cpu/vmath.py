@@ -40,19 +40,19 @@ def _pow2(typingctx, k, like):
     return ftype(k, like), codegen
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", fastmath={"contract"})
 def _round32(t):
     # round to nearest by adding and removing 1.5·2^23 (np.floor would be a libm call
     # that stops the loop from vectorizing); |t| < 2^22
     return (t + np.float32(12582912.0)) - np.float32(12582912.0)
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", fastmath={"contract"})
 def _round64(t):
     return (t + 6755399441055744.0) - 6755399441055744.0  # 1.5·2^52, as _round32
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", fastmath={"contract"})
 def _exp32(x):
     # Cephes expf: |rel err| ≲ 1 ulp on [-87.3, 88.7]
     hi, lo = np.float32(88.72283), np.float32(-87.33655)
@@ -73,7 +73,7 @@ def _exp32(x):
     return x if x != x else e
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", fastmath={"contract"})
 def _exp64(x):
     # Cephes exp: Padé form, |rel err| ≲ 1 ulp on [-708.39, 709.78]
     hi, lo = 709.782712893384, -708.3964185322641
@@ -257,7 +257,7 @@ def vphi(x):
     return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
-@njit(inline="always", error_model="numpy")
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
 def _phi32(x):
     # Φ(x) = ½·erfc(−x/√2). erfc by Numerical Recipes' Chebyshev fit (fractional error
     # under 1.2e-7 over the whole line, so the tails keep their relative accuracy), with the
@@ -279,7 +279,7 @@ def _phi32(x):
     return w * (np.float32(1.0) - half) + (np.float32(1.0) - w) * half
 
 
-@njit(error_model="numpy")
+@njit(error_model="numpy", fastmath={"contract"})
 def _phi64(x):
     return 0.5 * math.erfc(-x * 0.7071067811865476)
 
