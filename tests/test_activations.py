@@ -106,8 +106,11 @@ def test_nan_propagates(xp):
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "gelu", "softplus", "leaky_relu"])
-def test_out_and_in_place(xp, name):
-    x0 = np.linspace(-3, 3, 1001).astype(np.float32)
+@pytest.mark.parametrize("n", [1001, 3 * 4096 + 5, (1 << 17) + 4099])
+def test_out_and_in_place(xp, name, n):
+    # sizes: one block, several blocks and a tail of the CPU's in-place path (computed into
+    # an L1 scratch and copied back, so the loops vectorize), and the parallel path
+    x0 = np.linspace(-3, 3, n).astype(np.float32)
     want = to_numpy(_call(name, "fwd", xp.asarray(x0)))
     out = xp.full_like(xp.asarray(x0), np.nan)
     assert _call(name, "fwd", xp.asarray(x0), out=out) is out
@@ -115,11 +118,14 @@ def test_out_and_in_place(xp, name):
     x = xp.asarray(x0)
     _call(name, "fwd", x, out=x)  # in place
     np.testing.assert_array_equal(to_numpy(x), want)
-    dy = xp.asarray(np.ones(1001, np.float32))
+    dy0 = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+    dy = xp.asarray(dy0.copy())
     v = xp.asarray(want) if ACTS[name][4] else xp.asarray(x0)
     want_dx = to_numpy(_call(name, "bwd", dy, v))
     _call(name, "bwd", dy, v, out=dy)  # into grad_out
     np.testing.assert_array_equal(to_numpy(dy), want_dx)
+    _call(name, "bwd", xp.asarray(dy0.copy()), v, out=v)  # over the saved input/output
+    np.testing.assert_array_equal(to_numpy(v), want_dx)
 
 
 def test_matches_torch_when_importable():

@@ -53,7 +53,7 @@ def test_rows_follow_the_schema(small_run):
     lists = {f"{k} resnet50-list" for k in benchmarks.suite_optim.QUICK_LIST}
     clipped = {"Adam clipped flat"}
     clip = {"global_norm", *clipped}
-    acts = {"relu_backward", "silu_backward"}
+    acts = {f"{k}_backward{m}" for k in ("relu", "silu") for m in ("", " inplace")}
     bn = {f"batch_norm {d} NCHW" for d in ("forward", "backward")}
     expected = {"axpy_", "scale_", "sum_of_squares", *benchmarks.suite_optim.QUICK, *lists, *clip}
     expected |= acts | bn
@@ -193,3 +193,24 @@ def test_scaling_model_is_the_alpha_beta_ring_formula():
     rows = sm.table(0.1, 5e-6)
     eff = [r["efficiency_no_overlap"] for r in rows if r["link_gbit"] == 100][:8]
     assert all(a >= b for a, b in itertools.pairwise(eff))  # falls with ranks
+
+
+def test_prepared_setup_runs_before_every_call_and_is_not_timed():
+    import time
+
+    from benchmarks.harness import Context, Loop, Prepared
+    from gpugd.backend import get_backend
+
+    ctx = Context(backend=get_backend("cpu"), quick=True, numel=None)
+    ctx.loops = {"loop": Loop(lambda: None, 8, 1)}
+    ctx.classes = {"c": ("loop",)}
+    log: list[str] = []
+
+    def prepare() -> None:
+        log.append("prepare")
+        time.sleep(0.02)
+
+    t, _ = ctx.measure({"k": Prepared(prepare, lambda: log.append("call"))}, "c")
+    rounds = ctx.warmup + ctx.repeats
+    assert log == ["prepare", "call"] * rounds
+    assert t["k"].median_s < 0.01  # the 20 ms setup is outside the timing

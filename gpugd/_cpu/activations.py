@@ -215,27 +215,81 @@ def _backward_serial(kind, dy, v, dx, a, b):
             dx[i] = _silu_b(dy[i], v[i], a, b)
 
 
+# In place (y is x, dx is dy or v) LLVM's vectorizer cannot prove that the loop's store
+# never overlaps a later load: its runtime overlap check fails and the scalar loop runs
+# (silu in place: 85-110 ms for 2^24 elements instead of 5-8 ms). So an aliased call computes
+# each BLOCK-element piece into a scratch array that stays in L1 and copies it back: two
+# vectorized loops, one extra pass over L1.
+BLOCK = 1 << 12
+
+
+@njit(inline="always")
+def _copy(src, dst):
+    for i in range(src.size):  # a plain loop vectorizes (slice assignment did not)
+        dst[i] = src[i]
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _forward_blocked(kind, x, y, a, b):
+    n = x.size
+    tmp = np.empty(min(n, BLOCK), x.dtype)
+    for lo in range(0, n, BLOCK):
+        hi = min(lo + BLOCK, n)
+        t = tmp[: hi - lo]
+        _forward_serial(kind, x[lo:hi], t, a, b)
+        _copy(t, y[lo:hi])
+
+
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+def _backward_blocked(kind, dy, v, dx, a, b):
+    n = dy.size
+    tmp = np.empty(min(n, BLOCK), dy.dtype)
+    for lo in range(0, n, BLOCK):
+        hi = min(lo + BLOCK, n)
+        t = tmp[: hi - lo]
+        _backward_serial(kind, dy[lo:hi], v[lo:hi], t, a, b)
+        _copy(t, dx[lo:hi])
+
+
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy", fastmath={"contract"})
-def _forward_parallel(kind, x, y, a, b):
+def _forward_parallel(kind, x, y, a, b, aliased):
     n = x.size
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
-        _forward_serial(kind, x[lo:hi], y[lo:hi], a, b)
+        if aliased:
+            _forward_blocked(kind, x[lo:hi], y[lo:hi], a, b)
+        else:
+            _forward_serial(kind, x[lo:hi], y[lo:hi], a, b)
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy", fastmath={"contract"})
-def _backward_parallel(kind, dy, v, dx, a, b):
+def _backward_parallel(kind, dy, v, dx, a, b, aliased):
     n = dy.size
     for c in prange((n + CHUNK - 1) // CHUNK):
         lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
-        _backward_serial(kind, dy[lo:hi], v[lo:hi], dx[lo:hi], a, b)
+        if aliased:
+            _backward_blocked(kind, dy[lo:hi], v[lo:hi], dx[lo:hi], a, b)
+        else:
+            _backward_serial(kind, dy[lo:hi], v[lo:hi], dx[lo:hi], a, b)
+
+
+def _aliased(out: np.ndarray, *inputs: np.ndarray) -> bool:
+    return any(np.may_share_memory(out, a) for a in inputs)
 
 
 def forward(kind: int, x: np.ndarray, y: np.ndarray, a, b) -> None:
     """y = f(x) elementwise (1-D contiguous, same dtype; y may be x)."""
-    (_forward_parallel if x.size >= PARALLEL_MIN else _forward_serial)(kind, x, y, a, b)
+    aliased = _aliased(y, x)
+    if x.size >= PARALLEL_MIN:
+        _forward_parallel(kind, x, y, a, b, aliased)
+    else:
+        (_forward_blocked if aliased else _forward_serial)(kind, x, y, a, b)
 
 
 def backward(kind: int, dy: np.ndarray, v: np.ndarray, dx: np.ndarray, a, b) -> None:
     """dx = dy·f'(·) elementwise (dx may be dy or v)."""
-    (_backward_parallel if dy.size >= PARALLEL_MIN else _backward_serial)(kind, dy, v, dx, a, b)
+    aliased = _aliased(dx, dy, v)
+    if dy.size >= PARALLEL_MIN:
+        _backward_parallel(kind, dy, v, dx, a, b, aliased)
+    else:
+        (_backward_blocked if aliased else _backward_serial)(kind, dy, v, dx, a, b)
