@@ -120,9 +120,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             t, ceil = ctx.measure({"gpugd": timed(call), **peers}, "inplace")
             base = {k: t[k].median_s for k in peers}
             label = f"{name.replace(' ', '_')}_backward" + (" inplace" if inplace else "")
-            rows.append(
-                row(ctx, label, np.float32, n, t["gpugd"], 12 * n, "inplace", ceil, base)
-            )
+            rows.append(row(ctx, label, np.float32, n, t["gpugd"], 12 * n, "inplace", ceil, base))
             r = rows[-1]
             ctx.log(f"  {label:<32} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace")
         restore()
