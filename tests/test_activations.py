@@ -97,6 +97,9 @@ def test_tails_keep_relative_accuracy_elementwise(xp, name):
     want = ref.act_forward(kind, x0, a, b)
     nz = want != 0
     np.testing.assert_allclose(y[nz], want[nz], rtol=2e-5)
+    if name == "gelu" and xp is np:
+        # the CPU's Φ splits x² exactly (vmath._phi_gauss32): measured 4.1e-7 over ±13
+        np.testing.assert_allclose(y[nz], want[nz], rtol=1e-6)
 
 
 def test_nan_propagates(xp):

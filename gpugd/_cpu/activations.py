@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from .vector import CHUNK, PARALLEL_MIN
-from .vmath import like, vexp, vexpm1, vphi
+from .vmath import like, vexp, vexpm1, vphi, vphi_gauss
 
 # kernel ids, the same in kernels/activations.cu; selu runs as elu with its constants
 KINDS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "softplus", "silu")
@@ -106,7 +106,8 @@ def _gelu_f(x, a, b):
 
 @njit(**_J)
 def _gelu_b(dy, x, a, b):
-    return dy * (vphi(x) + x * like(x, _INV_SQRT_2PI) * vexp(like(x, -0.5) * x * x))
+    cdf, gauss = vphi_gauss(x)  # Φ(x) and e^(−x²/2) from one exponential
+    return dy * (cdf + x * like(x, _INV_SQRT_2PI) * gauss)
 
 
 @njit(**_J)
