@@ -14,7 +14,7 @@ from gpugd import reference as ref
 # Two values per channel would make dx the residue of an exact cancellation (x̂ = ±1), a
 # test of fp32 rounding rather than of the kernels: the smallest batch here has three.
 SHAPES = {
-    "NC": [(1000, 7), (3, 5), (700, 33)],
+    "NC": [(1000, 7), (3, 5), (700, 33), (5001, 40)],  # the last: several row tiles + tails
     "NCHW": [(4, 3, 5, 7), (5, 16, 1, 1), (3, 2, 33, 17)],
     "NHWC": [(4, 5, 7, 3), (5, 1, 1, 16), (3, 33, 17, 2)],
 }
@@ -197,3 +197,27 @@ def test_bad_input_is_refused_before_any_write(call, exc, match):
     with pytest.raises(exc, match=match):
         call(x, c)
     assert (x == 5.0).all() and (c[0] == 0).all() and (c[1] == 1).all()
+
+
+@pytest.mark.parametrize(("layout", "shape"), [("NCHW", (6, 5, 33, 31)), ("NC", (9001, 24))])
+def test_cpu_statistics_do_not_depend_on_the_thread_count(layout, shape):
+    # plane / row-tile results are merged in a fixed order, whatever thread ran them
+    import numba
+
+    x = (np.random.default_rng(3).standard_normal(shape) * 5 + 1e3).astype(np.float32)
+    dy = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    C = _channels(layout, shape)
+    w, b = np.ones(C, np.float32), np.zeros(C, np.float32)
+    runs = []
+    before = numba.get_num_threads()
+    try:
+        for threads in (1, before):
+            numba.set_num_threads(threads)
+            mean, var = ops.batch_norm_stats(x, layout=layout)
+            res = ops.batch_norm_forward(x, w, b, layout=layout)
+            grads = ops.batch_norm_backward(dy, x, w, res.mean, res.invstd, layout=layout)
+            runs.append([mean, var, res.y, *grads])
+    finally:
+        numba.set_num_threads(before)
+    for one, many in zip(*runs, strict=True):
+        np.testing.assert_array_equal(one, many)
