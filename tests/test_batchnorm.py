@@ -14,7 +14,8 @@ from gpugd import reference as ref
 # Two values per channel would make dx the residue of an exact cancellation (x̂ = ±1), a
 # test of fp32 rounding rather than of the kernels: the smallest batch here has three.
 SHAPES = {
-    "NC": [(1000, 7), (3, 5), (700, 33), (5001, 40)],  # the last: several row tiles + tails
+    # the last two: several row tiles with tails, four rows a step and one row a step
+    "NC": [(1000, 7), (3, 5), (700, 33), (5001, 40), (601, 300)],
     "NCHW": [(4, 3, 5, 7), (5, 16, 1, 1), (3, 2, 33, 17)],
     "NHWC": [(4, 5, 7, 3), (5, 1, 1, 16), (3, 33, 17, 2)],
 }

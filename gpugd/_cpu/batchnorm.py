@@ -4,7 +4,7 @@ channels-last (N, H, W, C) is (N·H·W, C, 1).
 
 Statistics are computed tile by tile in float64 — a plane's shifted sums Σ(x − K) and
 Σ(x − K)² about its first element K (one pass; K is near the mean, so nothing cancels),
-or for row tiles the mean and then Σ(x − mean)² while the tile is in cache — and the
+or the same for row tiles, about their first row — and the
 tiles are merged with Chan's formula in a fixed order, so the variance is right even when
 |mean| ≫ std (the E[x²] − E[x]² formula loses every digit there) and the result does not
 depend on the thread count. Tiles: one (a, c) plane when B > 1 (taken in memory order, merged
@@ -22,6 +22,7 @@ from numba import njit, prange
 from .vector import _REDUCE_MATH  # reassociation lets the sums vectorize; no NaN assumed away
 
 ROWS = 256  # rows per tile when B = 1 (backward sums, elementwise pass)
+QUAD_BELOW = 256  # row tiles take four rows per step below this many channels, else one
 
 
 def stats_rows(channels: int) -> int:
@@ -30,16 +31,6 @@ def stats_rows(channels: int) -> int:
     the per-tile merges cost more than the arithmetic (C = 64: 1.4 → 2.0 G elements/s
     with 1024 rows; C = 512 is best at 256)."""
     return max(ROWS, min(4096, (1 << 16) // max(channels, 1)))
-
-
-@njit(inline="always")
-def _chan(n_a, m_a, s_a, n_b, m_b, s_b):
-    """Chan et al.: merge (count, mean, M2) of two disjoint sets."""
-    n = n_a + n_b
-    if n == 0:
-        return 0.0, 0.0, 0.0
-    d = m_b - m_a
-    return n, m_a + d * (n_b / n), s_a + s_b + d * d * (n_a * n_b / n)
 
 
 # ---- statistics ---------------------------------------------------------------------------
@@ -68,57 +59,76 @@ def _stats_planes(x, plane_mean, plane_m2):
 
 
 @njit(cache=True, nogil=True)
-def _merge_planes(plane_mean, plane_m2, B, mean, m2):
-    """Per channel, Chan's merge of its planes in the order a = 0, 1, …"""
-    A, C = plane_mean.shape
-    for c in range(C):
-        n_t, m_t, s_t = 0.0, 0.0, 0.0
-        for a in range(A):
-            n_t, m_t, s_t = _chan(n_t, m_t, s_t, float(B), plane_mean[a, c], plane_m2[a, c])
-        mean[c], m2[c] = m_t, s_t
+def _merge_in_order(tile_mean, tile_m2, counts, mean, m2):
+    """Per channel, Chan's merge of the tiles t = 0, 1, … (counts[t] elements per channel
+    each) into mean and M2: the order is fixed, whatever thread computed a tile. The loop
+    over channels is the inner one, so it vectorizes (the counts, hence Chan's weights, are
+    the same for every channel of a tile)."""
+    T, C = tile_mean.shape
+    mean[:] = 0.0
+    m2[:] = 0.0
+    n = 0.0
+    for t in range(T):
+        nb = counts[t]
+        if nb == 0:
+            continue
+        na = n
+        n = na + nb
+        fb, fab = nb / n, na * nb / n
+        for c in range(C):
+            d = tile_mean[t, c] - mean[c]
+            mean[c] = mean[c] + d * fb
+            m2[c] = m2[c] + tile_m2[t, c] + d * d * fab
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
 def _stats_rows(x, tile_mean, tile_m2, rows):
-    """B = 1, ``x`` the 2-D (A, C) view: per tile of ``rows`` rows, each channel's mean and M2
-    (the inner loops run along the contiguous C and vectorize). Four rows per step: each
-    s[c] += … is a store that the next row's update must load again, so a row at a time
-    the loop waits on that chain (1.4 G elements/s at C = 64 in cache); four rows added
-    first cut the chain by four."""
+    """B = 1, ``x`` the 2-D (A, C) view: per tile of ``rows`` rows, each channel's mean and
+    M2 in one pass of shifted sums about the tile's first row (as the planes: K is one
+    sample, within a few standard deviations of the mean, so nothing cancels). The inner
+    loops run along the contiguous C and vectorize. Below QUAD_BELOW channels four rows per
+    step: each s[c] += … is a store that the next row loads again within a few cycles, and
+    a row at a time the loop waited on that chain (C = 64); with long rows the chain is no
+    constraint and four concurrent row streams were slower (C = 512: 9.9-11.6 ms a row
+    quad at a time, 6.5-10.8 ms a row at a time, for (65536, 512); noisy machine)."""
     A, C = x.shape
     ntiles = tile_mean.shape[0]
     for t in prange(ntiles):
         lo, hi = t * rows, min(t * rows + rows, A)
-        quads = lo + (hi - lo) // 4 * 4
-        s = tile_mean[t]
-        s[:] = 0.0
+        quads = lo + (hi - lo) // 4 * 4 if C < QUAD_BELOW else lo
+        s1, s2 = tile_mean[t], tile_m2[t]
+        s1[:] = 0.0
+        s2[:] = 0.0
+        k = x[lo]
         for a in range(lo, quads, 4):
             r0, r1, r2, r3 = x[a], x[a + 1], x[a + 2], x[a + 3]
             for c in range(C):
-                s[c] += (np.float64(r0[c]) + np.float64(r1[c])) + (
-                    np.float64(r2[c]) + np.float64(r3[c])
-                )
+                kc = np.float64(k[c])
+                d0, d1 = np.float64(r0[c]) - kc, np.float64(r1[c]) - kc
+                d2, d3 = np.float64(r2[c]) - kc, np.float64(r3[c]) - kc
+                s1[c] += (d0 + d1) + (d2 + d3)
+                s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
         for a in range(quads, hi):
             row = x[a]
             for c in range(C):
-                s[c] += np.float64(row[c])
-        inv = 1.0 / (hi - lo)
+                d = np.float64(row[c]) - np.float64(k[c])
+                s1[c] += d
+                s2[c] += d * d
+        n = np.float64(hi - lo)
         for c in range(C):
-            s[c] *= inv
-        q = tile_m2[t]
-        q[:] = 0.0
-        for a in range(lo, quads, 4):
-            r0, r1, r2, r3 = x[a], x[a + 1], x[a + 2], x[a + 3]
-            for c in range(C):
-                m = s[c]
-                d0, d1 = np.float64(r0[c]) - m, np.float64(r1[c]) - m
-                d2, d3 = np.float64(r2[c]) - m, np.float64(r3[c]) - m
-                q[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-        for a in range(quads, hi):
-            row = x[a]
-            for c in range(C):
-                d = np.float64(row[c]) - s[c]
-                q[c] += d * d
+            m = s1[c] / n
+            s2[c] = max(s2[c] - s1[c] * m, 0.0)
+            s1[c] = np.float64(k[c]) + m
+
+
+def _two_tables(rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two (rows, cols) float64 tables whose rows are 64 bytes apart modulo 4 KB. Separate
+    large allocations both start 16 bytes past a page, so s1[c] and s2[c] had equal low 12
+    address bits: every store to one made the next load of the other wait ("4K aliasing";
+    C = 512 statistics ran at 9-12 GB/s)."""
+    n, pad = rows * cols, 8  # float64s
+    buf = np.empty(2 * n + pad)
+    return buf[:n].reshape(rows, cols), buf[n + pad :].reshape(rows, cols)
 
 
 def stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -130,25 +140,15 @@ def stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if B > 1:
         pm, pq = np.empty((A, C)), np.empty((A, C))
         _stats_planes(x3, pm, pq)
-        _merge_planes(pm, pq, B, mean, m2)
+        _merge_in_order(pm, pq, np.full(A, float(B)), mean, m2)
     else:
         rows = stats_rows(C)
         ntiles = -(-A // rows)
-        tm, tq = np.empty((ntiles, C)), np.empty((ntiles, C))
+        tm, tq = _two_tables(ntiles, C)
         _stats_rows(x3.reshape(A, C), tm, tq, rows)
-        _merge_rows(tm, tq, A, rows, mean, m2)
+        counts = np.minimum(rows, A - rows * np.arange(ntiles)).astype(np.float64)
+        _merge_in_order(tm, tq, counts, mean, m2)
     return mean, m2 / (A * B)
-
-
-@njit(cache=True, nogil=True)
-def _merge_rows(tile_mean, tile_m2, A, rows, mean, m2):
-    ntiles, C = tile_mean.shape
-    for c in range(C):
-        n_t, m_t, s_t = 0.0, 0.0, 0.0
-        for t in range(ntiles):
-            nb = float(min(rows, A - t * rows))
-            n_t, m_t, s_t = _chan(n_t, m_t, s_t, nb, tile_mean[t, c], tile_m2[t, c])
-        mean[c], m2[c] = m_t, s_t
 
 
 # ---- backward reduction: Σ dy and Σ dy·(x − mean) per channel ------------------------------
