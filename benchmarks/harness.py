@@ -237,10 +237,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     out = [head, "-" * len(head)]
     for r in rows:
         base = ", ".join(f"{k} {v:.2f}x" for k, v in r["baselines"].items()) or "-"
+        detail = f"; {r['detail']}" if r.get("detail") else ""
         out.append(
             f"{r['kernel']:<{kw}} {r['dtype']:<8} {r['tensors']:>7} {r['numel']:>10} "
             f"{r['median_s'] * 1e3:>10.3f} {r['gbps']:>8.1f} {r['ceiling']:>8} "
-            f"{r['pct_of_ceiling']:>6.1f}%  {base}"
+            f"{r['pct_of_ceiling']:>6.1f}%  {base}{detail}"
         )
     return "\n".join(out)
 

@@ -7,10 +7,18 @@ reads dy and x and writes dx); against the ``inplace`` ceiling. Peers: NumPy com
 (mean, var, normalize) and torch when importable (``aten.native_batch_norm`` — what
 ``F.batch_norm`` runs — and ``native_batch_norm_backward``, their ``.out`` variants into
 preallocated outputs, as gpugd's ``out=``).
+
+On the CPU each row also carries ``pct_of_passes``: the kernel against the time its two
+passes take at the speed of plain loops of the same shape timed in the same rounds
+(``passes_ceiling``), which is the ceiling the issue's "70% of the ceiling for its two
+passes" means: a read-only pass runs at the ``read`` loop's speed, not the ``inplace``
+loop's, and a pass into a separate output pays the write-allocate that ``copy`` and
+``triad`` pay.
 """
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import numpy as np
@@ -107,12 +115,40 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             ("forward", fwd, peers_f, 3),
             ("backward", bwd, peers_b, 5),
         ):
-            t, ceil = ctx.measure({"gpugd": fn, **peers}, "inplace")
+            extra = {"read loop": ctx.loops["read"].fn} if "read" in ctx.loops else {}
+            t, ceil = ctx.measure({"gpugd": fn, **peers, **extra}, "inplace")
             base = {k: t[k].median_s for k in peers}
             label = f"batch_norm {direction} {layout}"
             rows.append(
                 row(ctx, label, np.float32, n, t["gpugd"], 4 * words * n, "inplace", ceil, base)
             )
             r = rows[-1]
+            if extra:
+                r.update(passes_ceiling(ctx, direction, n, t["read loop"].median_s, r["median_s"]))
+                r["detail"] = f"{r['pct_of_passes']:.1f}% of its two passes' ceiling"
             ctx.log(f"  {label:<26} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace")
     return rows
+
+
+def passes_ceiling(
+    ctx: Context, direction: str, n: int, read_loop_s: float, median_s: float
+) -> dict[str, Any]:
+    """The time the forward's (backward's) two passes would take at the speed of the loops
+    shaped like them, timed in the same rounds (CPU): the statistics pass reads x (dy and x)
+    like the ``read`` loop; the elementwise pass reads x and writes y like ``copy`` (reads
+    dy and x and writes dx like ``triad``), write-allocate included, as those loops count
+    it. ``pct_of_passes`` = that time / the kernel's."""
+    rounds = ctx.repeats
+    read = ctx.loops["read"]
+    read_gbps = read.nbytes / read_loop_s / 1e9
+    shape = "copy" if direction == "forward" else "triad"
+    loop = ctx.loops[shape]
+    loop_gbps = loop.nbytes / statistics.median(loop.samples[-rounds:]) / 1e9
+    reads = 1 if direction == "forward" else 2  # words per element of the statistics pass
+    words = loop.nbytes // loop.numel // 4  # words the elementwise pass moves, as counted
+    t = 4 * reads * n / read_gbps / 1e9 + 4 * words * n / loop_gbps / 1e9
+    return {
+        "passes_ceiling_s": t,
+        "passes_loops": {"read": read_gbps, shape: loop_gbps},
+        "pct_of_passes": 100.0 * t / median_s,
+    }

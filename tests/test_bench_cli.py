@@ -109,7 +109,18 @@ def test_rows_follow_the_schema(small_run):
             assert r["bytes"] == bpe * r["numel"]
             assert 0 < r["pct_of_ceiling"] and all(v > 0 for v in r["baselines"].values())
             continue
-        assert set(r) == SCHEMA
+        if r["kernel"] in bn:  # the schema plus the two-pass ceiling (suite_bn.passes_ceiling)
+            assert set(r) == SCHEMA | {
+                "passes_ceiling_s",
+                "passes_loops",
+                "pct_of_passes",
+                "detail",
+            }
+            assert r["pct_of_passes"] == pytest.approx(100 * r["passes_ceiling_s"] / r["median_s"])
+            assert set(r["passes_loops"]) == {
+                "read",
+                "copy" if "forward" in r["kernel"] else "triad",
+            }
         if r["kernel"] in par:  # bus bytes (nccl-tests), + 8 B/element for the scaling pass
             extra = 8 * r["numel"] if r["kernel"].startswith("average") else 0
             assert r["bytes"] == 4 * r["numel"] + extra  # 2 ranks: 2(R − 1)/R = 1
