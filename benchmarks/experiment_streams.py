@@ -2,12 +2,16 @@
 
 Adam moves 7 streams per element (reads p, g, m, v; writes p, m, v: 28 B in fp32). This
 times, round-robin with caches swept before every call, a loop with exactly those streams
-and almost no arithmetic (p += g; m += g; v += g), gpugd's fused Adam, and torch's CPU
-fused Adam when importable. If the add loop is no faster than the two Adam kernels, both
-kernels sit at what the memory system gives this stream mix, and no Adam kernel can be
-much faster than torch's on this machine.
+and almost no arithmetic (p += g; m += g; v += g), gpugd's fused Adam, the in-place
+ceiling loop (``ceilings._inplace``), and torch's CPU fused Adam when importable (fp32). If
+the add loop is no faster than the Adam kernels, they sit at what the memory system gives
+this stream mix, and no Adam kernel can be much faster on this machine.
 
-    python -m benchmarks.experiment_streams [--numel N] [--rounds R]
+``--policy bf16p-f32s``: p and g in bfloat16 (read and stored through
+``gpugd._cpu.precision``, rounding to nearest even), m and v float32: 22 B/element, the
+mixed-precision policy of ``gpugd bench --suite amp``.
+
+    python -m benchmarks.experiment_streams [--numel N] [--rounds R] [--policy fp32|bf16p-f32s]
 """
 
 from __future__ import annotations
@@ -15,22 +19,25 @@ from __future__ import annotations
 import argparse
 import time
 
+import ml_dtypes
 import numpy as np
 from numba import njit, prange
 
 from gpugd import ops
+from gpugd._cpu.precision import kernel_view, ld, st
 from gpugd._cpu.vector import CHUNK
 
+from .ceilings import _inplace
 from .harness import optional_torch
 
 
 @njit(cache=True, nogil=True)
 def _seven_serial(p, g, m, v):
     for i in range(p.size):
-        gi = g[i]
+        gi = ld(g, i)
         m[i] = m[i] + gi
         v[i] = v[i] + gi
-        p[i] = p[i] + gi
+        st(p, i, ld(p, i) + gi, None)
 
 
 @njit(cache=True, parallel=True)
@@ -46,18 +53,25 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--numel", type=int, default=1 << 24)
     ap.add_argument("--rounds", type=int, default=25)
+    ap.add_argument("--policy", choices=("fp32", "bf16p-f32s"), default="fp32")
     args = ap.parse_args(argv)
     n = args.numel
     rng = np.random.default_rng(0)
-    p = rng.standard_normal(n, dtype=np.float32)
-    g = rng.standard_normal(n, dtype=np.float32)
+    half = args.policy != "fp32"
+    pdt = np.dtype(ml_dtypes.bfloat16) if half else np.dtype(np.float32)
+    p = rng.standard_normal(n, dtype=np.float32).astype(pdt)
+    g = (rng.standard_normal(n, dtype=np.float32) * 1e-3).astype(pdt)
     m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    x = np.ones(n, np.float32)
+    nbytes = n * (3 * p.itemsize + 16)
+    s, u = np.float32(0.999), np.float32(1e-3)
     fns = {
-        "7-stream add loop": lambda: _seven_streams(p, g, m, v),
+        "in-place loop": lambda: _inplace(x, s, u),
+        "7-stream add loop": lambda: _seven_streams(kernel_view(p), kernel_view(g), m, v),
         "gpugd adam_": lambda: ops.adam_(p, g, m, v, lr=1e-3, step=5),
     }
     torch = optional_torch()
-    if torch is not None:
+    if torch is not None and not half:
         tp = torch.from_numpy(p.copy())
         tp.grad = torch.from_numpy(g.copy())
         opt = torch.optim.Adam([tp], lr=1e-3, fused=True)
@@ -72,9 +86,12 @@ def main(argv: list[str] | None = None) -> None:
             t = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t)
+    ceiling = 8 * n / float(np.median(times["in-place loop"])) / 1e9
+    print(f"policy {args.policy}: {nbytes // n} B/element; in-place loop {ceiling:.1f} GB/s")
     for k, t in times.items():
         med = float(np.median(t))
-        print(f"{k:20s} {med * 1e3:8.2f} ms  {28 * n / med / 1e9:6.1f} GB/s (28 B/element)")
+        gbps = (8 * n if k == "in-place loop" else nbytes) / med / 1e9
+        print(f"{k:20s} {med * 1e3:8.2f} ms  {gbps:6.1f} GB/s  {100 * gbps / ceiling:5.1f}%")
 
 
 if __name__ == "__main__":

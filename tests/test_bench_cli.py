@@ -225,3 +225,13 @@ def test_prepared_setup_runs_before_every_call_and_is_not_timed():
     rounds = ctx.warmup + ctx.repeats
     assert log == ["prepare", "call"] * rounds
     assert t["k"].median_s < 0.01  # the 20 ms setup is outside the timing
+
+
+@pytest.mark.parametrize("policy", ["fp32", "bf16p-f32s"])
+def test_streams_experiment_runs(capsys, policy):
+    from benchmarks import experiment_streams
+
+    experiment_streams.main(["--numel", str(1 << 18), "--rounds", "2", "--policy", policy])
+    out = capsys.readouterr().out
+    assert f"policy {policy}: {28 if policy == 'fp32' else 22} B/element" in out
+    assert "7-stream add loop" in out and "gpugd adam_" in out
