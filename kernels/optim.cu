@@ -6,6 +6,8 @@
 // one place (grad_in), so the rules see the gradient they update with (how norm clipping,
 // value clipping and loss scaling fuse in); when `skip` is non-null and *skip != 0 the
 // kernel returns before touching memory (a skipped, non-finite step).
+// Every a·b + c of the rules is an explicit fma (one rounding), as in the Numba mirror
+// (gpugd/_cpu/optim.py), so both backends round the same operations the same way.
 // The per-element rule of each optimizer lives once, in the Rule structs below; apply_range
 // runs it over one array (16-byte accesses where every pointer allows), apply_table over
 // many tensors listed in device memory (one launch for a whole model, as Apex's
@@ -27,12 +29,12 @@ struct SgdRule {  // d = g + wd·p; buf = d | μ·buf + (1−τ)·d; d = d + μ�
   T lr, wd, momentum, dampening;
   int nesterov, first, has_buf;
   __device__ __forceinline__ void operator()(T& p, T g, T& buf, T&, T&) const {
-    T d = g + wd * p;
+    T d = fma(wd, p, g);
     if (has_buf) {
-      buf = first ? d : momentum * buf + (T(1) - dampening) * d;
-      d = nesterov ? d + momentum * buf : buf;
+      buf = first ? d : fma(momentum, buf, (T(1) - dampening) * d);
+      d = nesterov ? fma(momentum, buf, d) : buf;
     }
-    p -= lr * d;
+    p = fma(-lr, d, p);
   }
 };
 
@@ -40,8 +42,8 @@ template <typename T>
 struct AdagradRule {  // d = g + wd·p; sum += d²; p −= clr·d/(√sum + ε)
   T clr, wd, eps;
   __device__ __forceinline__ void operator()(T& p, T g, T& sum, T&, T&) const {
-    const T d = g + wd * p;
-    sum += d * d;
+    const T d = fma(wd, p, g);
+    sum = fma(d, d, sum);
     p -= clr * d / (sqrt(sum) + eps);
   }
 };
@@ -51,18 +53,18 @@ struct RmspropRule {  // v = α·v + (1−α)·d²; den = √(v − m̄²) | √
   T lr, alpha, eps, wd, momentum;
   int centered, has_buf;
   __device__ __forceinline__ void operator()(T& p, T g, T& sq, T& gavg, T& buf) const {
-    const T d = g + wd * p;
-    sq = alpha * sq + (T(1) - alpha) * d * d;
+    const T d = fma(wd, p, g);
+    sq = fma(alpha, sq, (T(1) - alpha) * d * d);
     T den;
     if (centered) {
-      gavg = alpha * gavg + (T(1) - alpha) * d;
-      den = sqrt(sq - gavg * gavg) + eps;
+      gavg = fma(alpha, gavg, (T(1) - alpha) * d);
+      den = sqrt(fma(-gavg, gavg, sq)) + eps;
     } else {
       den = sqrt(sq) + eps;
     }
     if (has_buf) {
-      buf = momentum * buf + d / den;
-      p -= lr * buf;
+      buf = fma(momentum, buf, d / den);
+      p = fma(-lr, buf, p);
     } else {
       p -= lr * d / den;
     }
@@ -78,15 +80,15 @@ struct AdamRule {
   __device__ __forceinline__ void operator()(T& p, T g, T& m, T& v, T& vmax) const {
     T d = g;
     if (decoupled) p *= T(1) - lr * wd;
-    else d += wd * p;
-    m = beta1 * m + (T(1) - beta1) * d;
-    v = beta2 * v + (T(1) - beta2) * d * d;
+    else d = fma(wd, p, d);
+    m = fma(beta1, m, (T(1) - beta1) * d);
+    v = fma(beta2, v, (T(1) - beta2) * d * d);
     T vh = v;
     if (amsgrad) {
       vmax = vmax > v ? vmax : v;
       vh = vmax;
     }
-    p -= step_size * m / (sqrt(vh) * inv_bc2_sqrt + eps);
+    p -= step_size * m / fma(sqrt(vh), inv_bc2_sqrt, eps);
   }
 };
 
@@ -97,10 +99,10 @@ struct NadamRule {  // p −= (c_g·d + c_m·m)/(√(v·(1/bc2)) + ε), c_g, c_m
   __device__ __forceinline__ void operator()(T& p, T g, T& m, T& v, T&) const {
     T d = g;
     if (decoupled) p *= T(1) - lr * wd;
-    else d += wd * p;
-    m = beta1 * m + (T(1) - beta1) * d;
-    v = beta2 * v + (T(1) - beta2) * d * d;
-    p -= (c_g * d + c_m * m) / (sqrt(v * inv_bc2) + eps);
+    else d = fma(wd, p, d);
+    m = fma(beta1, m, (T(1) - beta1) * d);
+    v = fma(beta2, v, (T(1) - beta2) * d * d);
+    p -= fma(c_g, d, c_m * m) / (sqrt(v * inv_bc2) + eps);
   }
 };
 

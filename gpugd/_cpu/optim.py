@@ -17,6 +17,8 @@ Arguments are validated by ``gpugd.ops.optim``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import get_num_threads, get_thread_id, njit, prange, types
 from numba.extending import overload
@@ -25,42 +27,52 @@ from .. import _tensor_table as layout
 from .precision import ld, mix32, put, st
 from .tensor_table import OUT_ROW, SIZE_ROW, entry, entry_or_none
 from .vector import CHUNK, PARALLEL_MIN
+from .vmath import fma
+
+# Every a·b + c of the rules is an explicit fused multiply-add (``vmath.fma``, one rounding),
+# as in kernels/optim.cu: ~15% fewer instructions per element than separate products and
+# sums (the bfloat16 Adam step sits near the edge between arithmetic and memory on two
+# cores), and the same rounding on every path. Contraction left to LLVM (fastmath
+# ``contract``) fused differently in the float32 and the half-precision loops, so master
+# weights stopped equalling an fp32 run bit for bit.
+_RULE = dict(inline="always", error_model="numpy")
+_LOOP = dict(cache=True, nogil=True, error_model="numpy")
 
 # ---------------------------------------------------------------- per-element rules
 
 
-@njit(inline="always", error_model="numpy")
+@njit(**_RULE)
 def _sgd(p, g, buf, lr, wd, mom, one_m_damp, nesterov, first, has_buf):
-    d = g + wd * p
+    d = fma(wd, p, g)
     if has_buf:
-        buf = d if first else mom * buf + one_m_damp * d
-        d = d + mom * buf if nesterov else buf
-    return p - lr * d, buf
+        buf = d if first else fma(mom, buf, one_m_damp * d)
+        d = fma(mom, buf, d) if nesterov else buf
+    return fma(-lr, d, p), buf
 
 
-@njit(inline="always", error_model="numpy")
+@njit(**_RULE)
 def _adagrad(p, g, acc, clr, wd, eps):
-    d = g + wd * p
-    acc = acc + d * d
+    d = fma(wd, p, g)
+    acc = fma(d, d, acc)
     return p - clr * d / (np.sqrt(acc) + eps), acc
 
 
-@njit(inline="always", error_model="numpy")
+@njit(**_RULE)
 def _rmsprop(p, g, sq, gavg, buf, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf):
-    d = g + wd * p
-    sq = alpha * sq + one_m_alpha * d * d
+    d = fma(wd, p, g)
+    sq = fma(alpha, sq, one_m_alpha * d * d)
     if centered:
-        gavg = alpha * gavg + one_m_alpha * d
-        den = np.sqrt(sq - gavg * gavg) + eps
+        gavg = fma(alpha, gavg, one_m_alpha * d)
+        den = np.sqrt(fma(-gavg, gavg, sq)) + eps
     else:
         den = np.sqrt(sq) + eps
     if has_buf:
-        buf = mom * buf + d / den
-        return p - lr * buf, sq, gavg, buf
+        buf = fma(mom, buf, d / den)
+        return fma(-lr, buf, p), sq, gavg, buf
     return p - lr * d / den, sq, gavg, buf
 
 
-@njit(inline="always", error_model="numpy")
+@njit(**_RULE)
 def _adam(
     p,
     g,
@@ -81,23 +93,23 @@ def _adam(
     # Weight decay without a branch: coupled (Adam) has wd_c = wd, decay_mul = 1; decoupled
     # (AdamW) has wd_c = 0, decay_mul = 1 − lr·wd. Both reduce exactly to the CUDA rule.
     p = p * decay_mul
-    d = g + wd_c * p
-    m = b1 * m + one_m_b1 * d
-    v = b2 * v + one_m_b2 * d * d
+    d = fma(wd_c, p, g)
+    m = fma(b1, m, one_m_b1 * d)
+    v = fma(b2, v, one_m_b2 * d * d)
     vh = v
     if amsgrad:
         vmax = vmax if vmax > v else v
         vh = vmax
-    return p - step_size * m / (np.sqrt(vh) * inv_bc2_sqrt + eps), m, v, vmax
+    return p - step_size * m / fma(np.sqrt(vh), inv_bc2_sqrt, eps), m, v, vmax
 
 
-@njit(inline="always", error_model="numpy")
+@njit(**_RULE)
 def _nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_m, inv_bc2):
     p = p * decay_mul  # weight decay as in _adam: coupled or decoupled without a branch
-    d = g + wd_c * p
-    m = b1 * m + one_m_b1 * d
-    v = b2 * v + one_m_b2 * d * d
-    return p - (c_g * d + c_m * m) / (np.sqrt(v * inv_bc2) + eps), m, v
+    d = fma(wd_c, p, g)
+    m = fma(b1, m, one_m_b1 * d)
+    v = fma(b2, v, one_m_b2 * d * d)
+    return p - fma(c_g, d, c_m * m) / (np.sqrt(v * inv_bc2) + eps), m, v
 
 
 # ---------------------------------------------------------------- serial range loops
@@ -109,7 +121,7 @@ def _nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_
 # stochastic rounding of bfloat16 stores of the parameters.
 
 
-@njit(inline="always", error_model="numpy")
+@njit(**_RULE)
 def _grad(g, gs, clip):
     """The gradient a rule sees: g·s clamped to [−clip, clip] (clip = ∞: off). Written so
     NaN passes through (a NaN compares False), as torch's clamp does."""
@@ -124,7 +136,7 @@ def _store_p(p, out, i, x, rnd):
     put(out, i, x, rnd)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(**_LOOP)
 def _apply_sgd(p, g, buf, out, rnd, lr, wd, mom, one_m_damp, nesterov, first, has_buf, gs, clip):
     for i in range(p.size):
         b = ld(buf, i) if has_buf else ld(buf, 0)
@@ -145,7 +157,7 @@ def _apply_sgd(p, g, buf, out, rnd, lr, wd, mom, one_m_damp, nesterov, first, ha
             st(buf, i, b, None)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(**_LOOP)
 def _apply_adagrad(p, g, acc, out, rnd, clr, wd, eps, gs, clip):
     for i in range(p.size):
         pi, a = _adagrad(ld(p, i), _grad(ld(g, i), gs, clip), ld(acc, i), clr, wd, eps)
@@ -153,7 +165,7 @@ def _apply_adagrad(p, g, acc, out, rnd, clr, wd, eps, gs, clip):
         st(acc, i, a, None)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(**_LOOP)
 def _apply_rmsprop(
     p, g, sq, gavg, buf, out, rnd, lr, alpha, one_m_alpha, eps, wd, mom, centered, has_buf, gs, clip
 ):
@@ -183,7 +195,7 @@ def _apply_rmsprop(
             st(buf, i, b, None)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(**_LOOP)
 def _apply_adam(
     p,
     g,
@@ -254,7 +266,7 @@ def _apply_adam(
             st(v, i, vi, None)
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(**_LOOP)
 def _apply_nadam(
     p,
     g,
@@ -591,6 +603,14 @@ def task_key(key, t):
     return mix32(key, t)
 
 
+@functools.lru_cache(maxsize=32)
+def _one_tensor_tasks(n: int) -> np.ndarray:
+    """The task list of one n-element tensor, memoized (shared: never written). Rebuilt on
+    every call it cost ~250 µs once a step had evicted NumPy's code and data from the
+    caches: 3% of a 2^24-element Adam step."""
+    return layout.tasks([n], CHUNK)
+
+
 def run(
     rule: str,
     p: np.ndarray,
@@ -612,12 +632,12 @@ def run(
         rnd = None if key is None else (task_key(key, 0), np.int64(0))
         serial(p, g, *(ls if s is None else s for s in states), out, rnd, *scalars)
         return
-    rows = [[p], [g], *([s] if s is not None else None for s in states)]
-    table = layout.build(rows, address, None if out is None else [out])
-    tasks = layout.tasks([p.size], CHUNK)
+    addresses = [address(a) if a is not None else 0 for a in (p, g, *states)]
+    addresses += [0] * (SIZE_ROW - len(addresses))
+    table = np.array([*addresses, p.size, 0 if out is None else address(out)], np.int64)
     multi(
-        table,
-        tasks,
+        table.reshape(-1, 1),
+        _one_tensor_tasks(p.size),
         CHUNK,
         (p[:1], g[:1], ls),
         None if out is None else out[:1],
