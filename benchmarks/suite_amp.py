@@ -3,6 +3,12 @@ gradients, float32 or bfloat16 states, optional fp32 master weights, stochastic 
 on one flat buffer and on the ResNet-50-like list of 161 tensors, against the in-place
 ceiling and their peers; and the latency of one Adam step of a small model.
 
+Each policy gives two rows, timed in the same rounds: ``adam_ <policy> <layout>``, one
+``ops.adam_`` call (which validates every array on every call), and ``... optim``,
+``gpugd.optim.Adam.step`` with that policy (``master_weights=``, ``state_dtype=``,
+``rounding=``) on the same arrays: validated and tabled once, what a training loop runs.
+The optim row's ``baselines`` also hold ``gpugd-ops`` (ops time / optim time).
+
 Policies (``POLICIES``: parameter/gradient dtype, state dtype, master weights, rounding)
 and the fewest bytes per element each must move (``bytes_per_elem``): read g, both states
 and the master copy (or p), write both states, the master copy and p:
@@ -241,9 +247,32 @@ def _torch_step(ctx: Context, torch: Any, name: str, a: Arrays, **flags: Any):
 # ---- rows -----------------------------------------------------------------------------
 
 
-def _policy_row(
+def _optimizer_call(a: Arrays, pol: Policy):
+    """``gpugd.optim.Adam.step`` with the policy on the same parameters and gradients: what
+    a training loop calls every step (arrays validated and the tensor table built once, at
+    construction and first step; each step still builds its kernel from the step count).
+    Its states, and master copy, are its own; sharing p with the ``ops`` call changes no
+    byte moved."""
+    from gpugd import optim
+
+    opt = optim.Adam(
+        a.p,
+        grads=a.g,
+        **HP,
+        master_weights=pol.master,
+        state_dtype=pol.state,
+        rounding=pol.rounding,
+    )
+    opt.step()  # states, master copy and tensor table are made outside the timing
+    return opt.step
+
+
+def _policy_rows(
     ctx: Context, torch: Any, code: str, a: Arrays, flat: bool, kernel: str
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """Two rows timed in the same rounds: ``kernel`` (one ``ops.adam_`` call, which
+    validates its arrays every call) and ``kernel optim`` (``optim.Adam.step``, validated
+    once), each with the peers' ratios; the optim row also against the ops call."""
     pol = POLICIES[code]
     xp = ctx.backend.xp
     peers: dict[str, Any] = {}
@@ -257,18 +286,24 @@ def _policy_row(
             peers[tname] = step
         else:
             note = ""
-    t, ceil = ctx.measure({"gpugd": _gpugd_call(a, pol, flat), **peers}, "inplace")
+    ours = {"gpugd-ops": _gpugd_call(a, pol, flat), "gpugd-optim": _optimizer_call(a, pol)}
+    t, ceil = ctx.measure({**ours, **peers}, "inplace")
     n = a.numel()
     nbytes = policy_bytes_per_elem(pol) * n
-    base = {k: t[k].median_s for k in peers}
-    r = row(ctx, kernel, pol.param, n, t["gpugd"], nbytes, "inplace", ceil, base, len(a.p))
-    r["policy"] = code
-    r["note"] = note
-    ctx.log(
-        f"  {kernel:<36} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace "
-        f"({ceil:.1f} GB/s)"
-    )
-    return r
+    rows = []
+    for key, name in (("gpugd-ops", kernel), ("gpugd-optim", f"{kernel} optim")):
+        base = {k: t[k].median_s for k in peers}
+        if key == "gpugd-optim":
+            base["gpugd-ops"] = t["gpugd-ops"].median_s
+        r = row(ctx, name, pol.param, n, t[key], nbytes, "inplace", ceil, base, len(a.p))
+        r["policy"] = code
+        r["note"] = note
+        ctx.log(
+            f"  {name:<42} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace "
+            f"({ceil:.1f} GB/s)"
+        )
+        rows.append(r)
+    return rows
 
 
 def latency_shapes(total: int, tensors: int = LATENCY_TENSORS) -> list[tuple[int, ...]]:
@@ -377,7 +412,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         if ctx.quick and code not in QUICK:
             continue
         a = _arrays(xp, [(n,)], pol)
-        rows.append(_policy_row(ctx, torch, code, a, True, f"adam_ {code} flat"))
+        rows += _policy_rows(ctx, torch, code, a, True, f"adam_ {code} flat")
         del a
     full = 25_557_032
     shapes = resnet50_shapes(min(1.0, (ctx.numel / full) ** 0.5) if ctx.numel else 1.0)
@@ -386,7 +421,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         if ctx.quick and code not in QUICK_LIST:
             continue
         a = _arrays(xp, shapes, pol)
-        rows.append(_policy_row(ctx, torch, code, a, False, f"adam_ {code} resnet50-list"))
+        rows += _policy_rows(ctx, torch, code, a, False, f"adam_ {code} resnet50-list")
         del a
     rows += _latency_rows(ctx, torch)
     return rows

@@ -63,8 +63,8 @@ def test_amp_rows_follow_the_schema_and_count_bytes_per_policy(amp_run):
     rows = data["rows"]
     assert rows == json.loads(json.dumps(result["rows"]))
     latency = f"adam_ step latency {amp.LATENCY_TENSORS} tensors"
-    expected = {f"adam_ {k} flat" for k in amp.POLICIES}
-    expected |= {f"adam_ {k} resnet50-list" for k in amp.QUICK_LIST}
+    expected = {f"adam_ {k} flat{o}" for k in amp.POLICIES for o in ("", " optim")}
+    expected |= {f"adam_ {k} resnet50-list{o}" for k in amp.QUICK_LIST for o in ("", " optim")}
     expected |= {f"{latency} eager", f"{latency} ops"}  # "graph" on the GPU only
     assert {r["kernel"] for r in rows} == expected
     torch = benchmarks.harness.optional_torch()
@@ -73,9 +73,10 @@ def test_amp_rows_follow_the_schema_and_count_bytes_per_policy(amp_run):
         pol = amp.POLICIES[r["policy"]]
         assert r["dtype"] == pol.param.name
         assert r["bytes"] == BYTES[r["policy"]] * r["numel"]
-        if r["kernel"].endswith(" flat"):
+        layout = r["kernel"].removesuffix(" optim")
+        if layout.endswith(" flat"):
             assert (r["numel"], r["tensors"]) == (NUMEL, 1)
-        elif r["kernel"].endswith("resnet50-list"):
+        elif layout.endswith("resnet50-list"):
             assert r["tensors"] == 161
         else:
             assert r["policy"] == "fp32" and r["tensors"] == amp.LATENCY_TENSORS
@@ -90,12 +91,13 @@ def test_amp_rows_follow_the_schema_and_count_bytes_per_policy(amp_run):
             eager = set() if r["kernel"].endswith(" eager") else {"gpugd-eager"}
             assert peers == torch_peers | eager
             continue
-        numpy_peer = "numpy" if r["kernel"].endswith(" flat") else "numpy-loop"
+        numpy_peer = "numpy" if layout.endswith(" flat") else "numpy-loop"
+        ops = {"gpugd-ops"} if r["kernel"].endswith(" optim") else set()
         if torch is None:
-            assert peers == {numpy_peer}
+            assert peers == {numpy_peer} | ops
             continue
         tname, note = amp.torch_peer(pol)
-        assert peers == {numpy_peer, tname}
+        assert peers == {numpy_peer, tname} | ops
         assert (tname == "torch-fused") == (note == r["note"] == "")
     by = {r["kernel"]: r for r in rows}
     if torch is not None:  # torch runs the nearest policy it has, and the row says so
@@ -140,3 +142,21 @@ def test_numpy_peer_computes_what_gpugd_computes(code):
         assert 0 < np.mean(ulps) < 1  # different random bits, same rule
     else:
         assert np.mean(ulps == 0) > 0.99
+
+
+@pytest.mark.parametrize("code", list(amp.POLICIES))
+def test_optim_row_runs_the_policy_through_the_optimizer(code):
+    """The ``optim`` rows time ``optim.Adam.step`` with the row's policy: its states in the
+    policy's dtype, a master copy exactly when the policy has one, and p updated."""
+    pol = amp.POLICIES[code]
+    a = amp._arrays(np, [(1023,)], pol)
+    before = a.p[0].copy()
+    step = amp._optimizer_call(a, pol)
+    opt = step.__self__
+    assert opt.rounding == pol.rounding
+    state = opt.state[opt.names[0]]
+    assert state["exp_avg"].dtype == pol.state and state["exp_avg_sq"].dtype == pol.state
+    assert ("master" in state) == pol.master
+    step()
+    assert opt.step_count == 2
+    assert not np.array_equal(a.p[0].view(np.uint8), before.view(np.uint8))
