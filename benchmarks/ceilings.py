@@ -15,6 +15,13 @@ pure read stream moves bytes at least as fast as a mixed one.
 GPU (CuPy): device-to-device copy, 2 words/elem (no write-allocate on the GPU), timed with
 CUDA events; both classes take it.
 
+``own_inplace(arrays)``: the in-place loop over a kernel's own buffers (every byte read and
+rewritten unchanged, x ^= 0 with the 0 unknown to the compiler): the ceiling for exactly
+the memory the kernel touches. On the CPU VMs this project runs on, memory is not uniform:
+128 MiB arrays allocated one after another stream in place at 45 to 57 GB/s, depending on
+where they land (stable per array, seen with ``python -m benchmarks.experiment_placement``),
+so a loop over arrays of its own holds a kernel against a placement lottery.
+
 The loops are not timed in a phase of their own: ``Context.measure`` runs the loops of a
 kernel's class round-robin with the kernel, and a loop's figure is the median of all its
 samples in the run.
@@ -28,6 +35,9 @@ from typing import Any
 
 import numpy as np
 from numba import njit, prange
+
+from gpugd import _tensor_table as layout
+from gpugd._cpu.tensor_table import SIZE_ROW, entry
 
 from .harness import Context, Loop
 
@@ -65,6 +75,40 @@ def _sweep(buf):
     for i in prange(buf.size // 16):
         acc += buf[16 * i]
     return acc
+
+
+@njit(cache=True, parallel=True)
+def _xor_table(table, tasks, chunk, like, k):
+    # One parallel region over the byte chunks of every listed buffer: w ^= k, k = 0.
+    for j in prange(tasks.shape[0]):
+        t, lo = tasks[j, 0], tasks[j, 1]
+        w = entry(table, 0, t, lo, min(chunk, table[SIZE_ROW, t] - lo), like)
+        for i in range(w.size):
+            w[i] ^= k
+
+
+_XOR_CHUNK = 1 << 16  # bytes per task
+
+
+def own_inplace(arrays: list[Any], xp: Any = np, key: int = 0) -> Loop:
+    """The in-place loop over exactly ``arrays`` (C-contiguous, any dtype): every byte read,
+    xor-ed with ``key`` (0: written back unchanged) and written, one parallel region on the
+    CPU (one elementwise launch per array on the GPU). Bytes: read and write of each,
+    2·Σ nbytes. The arrays must stay alive while the loop is used."""
+    views = [a.reshape(-1).view(xp.uint8) for a in arrays if a.size]
+    total = sum(int(v.size) for v in views)
+    if xp is not np:
+        k = xp.uint8(key)
+
+        def run_gpu() -> None:
+            for v in views:
+                xp.bitwise_xor(v, k, out=v)
+
+        return Loop(run_gpu, 2 * total, total)
+    table = layout.build([views], lambda a: a.__array_interface__["data"][0])
+    tasks = layout.tasks([v.size for v in views], _XOR_CHUNK)
+    like, k = np.zeros(1, np.uint8), np.uint8(key)
+    return Loop(lambda: _xor_table(table, tasks, _XOR_CHUNK, like, k), 2 * total, total)
 
 
 def last_level_cache_bytes() -> int:

@@ -69,7 +69,8 @@ def test_amp_rows_follow_the_schema_and_count_bytes_per_policy(amp_run):
     assert {r["kernel"] for r in rows} == expected
     torch = benchmarks.harness.optional_torch()
     for r in rows:
-        assert set(r) == SCHEMA | {"policy", "note"}
+        own = {"own_ceiling_gbps", "pct_of_own_ceiling", "detail"}
+        assert set(r) == SCHEMA | {"policy", "note"} | (set() if "latency" in r["kernel"] else own)
         pol = amp.POLICIES[r["policy"]]
         assert r["dtype"] == pol.param.name
         assert r["bytes"] == BYTES[r["policy"]] * r["numel"]
@@ -85,6 +86,9 @@ def test_amp_rows_follow_the_schema_and_count_bytes_per_policy(amp_run):
         assert r["ceiling"] == "inplace" and 0 < r["ceiling_gbps"] < float("inf")
         assert r["pct_of_ceiling"] == pytest.approx(100 * r["gbps"] / r["ceiling_gbps"])
         assert all(v > 0 for v in r["baselines"].values())
+        if "latency" not in r["kernel"]:
+            assert 0 < r["own_ceiling_gbps"] < float("inf")
+            assert r["pct_of_own_ceiling"] == pytest.approx(100 * r["gbps"] / r["own_ceiling_gbps"])
         peers = set(r["baselines"])
         if r["kernel"].startswith(latency):
             torch_peers = {"torch-fused"} if torch is not None else set()
@@ -160,3 +164,29 @@ def test_optim_row_runs_the_policy_through_the_optimizer(code):
     step()
     assert opt.step_count == 2
     assert not np.array_equal(a.p[0].view(np.uint8), before.view(np.uint8))
+
+
+def test_own_inplace_rewrites_every_byte_unchanged_and_counts_them():
+    """The own-buffers ceiling loop reaches every byte (with key 0xFF each flips), leaves
+    the arrays bit for bit as they were with key 0 (NaN payloads, odd byte counts, several
+    chunks), and counts a read and a write of each."""
+    from benchmarks.ceilings import _XOR_CHUNK, own_inplace
+
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 1 << 16, 3 * _XOR_CHUNK // 2 + 7, dtype=np.uint16)
+    arrays = [
+        bits.view(amp.BF16),  # every bf16 pattern, NaNs included
+        rng.standard_normal(1023).astype(np.float32),
+        np.zeros(0, np.float32),
+        rng.standard_normal((5, 3)).astype(np.float64),
+    ]
+    before = [a.copy() for a in arrays]
+    own_inplace(arrays, key=0xFF).fn()
+    for a, b in zip(arrays, before, strict=True):
+        assert np.array_equal(a.view(np.uint8), ~b.view(np.uint8))
+    own_inplace(arrays, key=0xFF).fn()
+    loop = own_inplace(arrays)
+    loop.fn()
+    for a, b in zip(arrays, before, strict=True):
+        assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+    assert loop.nbytes == 2 * sum(a.nbytes for a in arrays)
