@@ -18,9 +18,10 @@ CUDA events; both classes take it.
 ``own_inplace(arrays)``: the in-place loop over a kernel's own buffers (every byte read and
 rewritten unchanged, x ^= 0 with the 0 unknown to the compiler): the ceiling for exactly
 the memory the kernel touches. On the CPU VMs this project runs on, memory is not uniform:
-128 MiB arrays allocated one after another stream in place at 45 to 57 GB/s, depending on
-where they land (stable per array, seen with ``python -m benchmarks.experiment_placement``),
-so a loop over arrays of its own holds a kernel against a placement lottery.
+128 MiB arrays allocated one after another have streamed in place at 46 to 57 GB/s in one
+run, each array steady across that run's rounds, and within 5% of each other in a run
+minutes later (``python -m benchmarks.experiment_placement``), so a loop over arrays of its
+own holds a kernel against a placement lottery.
 
 The loops are not timed in a phase of their own: ``Context.measure`` runs the loops of a
 kernel's class round-robin with the kernel, and a loop's figure is the median of all its

@@ -11,7 +11,14 @@ this stream mix, and no Adam kernel can be much faster on this machine.
 ``gpugd._cpu.precision``, rounding to nearest even), m and v float32: 22 B/element, the
 mixed-precision policy of ``gpugd bench --suite amp``.
 
+``--in-cache``: one thread, arrays that fit in L2 (``--numel`` 2^15 by default), best of
+the rounds: the rate of gpugd's serial Adam loop, of the add loop with the same streams,
+and of a loop that only divides by a square root (q = m / (√v·c + ε), Adam's two divider
+operations). When Adam's rate is near the last, the divider, not memory or the other
+arithmetic, bounds the kernel in cache.
+
     python -m benchmarks.experiment_streams [--numel N] [--rounds R] [--policy fp32|bf16p-f32s]
+                                            [--in-cache]
 """
 
 from __future__ import annotations
@@ -40,6 +47,12 @@ def _seven_serial(p, g, m, v):
         st(p, i, ld(p, i) + gi, None)
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _divide_by_root(m, v, q, c, eps):
+    for i in range(m.size):
+        q[i] = m[i] / (np.sqrt(v[i]) * c + eps)
+
+
 @njit(cache=True, parallel=True)
 def _seven_streams(p, g, m, v):
     # Chunks of a prange, each a serial (vectorized) loop on slices: gpugd's own layout.
@@ -54,7 +67,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--numel", type=int, default=1 << 24)
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--policy", choices=("fp32", "bf16p-f32s"), default="fp32")
+    ap.add_argument("--in-cache", action="store_true")
     args = ap.parse_args(argv)
+    if args.in_cache:
+        _in_cache(args.numel if args.numel != 1 << 24 else 1 << 15, args.rounds, args.policy)
+        return
     n = args.numel
     rng = np.random.default_rng(0)
     half = args.policy != "fp32"
@@ -92,6 +109,40 @@ def main(argv: list[str] | None = None) -> None:
         med = float(np.median(t))
         gbps = (8 * n if k == "in-place loop" else nbytes) / med / 1e9
         print(f"{k:20s} {med * 1e3:8.2f} ms  {gbps:6.1f} GB/s  {100 * gbps / ceiling:5.1f}%")
+
+
+def _in_cache(n: int, rounds: int, policy: str) -> None:
+    """Per-core rates (G elements/s) with every array in L2: gpugd's serial Adam loop, the
+    add loop with its streams, and the divider-only loop."""
+    from gpugd._cpu import optim as cpu_optim
+    from gpugd.ops.optim import adam_kernel
+
+    rng = np.random.default_rng(0)
+    pdt = np.dtype(ml_dtypes.bfloat16) if policy != "fp32" else np.dtype(np.float32)
+    p = kernel_view(rng.standard_normal(n, dtype=np.float32).astype(pdt))
+    g = kernel_view((rng.standard_normal(n, dtype=np.float32) * 1e-3).astype(pdt))
+    m = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
+    v = np.abs(rng.standard_normal(n, dtype=np.float32)) * np.float32(1e-6)
+    q = np.empty(n, np.float32)
+    k = adam_kernel(lr=1e-3, step=5)
+    sc = tuple(x if isinstance(x, bool) else np.float32(x) for x in (*k.cpu, 1.0, np.inf))
+    c, eps = np.float32(k.cpu[-1]), np.float32(1e-8)
+    fns = {
+        "gpugd Adam loop": lambda: cpu_optim._apply_adam(p, g, m, v, v[:1], None, None, *sc),
+        "7-stream add loop": lambda: _seven_serial(p, g, m, v),
+        "m / (sqrt(v)·c + eps)": lambda: _divide_by_root(m, v, q, c, eps),
+    }
+    reps = max(1, (1 << 24) // n)
+    print(f"policy {policy}, {n} elements in L2, one thread, best of {rounds} x {reps} calls")
+    for name, fn in fns.items():
+        fn()
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            best = min(best, (time.perf_counter() - t) / reps)
+        print(f"{name:22s} {n / best / 1e9:6.2f} G elements/s per core")
 
 
 if __name__ == "__main__":

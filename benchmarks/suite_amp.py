@@ -12,9 +12,10 @@ The optim row's ``baselines`` also hold ``gpugd-ops`` (ops time / optim time).
 Beside the run's in-place ceiling (a loop over arrays of its own), each of these rows is
 held against the in-place loop over exactly its own buffers (p, g, the states, the master
 copy: ``ceilings.own_inplace``), timed in the same rounds: ``own_ceiling_gbps`` and
-``pct_of_own_ceiling`` (the table's detail column). The CPU VMs' memory streams at 45–57
-GB/s depending on where an array lands (``python -m benchmarks.experiment_placement``),
-so only this second figure compares a kernel and a ceiling on the same memory.
+``pct_of_own_ceiling`` (the table's detail column). On the CPU VMs an array's memory has
+streamed at 46–57 GB/s depending on where it landed (``python -m
+benchmarks.experiment_placement``), so only this second figure compares a kernel and a
+ceiling on the same memory.
 
 Policies (``POLICIES``: parameter/gradient dtype, state dtype, master weights, rounding)
 and the fewest bytes per element each must move (``bytes_per_elem``): read g, both states

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
 import sys
 
@@ -235,3 +236,25 @@ def test_streams_experiment_runs(capsys, policy):
     out = capsys.readouterr().out
     assert f"policy {policy}: {28 if policy == 'fp32' else 22} B/element" in out
     assert "7-stream add loop" in out and "gpugd adam_" in out
+
+
+@pytest.mark.parametrize("policy", ["fp32", "bf16p-f32s"])
+def test_streams_experiment_in_cache_runs(capsys, policy):
+    from benchmarks import experiment_streams
+
+    experiment_streams.main(["--numel", "4096", "--rounds", "2", "--policy", policy, "--in-cache"])
+    out = capsys.readouterr().out
+    assert f"policy {policy}, 4096 elements in L2" in out
+    rates = re.findall(r"([\d.]+) G elements/s per core", out)
+    assert len(rates) == 3 and all(float(r) > 0 for r in rates)
+
+
+def test_placement_experiment_runs(capsys):
+    from benchmarks import experiment_placement
+
+    experiment_placement.main(["--arrays", "3", "--mib", "4", "--rounds", "2"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"array +(\d+) +([\d.]+) +([\d.]+) +([\d.]+)", out)
+    assert [int(r[0]) for r in rows] == [0, 1, 2]
+    assert all(float(x) > 0 for r in rows for x in r[1:])
+    assert "slowest/fastest" in out
