@@ -60,8 +60,8 @@ def test_rows_follow_the_schema(small_run):
     expected |= acts | bn
     amp = benchmarks.suite_amp
     latency = f"adam_ step latency {amp.LATENCY_TENSORS} tensors"
-    amp_rows = {f"adam_ {k} flat" for k in amp.QUICK}
-    amp_rows |= {f"adam_ {k} resnet50-list" for k in amp.QUICK_LIST}
+    amp_rows = {f"adam_ {k} flat{o}" for k in amp.QUICK for o in ("", " optim")}
+    amp_rows |= {f"adam_ {k} resnet50-list{o}" for k in amp.QUICK_LIST for o in ("", " optim")}
     amp_rows |= {f"{latency} eager", f"{latency} ops"}
     expected |= amp_rows
     par = {"allreduce 2 ranks", "average_gradients 2 ranks"} if _has_mpiexec() else set()
@@ -105,7 +105,8 @@ def test_rows_follow_the_schema(small_run):
                 assert ratio == pytest.approx(r["steps_per_s"] / r["peer_steps_per_s"][peer])
             continue
         if r["kernel"] in amp_rows:  # the schema plus the policy (tests/test_bench_amp.py)
-            assert set(r) == SCHEMA | {"policy", "note"}
+            own = set() if "latency" in r["kernel"] else {"own_ceiling_gbps", "pct_of_own_ceiling"}
+            assert set(r) == SCHEMA | {"policy", "note"} | own | ({"detail"} if own else set())
             bpe = amp.policy_bytes_per_elem(amp.POLICIES[r["policy"]])
             assert r["bytes"] == bpe * r["numel"]
             assert 0 < r["pct_of_ceiling"] and all(v > 0 for v in r["baselines"].values())
