@@ -9,6 +9,11 @@ Each policy gives two rows, timed in the same rounds: ``adam_ <policy> <layout>`
 ``rounding=``) on the same arrays: validated and tabled once, what a training loop runs.
 The optim row's ``baselines`` also hold ``gpugd-ops`` (ops time / optim time).
 
+On the CPU every array of the suite is allocated as gpugd allocates its arenas and states
+(``host_copy``: large buffers 2 MiB-aligned on huge pages): the flat buffer is what a
+FlatParams arena holds, and gpugd, its peers and the own-buffers loops stream the same
+kind of memory (the run's ceiling loops keep NumPy's allocations).
+
 Beside the run's in-place ceiling (a loop over arrays of its own), each of these rows is
 held against the in-place loop over exactly its own buffers (p, g, the states, the master
 copy: ``ceilings.own_inplace``), timed in the same rounds: ``own_ceiling_gbps`` and
@@ -66,6 +71,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from gpugd import _hostmem as hostmem
 from gpugd import ops
 
 from .ceilings import own_inplace
@@ -141,17 +147,27 @@ class Arrays:
         return sum(int(a.size) for a in self.p)
 
 
+def host_copy(a: Any, dtype: Any = None) -> Any:
+    """``a`` (as ``dtype``) copied into memory allocated as gpugd allocates its arenas and
+    optimizer states (``gpugd._hostmem``: large buffers 2 MiB-aligned on huge pages), so
+    gpugd and its peers stream the same kind of memory; CuPy
+    arrays are copied as they are."""
+    if not isinstance(a, np.ndarray):
+        return a.astype(a.dtype if dtype is None else dtype)
+    out = hostmem.zeros_like(a, dtype)
+    out[...] = a
+    return out
+
+
 def _arrays(xp: Any, shapes: list[tuple[int, ...]], pol: Policy) -> Arrays:
     p, g, m, v, master = [], [], [], [], []
     for s in shapes:
-        p32 = xp.random.standard_normal(s).astype(xp.float32)
-        p.append(p32.astype(pol.param))
-        g.append((xp.random.standard_normal(s) * 1e-2).astype(xp.float32).astype(pol.param))
-        m.append(xp.zeros(s, pol.state))
-        v.append(xp.zeros(s, pol.state))
+        p.append(host_copy(xp.random.standard_normal(s).astype(xp.float32), pol.param))
+        g.append(host_copy((xp.random.standard_normal(s) * 1e-2).astype(xp.float32), pol.param))
+        m.append(host_copy(xp.zeros(s, pol.state)))
+        v.append(host_copy(xp.zeros(s, pol.state)))
         if pol.master:
-            master.append(p[-1].astype(xp.float32))  # the master copy starts at p's value
-        del p32
+            master.append(host_copy(p[-1], xp.float32))  # the master copy starts at p's value
     return Arrays(p, g, m, v, master if pol.master else None)
 
 
@@ -242,7 +258,7 @@ def _torch_step(ctx: Context, torch: Any, name: str, a: Arrays, **flags: Any):
     creates the states, in p's dtype), or None (logged) when torch refuses that dtype or
     flag."""
     try:
-        tps = [_as_torch(torch, x.copy()) for x in a.p]
+        tps = [_as_torch(torch, host_copy(x)) for x in a.p]
         for tp, g in zip(tps, a.g, strict=True):
             tp.grad = _as_torch(torch, g)
         opt = torch.optim.Adam(tps, lr=HP["lr"], betas=HP["betas"], eps=HP["eps"], **flags)
@@ -354,7 +370,7 @@ def _torch_graph_step(ctx: Context, torch: Any, a: Arrays):
     """torch fused Adam with ``capturable=True``, its step captured in a torch CUDA graph
     (warm-up on a side stream, as torch's documentation does): ``graph.replay``; or None."""
     try:
-        tps = [_as_torch(torch, x.copy()) for x in a.p]
+        tps = [_as_torch(torch, host_copy(x)) for x in a.p]
         for tp, g in zip(tps, a.g, strict=True):
             tp.grad = _as_torch(torch, g)
         opt = torch.optim.Adam(
@@ -391,13 +407,13 @@ def _latency_rows(ctx: Context, torch: Any) -> list[dict[str, Any]]:
     a = _arrays(xp, shapes, pol)
     n = a.numel()
     ctx.log(f"amp: step latency, {len(shapes)} tensors, {n} float32 parameters")
-    eager = optim.Adam([x.copy() for x in a.p], grads=a.g, lr=HP["lr"])
+    eager = optim.Adam([host_copy(x) for x in a.p], grads=a.g, lr=HP["lr"])
     eager.step()  # builds the tensor table outside the timing
     fns: dict[str, Any] = {"gpugd-eager": eager.step, "gpugd-ops": _gpugd_call(a, pol, False)}
     if ctx.backend.name == "cuda":
         from gpugd.graph import CapturedStep
 
-        captured = optim.Adam([x.copy() for x in a.p], grads=a.g, lr=HP["lr"])
+        captured = optim.Adam([host_copy(x) for x in a.p], grads=a.g, lr=HP["lr"])
         fns["gpugd-graph"] = CapturedStep(captured, zero_grad=False)
     peers: dict[str, Any] = {}
     if torch is not None:

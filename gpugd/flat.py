@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from . import _hostmem as hostmem
+
 ALIGN_BYTES = 64
 
 
@@ -90,8 +92,11 @@ class FlatParams(Mapping):
 
     def _alloc(self, dtype: Any = None) -> Any:
         """A zeroed buffer of ``numel`` elements (of ``dtype``, default the arena's) starting
-        on a 64-byte boundary (NumPy guarantees only 16 bytes: over-allocate and slice)."""
+        on a 64-byte boundary (NumPy guarantees only 16 bytes: over-allocate and slice); on
+        the host large ones 2 MiB-aligned on huge pages (``gpugd._hostmem``)."""
         dtype = self.dtype if dtype is None else np.dtype(dtype)
+        if self.xp is np:
+            return hostmem.zeros(self.numel, dtype)
         step = ALIGN_BYTES // dtype.itemsize
         raw = self.xp.zeros(self.numel + step, dtype=dtype)
         ptr = raw.data.ptr if self.xp is not np else raw.ctypes.data

@@ -50,6 +50,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from . import _hostmem as hostmem
 from ._io import atomic_savez, load_npz
 from .flat import FlatParams
 from .ops import optim as _ops
@@ -343,7 +344,8 @@ class Optimizer:
                 if g.flat is not None:
                     self.state[n][MASTER] = self._buffers[MASTER][n]
                 else:
-                    self.state[n][MASTER] = p.astype(np.float32)
+                    self.state[n][MASTER] = _full_like(p, 0.0, np.float32)
+                    self.state[n][MASTER][...] = p
 
     def sync_master_weights(self) -> None:
         """Copy the parameters into the fp32 master weights (after writing parameters by
@@ -719,8 +721,11 @@ def _like(target: Any, host: np.ndarray) -> Any:
 
 
 def _full_like(a: Any, fill: float, dtype: Any) -> Any:
-    out = a.astype(dtype)
-    out.fill(fill)
+    """A state beside ``a``: ``a``'s shape, ``dtype``, every element ``fill`` (on the host
+    from ``gpugd._hostmem``: large states on huge pages)."""
+    out = hostmem.zeros_like(a, dtype) if isinstance(a, np.ndarray) else a.astype(dtype)
+    if fill or not isinstance(a, np.ndarray):
+        out.fill(fill)
     return out
 
 
