@@ -6,8 +6,10 @@ zeroed, 2 MiB-aligned, private anonymous memory with transparent huge pages requ
 Why: an optimizer step streams 4–7 arrays at once, and with 4 KiB pages every stream
 crosses a page every 1,024 float32 elements (a TLB miss, and the hardware prefetchers stop
 at the boundary). On the 2-core CI VM a bfloat16-parameter Adam step over 2^24 elements
-moved 47.1 GB/s on huge-page buffers against 45.1–45.6 on the same sizes from ``np.empty``,
-in three pairs allocated one after another (`python -m benchmarks.experiment_hugepages`).
+moved 47.7–48.0 GB/s on huge-page buffers against 45.8–46.3 on buffers from ``np.empty``,
+three pairs timed in the same rounds (``python -m benchmarks.experiment_hugepages``,
+``benchmarks/results/cpu-hugepages-2026-12-02.txt``); a plain in-place loop, one stream,
+ran 3% slower on the huge pages, so this is for multi-stream kernels, not a free lunch.
 
 Buffers below ``HUGE_MIN`` bytes, and every buffer where the platform has no
 ``MADV_HUGEPAGE``, come from ``np.zeros``, aligned to 64 bytes (over-allocated and sliced).
