@@ -30,7 +30,7 @@ from .vector import CHUNK, PARALLEL_MIN
 from .vmath import fma
 
 # Every a·b + c of the rules is an explicit fused multiply-add (``vmath.fma``, one rounding),
-# as in kernels/optim.cu: ~15% fewer instructions per element than separate products and
+# as in kernels/optim.cu: ~10% fewer instructions per element than separate products and
 # sums (the bfloat16 Adam step sits near the edge between arithmetic and memory on two
 # cores), and the same rounding on every path. Contraction left to LLVM (fastmath
 # ``contract``) fused differently in the float32 and the half-precision loops, so master
