@@ -5,7 +5,9 @@ elements each), one set of each pair from ``gpugd._hostmem.zeros`` (2 MiB-aligne
 ``MADV_HUGEPAGE``: how gpugd allocates arenas and optimizer states) and one from
 ``np.empty``, and times ``ops.adam_`` on every set and the in-place loop over every set's
 own buffers (``ceilings.own_inplace``), round-robin in shuffled order, caches swept before
-every call. Prints each set's huge-page share (from /proc/self/smaps), GB/s of Adam's 22
+every call. Prints each set's huge-page share (AnonHugePages of the mappings holding its
+arrays, from /proc/self/smaps: exact when each array has a mapping of its own, as large
+ones do), GB/s of Adam's 22
 bytes per element and of the in-place loop.
 
     python -m benchmarks.experiment_hugepages [--numel N] [--pairs K] [--rounds R]
@@ -14,7 +16,6 @@ bytes per element and of the in-place loop.
 from __future__ import annotations
 
 import argparse
-import re
 import time
 
 import ml_dtypes
@@ -28,20 +29,9 @@ from .ceilings import cpu_flush, own_inplace
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
-def huge_kib(a: np.ndarray) -> int | None:
-    """AnonHugePages (KiB) of the mapping that holds ``a``, None off Linux."""
-    addr, inside = a.ctypes.data, False
-    try:
-        with open("/proc/self/smaps") as f:
-            for line in f:
-                m = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
-                if m:
-                    inside = int(m.group(1), 16) <= addr < int(m.group(2), 16)
-                elif inside and line.startswith("AnonHugePages:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def huge_kib(a: np.ndarray) -> int:
+    """AnonHugePages (KiB) of the mapping that holds ``a`` (0 where unknown)."""
+    return int(hostmem.mapping_of(a).get("AnonHugePages", "0 kB").split()[0])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"bf16p-f32s Adam on {n} elements (22 B/element), {args.rounds} rounds, medians")
     for name, arrays in sets.items():
         huge = [huge_kib(a) for a in arrays]
-        share = sum(h or 0 for h in huge) * 1024 / sum(a.nbytes for a in arrays)
+        share = sum(huge) * 1024 / sum(a.nbytes for a in arrays)
         adam = 22 * n / float(np.median(times[f"adam {name}"])) / 1e9
         own = 24 * n / float(np.median(times[f"own {name}"])) / 1e9
         print(

@@ -51,6 +51,28 @@ def zeros(n: int, dtype: Any) -> np.ndarray:
     return raw[skip : skip + nbytes].view(dtype)
 
 
+def mapping_of(a: np.ndarray) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that holds ``a``'s first byte (e.g.
+    ``AnonHugePages``: "16384 kB", ``VmFlags``: "rd wr mr mw me ac hg", where "hg" means
+    huge pages were advised); {} where there is no such file (not Linux)."""
+    addr, fields, inside = a.ctypes.data, {}, False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(maxsplit=1)[0]
+                if "-" in head and not head.endswith(":"):  # "start-end perms ..." header
+                    if inside:
+                        break
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    inside = lo <= addr < hi
+                elif inside:
+                    key, _, value = line.partition(":")
+                    fields[key] = value.strip()
+    except OSError:
+        return {}
+    return fields
+
+
 def zeros_like(a: np.ndarray, dtype: Any = None) -> np.ndarray:
     """``zeros`` of ``a``'s shape (and dtype, unless given)."""
     return zeros(a.size, a.dtype if dtype is None else dtype).reshape(a.shape)

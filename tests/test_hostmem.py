@@ -4,7 +4,6 @@ writable, huge pages requested for large ones; and the arenas and states that us
 from __future__ import annotations
 
 import mmap
-import re
 import sys
 
 import ml_dtypes
@@ -20,15 +19,9 @@ LARGE = hostmem.HUGE_MIN // 4 + 3  # float32 elements: just above the threshold,
 
 def _vm_flags(a: np.ndarray) -> list[str]:
     """The VmFlags of the mapping that holds ``a``'s first byte (Linux)."""
-    addr, inside = a.ctypes.data, False
-    with open("/proc/self/smaps") as f:
-        for line in f:
-            m = re.match(r"([0-9a-f]+)-([0-9a-f]+) ", line)
-            if m:
-                inside = int(m.group(1), 16) <= addr < int(m.group(2), 16)
-            elif inside and line.startswith("VmFlags:"):
-                return line.split()[1:]
-    raise AssertionError("no mapping holds the array")
+    fields = hostmem.mapping_of(a)
+    assert fields, "no mapping holds the array"
+    return fields["VmFlags"].split()
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 1023, LARGE])
@@ -97,3 +90,12 @@ def test_arenas_and_list_states_live_on_hostmem_buffers():
         assert np.array_equal(flat[name].view(np.uint16), listed[i].view(np.uint16))
         for k in ("exp_avg", "exp_avg_sq", "master"):
             assert np.array_equal(a.state[name][k], b.state[b.names[i]][k]), (name, k)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/smaps is Linux")
+def test_mapping_of_finds_the_array_and_its_fields():
+    a = hostmem.zeros(LARGE, np.float32)
+    fields = hostmem.mapping_of(a)
+    assert fields["AnonHugePages"].endswith("kB") and "Rss" in fields
+    heap = np.zeros(3)
+    assert hostmem.mapping_of(heap)["VmFlags"].split()[:2] == ["rd", "wr"]
