@@ -7,8 +7,7 @@ elements each), one set of each pair from ``gpugd._hostmem.zeros`` (2 MiB-aligne
 own buffers (``ceilings.own_inplace``), round-robin in shuffled order, caches swept before
 every call. Prints each set's huge-page share (AnonHugePages of the mappings holding its
 arrays, from /proc/self/smaps: exact when each array has a mapping of its own, as large
-ones do), GB/s of Adam's 22
-bytes per element and of the in-place loop.
+ones do), GB/s of Adam's 22 bytes per element and of the in-place loop.
 
     python -m benchmarks.experiment_hugepages [--numel N] [--pairs K] [--rounds R]
 """
