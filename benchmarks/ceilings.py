@@ -19,7 +19,7 @@ CUDA events; both classes take it.
 rewritten unchanged, x ^= 0 with the 0 unknown to the compiler): the ceiling for exactly
 the memory the kernel touches. On the CPU VMs this project runs on, memory is not uniform:
 128 MiB arrays allocated one after another have streamed in place at 46 to 57 GB/s in one
-run, each array steady across that run's rounds, and within 5% of each other in a run
+run, each array steady across that run's rounds, and within 5–9% of each other in runs
 minutes later (``python -m benchmarks.experiment_placement``), so a loop over arrays of its
 own holds a kernel against a placement lottery.
 
@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from gpugd import _tensor_table as layout
+from gpugd._cpu.optim import address
 from gpugd._cpu.tensor_table import SIZE_ROW, entry
 
 from .harness import Context, Loop
@@ -106,7 +107,7 @@ def own_inplace(arrays: list[Any], xp: Any = np, key: int = 0) -> Loop:
                 xp.bitwise_xor(v, k, out=v)
 
         return Loop(run_gpu, 2 * total, total)
-    table = layout.build([views], lambda a: a.__array_interface__["data"][0])
+    table = layout.build([views], address)
     tasks = layout.tasks([v.size for v in views], _XOR_CHUNK)
     like, k = np.zeros(1, np.uint8), np.uint8(key)
     return Loop(lambda: _xor_table(table, tasks, _XOR_CHUNK, like, k), 2 * total, total)

@@ -5,7 +5,7 @@ ceiling loop (``ceilings._inplace``) on each, round-robin, caches swept before e
 On a machine with uniform memory every array gives the same GB/s within noise; on the
 CPU VMs this project has run on, arrays have streamed at 46 to 57 GB/s depending on where
 they landed, each steady across the run's rounds (the two half-run columns agree), and
-within 5% of each other in another run minutes later. That is why the amp suite holds
+within 5–9% of each other in runs minutes later. That is why the amp suite holds
 each kernel also against the in-place loop over its own buffers (``ceilings.own_inplace``).
 
     python -m benchmarks.experiment_placement [--arrays K] [--mib M] [--rounds R]

@@ -150,13 +150,10 @@ class Arrays:
 def host_copy(a: Any, dtype: Any = None) -> Any:
     """``a`` (as ``dtype``) copied into memory allocated as gpugd allocates its arenas and
     optimizer states (``gpugd._hostmem``: large buffers 2 MiB-aligned on huge pages), so
-    gpugd and its peers stream the same kind of memory; CuPy
-    arrays are copied as they are."""
+    gpugd and its peers stream the same kind of memory; CuPy arrays are copied as they are."""
     if not isinstance(a, np.ndarray):
         return a.astype(a.dtype if dtype is None else dtype)
-    out = hostmem.zeros_like(a, dtype)
-    out[...] = a
-    return out
+    return hostmem.copy_of(a, dtype)
 
 
 def _arrays(xp: Any, shapes: list[tuple[int, ...]], pol: Policy) -> Arrays:

@@ -76,3 +76,10 @@ def mapping_of(a: np.ndarray) -> dict[str, str]:
 def zeros_like(a: np.ndarray, dtype: Any = None) -> np.ndarray:
     """``zeros`` of ``a``'s shape (and dtype, unless given)."""
     return zeros(a.size, a.dtype if dtype is None else dtype).reshape(a.shape)
+
+
+def copy_of(a: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """``a`` converted to ``dtype`` (default: its own) in a new ``zeros_like`` buffer."""
+    out = zeros_like(a, dtype)
+    out[...] = a
+    return out

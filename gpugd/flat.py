@@ -99,8 +99,7 @@ class FlatParams(Mapping):
             return hostmem.zeros(self.numel, dtype)
         step = ALIGN_BYTES // dtype.itemsize
         raw = self.xp.zeros(self.numel + step, dtype=dtype)
-        ptr = raw.data.ptr if self.xp is not np else raw.ctypes.data
-        skip = (-ptr % ALIGN_BYTES) // dtype.itemsize
+        skip = (-raw.data.ptr % ALIGN_BYTES) // dtype.itemsize
         return raw[skip : skip + self.numel]
 
     def _slot(self, name: str) -> tuple[int, tuple[int, ...]]:
