@@ -14,10 +14,17 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 HALF_NAMES = ("float16", "bfloat16")  # bfloat16: ml_dtypes' dtype (NumPy and CuPy ≥ 14)
 
 
+def dtype_name(dtype: np.dtype) -> str:
+    """ "float32", "bfloat16", …: the name of the dtype's scalar type. ``dtype.name`` gives
+    the same for float dtypes but is computed in Python (0.5–1.6 µs a call, against 30 ns,
+    and several cache misses more when a training step has evicted NumPy's code)."""
+    return dtype.type.__name__
+
+
 def float_array(name: str, a: Any, *, writable: bool = False, half: bool = False) -> None:
     """``a`` is a C-contiguous float32/float64 array — or float16/bfloat16 with ``half`` —
     writable when asked."""
-    if a.dtype not in FLOAT_DTYPES and not (half and a.dtype.name in HALF_NAMES):
+    if a.dtype not in FLOAT_DTYPES and not (half and dtype_name(a.dtype) in HALF_NAMES):
         kinds = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
         raise TypeError(f"{name}: expected dtype {kinds}, got {a.dtype}")
     if not a.flags.c_contiguous:
@@ -73,6 +80,8 @@ def output(out: Any, like_name: str, like: Any, inputs: dict[str, Any]) -> Any:
 
 def real_scalar(name: str, v: Any) -> float:
     """``v`` is a real Python/NumPy scalar (not an array, not complex, not bool)."""
+    if type(v) is float:  # the common case, without the ABC check below (~0.3 µs, more cold)
+        return v
     if isinstance(v, bool | np.bool_) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: expected a real scalar, got {type(v).__name__}")
     return float(v)
@@ -80,6 +89,7 @@ def real_scalar(name: str, v: Any) -> float:
 
 __all__ = [
     "array_backend",
+    "dtype_name",
     "float_array",
     "no_partial_overlap",
     "output",

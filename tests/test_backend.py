@@ -171,3 +171,38 @@ def test_validation_accepts_cupy_style_flags():
     fake.flags.c_contiguous = False
     with pytest.raises(ValueError, match="p: expected a C-contiguous array"):
         _validate.float_array("p", SimpleNamespace(**vars(fake), strides=(8,)), writable=True)
+
+
+def test_dtype_name_is_numpy_dtype_name_for_every_float_format():
+    # The fast name read on the hot path must agree with NumPy's own ``dtype.name``.
+    import ml_dtypes
+
+    from gpugd import _validate
+
+    for dt in (np.float16, np.float32, np.float64, ml_dtypes.bfloat16, np.int32, np.uint16):
+        assert _validate.dtype_name(np.dtype(dt)) == np.dtype(dt).name
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [
+        (0.5, True),
+        (3, True),
+        (np.float32(0.25), True),
+        (np.int64(2), True),
+        (True, False),
+        (np.bool_(True), False),
+        (1j, False),
+        (np.ones(1), False),
+        ("1", False),
+    ],
+)
+def test_real_scalar_accepts_reals_only(value, ok):
+    from gpugd import _validate
+
+    if ok:
+        out = _validate.real_scalar("lr", value)
+        assert type(out) is float and out == float(value)
+    else:
+        with pytest.raises(TypeError, match="lr: expected a real scalar"):
+            _validate.real_scalar("lr", value)

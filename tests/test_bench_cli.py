@@ -259,3 +259,15 @@ def test_placement_experiment_runs(capsys):
     assert [int(r[0]) for r in rows] == [0, 1, 2]
     assert all(float(x) > 0 for r in rows for x in r[1:])
     assert "slowest/fastest" in out
+
+
+def test_overhead_experiment_runs(capsys):
+    from benchmarks import experiment_overhead
+
+    experiment_overhead.main(["--numel", str(1 << 17), "--rounds", "2"])
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(cold|warm) +(.*)$", out, re.M)
+    assert [r[0] for r in rows] == ["cold", "warm"]
+    for _, cells in rows:
+        times = [float(x) for x in re.findall(r"(-?[\d.]+)µs", cells)]
+        assert len(times) == 6 and all(t > 0 for t in times[:4])

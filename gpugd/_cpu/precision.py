@@ -35,7 +35,7 @@ HALF_VIEWS = {"float16": np.int16, "bfloat16": np.uint16}
 
 def kernel_view(a: np.ndarray) -> np.ndarray:
     """The array as the kernels take it: half formats as their integer bit view."""
-    view = HALF_VIEWS.get(a.dtype.name)
+    view = HALF_VIEWS.get(a.dtype.type.__name__)  # not dtype.name: computed in Python
     return a if view is None else a.view(view)
 
 

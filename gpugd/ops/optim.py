@@ -23,6 +23,7 @@ runs; a rejected call writes nothing. Per-element math: ``kernels/optim.cu`` (CU
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -96,7 +97,7 @@ class Tensors:
         self.backend = v.array_backend(**labelled) if labelled else "cpu"
         ps = rows[0]
         self.dtype = ps[0].dtype if ps else None
-        self.half = self.dtype is not None and self.dtype.name in v.HALF_NAMES
+        self.half = self.dtype is not None and v.dtype_name(self.dtype) in v.HALF_NAMES
         self.state_dtype = next((r[0].dtype for r in rows[2:] if r is not None and r), None)
         for i, pa in enumerate(ps):
             sfx = f"[{i}]" if self.multi else ""
@@ -143,7 +144,7 @@ class Tensors:
         one dtype for all states."""
         if s.shape != pa.shape:
             raise ValueError(f"{name}: shape {s.shape} does not match {pname}'s {pa.shape}")
-        if s.dtype.name not in ("float32", "bfloat16"):
+        if v.dtype_name(s.dtype) not in ("float32", "bfloat16"):
             raise TypeError(
                 f"{name}: states beside {pa.dtype} parameters are float32 or bfloat16, "
                 f"got {s.dtype}"
@@ -219,16 +220,15 @@ class Tensors:
         return cupy.zeros((len(self.sizes), 2))
 
     def _launch_cpu(self, rule: str, scalars: tuple, stats: bool, key: int | None) -> Any:
-        from .._cpu import optim as k
-        from .._cpu import reduce as kr
-        from .._cpu.precision import kernel_view
-
+        k, kr, kernel_view = _cpu_kernels()
         if not self.multi:
             rows, out = self._table_rows()
             flat = [None if r is None else kernel_view(r[0].reshape(-1)) for r in rows]
             half_p = None if out is None else kernel_view(out[0].reshape(-1))
             sr = None if key is None else np.uint32(key)
-            k.run(rule, flat[0], flat[1], flat[2:], scalars, half_p, sr)
+            at = self._addresses
+            where = [0 if r is None else at[id(r[0])] for r in [*rows, out]]
+            k.run(rule, flat[0], flat[1], flat[2:], scalars, half_p, sr, where)
             return None
         if self._prepared is None:
             rows, out = self._table_rows()
@@ -319,6 +319,18 @@ class Tensors:
             (1,), (256,), (first, np.int64(ntensors), chunk_stats, np.int32(2), per, total, null)
         )
         return per
+
+
+@functools.cache
+def _cpu_kernels() -> tuple[Any, Any, Any]:
+    """gpugd._cpu's optimizer and reduction modules and ``kernel_view``, imported at the first
+    CPU launch (Numba loads then, not at ``import gpugd``) and kept: an import statement in
+    the launch costs microseconds every step (importlib's ``_handle_fromlist``)."""
+    from .._cpu import optim as k
+    from .._cpu import reduce as kr
+    from .._cpu.precision import kernel_view
+
+    return k, kr, kernel_view
 
 
 def _cpu_value(x: Any, t: Any) -> Any:
@@ -430,7 +442,8 @@ class Kernel(NamedTuple):
                 _required(name, given.get(name), why)
         states = {n: given.get(n) if w is not None else None for n, w in self.states.items()}
         tensors = Tensors(p, g, states, master)
-        if self.key is not None and (tensors.dtype is None or tensors.dtype.name != "bfloat16"):
+        bf16 = tensors.dtype is not None and v.dtype_name(tensors.dtype) == "bfloat16"
+        if self.key is not None and not bf16:
             raise ValueError(
                 f"rounding: stochastic rounding is for bfloat16 parameters, p is {tensors.dtype}"
             )
