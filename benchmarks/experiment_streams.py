@@ -1,15 +1,22 @@
 """Experiment: how fast can any loop with Adam's memory streams run on this CPU?
 
 Adam moves 7 streams per element (reads p, g, m, v; writes p, m, v: 28 B in fp32). This
-times, round-robin with caches swept before every call, a loop with exactly those streams
-and almost no arithmetic (p += g; m += g; v += g), gpugd's fused Adam, the in-place
-ceiling loop (``ceilings._inplace``), and torch's CPU fused Adam when importable (fp32). If
+times, round-robin with caches swept before every call (``ceilings.cpu_flush``), a loop
+with exactly those streams and almost no arithmetic (p += g; m += g; v += g), gpugd's
+fused Adam, the in-place ceiling loop (``ceilings._inplace``), and torch's CPU fused Adam
+when importable (fp32). If
 the add loop is no faster than the Adam kernels, they sit at what the memory system gives
 this stream mix, and no Adam kernel can be much faster on this machine.
 
 ``--policy bf16p-f32s``: p and g in bfloat16 (read and stored through
 ``gpugd._cpu.precision``, rounding to nearest even), m and v float32: 22 B/element, the
 mixed-precision policy of ``gpugd bench --suite amp``.
+
+``--alloc hostmem``: p, g, m and v from ``gpugd._hostmem.zeros`` (2 MiB-aligned, huge
+pages requested: how gpugd allocates arenas and states) instead of NumPy. Either way a
+fourth loop runs in place over exactly p, g, m and v (``ceilings.own_inplace``), so each
+kernel is seen against the single-stream in-place loop on its own memory and on the
+ceiling loop's separate array.
 
 ``--in-cache``: one thread, arrays that fit in L2 (``--numel`` 2^15 by default), best of
 the rounds: the rate of gpugd's serial Adam loop, of the add loop with the same streams,
@@ -18,7 +25,7 @@ operations). When Adam's rate is near the last, the divider, not memory or the o
 arithmetic, bounds the kernel in cache.
 
     python -m benchmarks.experiment_streams [--numel N] [--rounds R] [--policy fp32|bf16p-f32s]
-                                            [--in-cache]
+                                            [--alloc numpy|hostmem] [--in-cache]
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ import ml_dtypes
 import numpy as np
 from numba import njit, prange
 
+from gpugd import _hostmem as hostmem
 from gpugd import ops
 from gpugd._cpu.precision import kernel_view, ld, st
 from gpugd._cpu.vector import CHUNK
 
-from .ceilings import _inplace
+from .ceilings import _inplace, cpu_flush, own_inplace
 from .harness import optional_torch
 
 
@@ -67,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--numel", type=int, default=1 << 24)
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--policy", choices=("fp32", "bf16p-f32s"), default="fp32")
+    ap.add_argument("--alloc", choices=("numpy", "hostmem"), default="numpy")
     ap.add_argument("--in-cache", action="store_true")
     args = ap.parse_args(argv)
     if args.in_cache:
@@ -76,14 +85,18 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     half = args.policy != "fp32"
     pdt = np.dtype(ml_dtypes.bfloat16) if half else np.dtype(np.float32)
-    p = rng.standard_normal(n, dtype=np.float32).astype(pdt)
-    g = (rng.standard_normal(n, dtype=np.float32) * 1e-3).astype(pdt)
-    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    zeros = hostmem.zeros if args.alloc == "hostmem" else np.zeros
+    p, g = zeros(n, pdt), zeros(n, pdt)
+    p[...] = rng.standard_normal(n, dtype=np.float32).astype(pdt)
+    g[...] = (rng.standard_normal(n, dtype=np.float32) * 1e-3).astype(pdt)
+    m, v = zeros(n, np.float32), zeros(n, np.float32)
     x = np.ones(n, np.float32)
+    own = own_inplace([p, g, m, v])
     nbytes = n * (3 * p.itemsize + 16)
     s, u = np.float32(0.999), np.float32(1e-3)
     fns = {
         "in-place loop": lambda: _inplace(x, s, u),
+        "in-place, own buffers": own.fn,
         "7-stream add loop": lambda: _seven_streams(kernel_view(p), kernel_view(g), m, v),
         "gpugd adam_": lambda: ops.adam_(p, g, m, v, lr=1e-3, step=5),
     }
@@ -93,22 +106,30 @@ def main(argv: list[str] | None = None) -> None:
         tp.grad = torch.from_numpy(g.copy())
         opt = torch.optim.Adam([tp], lr=1e-3, fused=True)
         fns["torch fused Adam"] = opt.step
-    flush = np.ones(1 << 27, np.float32)  # 512 MiB: more than the shared L3
+    flush = cpu_flush()  # as the benchmark suites: reads twice the last-level cache
     for f in fns.values():
         f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(args.rounds):
         for k, f in fns.items():
-            flush += 1.0
+            flush()
             t = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t)
-    ceiling = 8 * n / float(np.median(times["in-place loop"])) / 1e9
-    print(f"policy {args.policy}: {nbytes // n} B/element; in-place loop {ceiling:.1f} GB/s")
+    moved = {"in-place loop": 8 * n, "in-place, own buffers": own.nbytes}
+    gbps = {k: moved.get(k, nbytes) / float(np.median(t)) / 1e9 for k, t in times.items()}
+    ceiling, mine = gbps["in-place loop"], gbps["in-place, own buffers"]
+    print(
+        f"policy {args.policy}: {nbytes // n} B/element; arrays from {args.alloc}; in-place "
+        f"loop {ceiling:.1f} GB/s on its own array, {mine:.1f} GB/s over p, g, m and v"
+    )
+    print(f"{'':22s} {'ms':>8s}  {'GB/s':>6s}  {'% in-place':>10s}  {'% own buffers':>13s}")
     for k, t in times.items():
-        med = float(np.median(t))
-        gbps = (8 * n if k == "in-place loop" else nbytes) / med / 1e9
-        print(f"{k:20s} {med * 1e3:8.2f} ms  {gbps:6.1f} GB/s  {100 * gbps / ceiling:5.1f}%")
+        r = gbps[k]
+        print(
+            f"{k:22s} {float(np.median(t)) * 1e3:8.2f}  {r:6.1f}  {100 * r / ceiling:10.1f}"
+            f"  {100 * r / mine:13.1f}"
+        )
 
 
 def _in_cache(n: int, rounds: int, policy: str) -> None:

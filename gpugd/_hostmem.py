@@ -9,7 +9,10 @@ at the boundary). On the 2-core CI VM a bfloat16-parameter Adam step over 2^24 e
 moved 47.7–48.0 GB/s on huge-page buffers against 45.8–46.3 on buffers from ``np.empty``,
 three pairs timed in the same rounds (``python -m benchmarks.experiment_hugepages``,
 ``benchmarks/results/cpu-hugepages-2026-12-02.txt``); a plain in-place loop, one stream,
-ran 3% slower on the huge pages, so this is for multi-stream kernels, not a free lunch.
+ran 3% slower on the huge pages there and 4–9% slower in
+``benchmarks/results/cpu-streams-alloc-2026-12-02.txt`` (``python -m
+benchmarks.experiment_streams --alloc``), so this is for multi-stream kernels, not a free
+lunch.
 
 Buffers below ``HUGE_MIN`` bytes, and every buffer where the platform has no
 ``MADV_HUGEPAGE``, come from ``np.zeros``, aligned to 64 bytes (over-allocated and sliced).

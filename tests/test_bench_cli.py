@@ -229,14 +229,21 @@ def test_prepared_setup_runs_before_every_call_and_is_not_timed():
     assert t["k"].median_s < 0.01  # the 20 ms setup is outside the timing
 
 
-@pytest.mark.parametrize("policy", ["fp32", "bf16p-f32s"])
-def test_streams_experiment_runs(capsys, policy):
+@pytest.mark.parametrize("policy, alloc", [("fp32", "numpy"), ("bf16p-f32s", "hostmem")])
+def test_streams_experiment_runs(capsys, policy, alloc):
     from benchmarks import experiment_streams
 
-    experiment_streams.main(["--numel", str(1 << 18), "--rounds", "2", "--policy", policy])
+    argv = ["--numel", str(1 << 20), "--rounds", "2", "--policy", policy, "--alloc", alloc]
+    experiment_streams.main(argv)
     out = capsys.readouterr().out
-    assert f"policy {policy}: {28 if policy == 'fp32' else 22} B/element" in out
-    assert "7-stream add loop" in out and "gpugd adam_" in out
+    assert (
+        f"policy {policy}: {28 if policy == 'fp32' else 22} B/element; arrays from {alloc}" in out
+    )
+    rows = dict(re.findall(r"^(\S.*?) {2,}[\d.]+ +([\d.]+) ", out, re.M))
+    assert {"in-place loop", "in-place, own buffers", "7-stream add loop", "gpugd adam_"} <= set(
+        rows
+    )
+    assert all(float(x) > 0 for x in rows.values())
 
 
 @pytest.mark.parametrize("policy", ["fp32", "bf16p-f32s"])
