@@ -4,6 +4,7 @@ follow the DESIGN.md schema, and a NumPy peer that computes what gpugd computes.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -166,7 +167,13 @@ def test_optim_row_runs_the_policy_through_the_optimizer(code):
     assert not np.array_equal(a.p[0].view(np.uint8), before.view(np.uint8))
 
 
-def test_own_inplace_rewrites_every_byte_unchanged_and_counts_them():
+# The GPU branch of own_inplace (one elementwise xor per array through the array module) run
+# on NumPy arrays through a stand-in module: the same code path a CuPy run takes.
+GPU_STYLE_XP = SimpleNamespace(uint8=np.uint8, bitwise_xor=np.bitwise_xor)
+
+
+@pytest.mark.parametrize("xp", [np, GPU_STYLE_XP], ids=["table", "per-array"])
+def test_own_inplace_rewrites_every_byte_unchanged_and_counts_them(xp):
     """The own-buffers ceiling loop reaches every byte (with key 0xFF each flips), leaves
     the arrays bit for bit as they were with key 0 (NaN payloads, odd byte counts, several
     chunks), and counts a read and a write of each."""
@@ -181,11 +188,11 @@ def test_own_inplace_rewrites_every_byte_unchanged_and_counts_them():
         rng.standard_normal((5, 3)).astype(np.float64),
     ]
     before = [a.copy() for a in arrays]
-    own_inplace(arrays, key=0xFF).fn()
+    own_inplace(arrays, xp, key=0xFF).fn()
     for a, b in zip(arrays, before, strict=True):
         assert np.array_equal(a.view(np.uint8), ~b.view(np.uint8))
-    own_inplace(arrays, key=0xFF).fn()
-    loop = own_inplace(arrays)
+    own_inplace(arrays, xp, key=0xFF).fn()
+    loop = own_inplace(arrays, xp)
     loop.fn()
     for a, b in zip(arrays, before, strict=True):
         assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
