@@ -10,9 +10,9 @@ Each policy gives two rows, timed in the same rounds: ``adam_ <policy> <layout>`
 The optim row's ``baselines`` also hold ``gpugd-ops`` (ops time / optim time).
 
 On the CPU every array of the suite is allocated as gpugd allocates its arenas and states
-(``host_copy``: large buffers 2 MiB-aligned on huge pages): the flat buffer is what a
-FlatParams arena holds, and gpugd, its peers and the own-buffers loops stream the same
-kind of memory (the run's ceiling loops keep NumPy's allocations).
+(``gpugd._hostmem.copy_of``: large buffers 2 MiB-aligned on huge pages): the flat buffer is
+what a FlatParams arena holds, and gpugd, its peers and the own-buffers loops stream the
+same kind of memory (the run's ceiling loops keep NumPy's allocations).
 
 Beside the run's in-place ceiling (a loop over arrays of its own), each of these rows is
 held against the in-place loop over exactly its own buffers (p, g, the states, the master
@@ -147,24 +147,17 @@ class Arrays:
         return sum(int(a.size) for a in self.p)
 
 
-def host_copy(a: Any, dtype: Any = None) -> Any:
-    """``a`` (as ``dtype``) copied into memory allocated as gpugd allocates its arenas and
-    optimizer states (``gpugd._hostmem``: large buffers 2 MiB-aligned on huge pages), so
-    gpugd and its peers stream the same kind of memory; CuPy arrays are copied as they are."""
-    if not isinstance(a, np.ndarray):
-        return a.astype(a.dtype if dtype is None else dtype)
-    return hostmem.copy_of(a, dtype)
-
-
 def _arrays(xp: Any, shapes: list[tuple[int, ...]], pol: Policy) -> Arrays:
     p, g, m, v, master = [], [], [], [], []
     for s in shapes:
-        p.append(host_copy(xp.random.standard_normal(s).astype(xp.float32), pol.param))
-        g.append(host_copy((xp.random.standard_normal(s) * 1e-2).astype(xp.float32), pol.param))
-        m.append(host_copy(xp.zeros(s, pol.state)))
-        v.append(host_copy(xp.zeros(s, pol.state)))
+        p32 = xp.random.standard_normal(s).astype(xp.float32)
+        g32 = (xp.random.standard_normal(s) * 1e-2).astype(xp.float32)
+        p.append(hostmem.copy_of(p32, pol.param))
+        g.append(hostmem.copy_of(g32, pol.param))
+        m.append(hostmem.copy_of(xp.zeros(s, pol.state)))
+        v.append(hostmem.copy_of(xp.zeros(s, pol.state)))
         if pol.master:
-            master.append(host_copy(p[-1], xp.float32))  # the master copy starts at p's value
+            master.append(hostmem.copy_of(p[-1], xp.float32))  # the master copy starts at p's value
     return Arrays(p, g, m, v, master if pol.master else None)
 
 
@@ -255,7 +248,7 @@ def _torch_step(ctx: Context, torch: Any, name: str, a: Arrays, **flags: Any):
     creates the states, in p's dtype), or None (logged) when torch refuses that dtype or
     flag."""
     try:
-        tps = [_as_torch(torch, host_copy(x)) for x in a.p]
+        tps = [_as_torch(torch, hostmem.copy_of(x)) for x in a.p]
         for tp, g in zip(tps, a.g, strict=True):
             tp.grad = _as_torch(torch, g)
         opt = torch.optim.Adam(tps, lr=HP["lr"], betas=HP["betas"], eps=HP["eps"], **flags)
@@ -367,7 +360,7 @@ def _torch_graph_step(ctx: Context, torch: Any, a: Arrays):
     """torch fused Adam with ``capturable=True``, its step captured in a torch CUDA graph
     (warm-up on a side stream, as torch's documentation does): ``graph.replay``; or None."""
     try:
-        tps = [_as_torch(torch, host_copy(x)) for x in a.p]
+        tps = [_as_torch(torch, hostmem.copy_of(x)) for x in a.p]
         for tp, g in zip(tps, a.g, strict=True):
             tp.grad = _as_torch(torch, g)
         opt = torch.optim.Adam(
@@ -404,13 +397,13 @@ def _latency_rows(ctx: Context, torch: Any) -> list[dict[str, Any]]:
     a = _arrays(xp, shapes, pol)
     n = a.numel()
     ctx.log(f"amp: step latency, {len(shapes)} tensors, {n} float32 parameters")
-    eager = optim.Adam([host_copy(x) for x in a.p], grads=a.g, lr=HP["lr"])
+    eager = optim.Adam([hostmem.copy_of(x) for x in a.p], grads=a.g, lr=HP["lr"])
     eager.step()  # builds the tensor table outside the timing
     fns: dict[str, Any] = {"gpugd-eager": eager.step, "gpugd-ops": _gpugd_call(a, pol, False)}
     if ctx.backend.name == "cuda":
         from gpugd.graph import CapturedStep
 
-        captured = optim.Adam([host_copy(x) for x in a.p], grads=a.g, lr=HP["lr"])
+        captured = optim.Adam([hostmem.copy_of(x) for x in a.p], grads=a.g, lr=HP["lr"])
         fns["gpugd-graph"] = CapturedStep(captured, zero_grad=False)
     peers: dict[str, Any] = {}
     if torch is not None:

@@ -81,8 +81,11 @@ def zeros_like(a: np.ndarray, dtype: Any = None) -> np.ndarray:
     return zeros(a.size, a.dtype if dtype is None else dtype).reshape(a.shape)
 
 
-def copy_of(a: np.ndarray, dtype: Any = None) -> np.ndarray:
-    """``a`` converted to ``dtype`` (default: its own) in a new ``zeros_like`` buffer."""
+def copy_of(a: Any, dtype: Any = None) -> Any:
+    """``a`` converted to ``dtype`` (default: its own) in a new ``zeros_like`` buffer; a
+    device (CuPy) array through its own ``astype``, so callers need not ask which it is."""
+    if not isinstance(a, np.ndarray):
+        return a.astype(a.dtype if dtype is None else dtype)
     out = zeros_like(a, dtype)
     out[...] = a
     return out

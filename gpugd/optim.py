@@ -344,11 +344,7 @@ class Optimizer:
                 if g.flat is not None:
                     self.state[n][MASTER] = self._buffers[MASTER][n]
                 else:
-                    self.state[n][MASTER] = (
-                        hostmem.copy_of(p, np.float32)
-                        if isinstance(p, np.ndarray)
-                        else p.astype(np.float32)
-                    )
+                    self.state[n][MASTER] = hostmem.copy_of(p, np.float32)
 
     def sync_master_weights(self) -> None:
         """Copy the parameters into the fp32 master weights (after writing parameters by

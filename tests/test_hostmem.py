@@ -99,3 +99,16 @@ def test_mapping_of_finds_the_array_and_its_fields():
     assert fields["AnonHugePages"].endswith("kB") and "Rss" in fields
     heap = np.zeros(3)
     assert hostmem.mapping_of(heap)["VmFlags"].split()[:2] == ["rd", "wr"]
+
+
+def test_copy_of_leaves_device_arrays_to_their_own_astype():
+    # A CuPy array is not an np.ndarray: copy_of converts it with its own astype (on its
+    # device) instead of staging it through host memory.
+    class DeviceArray:
+        dtype = np.dtype(np.float16)
+
+        def astype(self, dtype):
+            return ("astype", np.dtype(dtype))
+
+    assert hostmem.copy_of(DeviceArray(), np.float32) == ("astype", np.dtype(np.float32))
+    assert hostmem.copy_of(DeviceArray()) == ("astype", np.dtype(np.float16))

@@ -612,7 +612,7 @@ def _one_tensor_tasks(n: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def _like(dtype: np.dtype, ndim: int = 1) -> np.ndarray:
+def placeholder(dtype: np.dtype, ndim: int = 1) -> np.ndarray:
     """A one-element array of ``dtype`` (shared, never written): what the table kernels take
     to know a row's element type. Kept, because an allocation or a slice of the caller's
     array costs tens of µs once a step has evicted NumPy's code from the caches."""
@@ -625,38 +625,36 @@ def run(
     g: np.ndarray,
     states: list,
     scalars: tuple,
+    where: list[int],
     out: np.ndarray | None = None,
     key: np.uint32 | None = None,
-    where: list[int] | None = None,
 ) -> None:
     """Apply ``rule`` to one tensor: 1-D contiguous ``p``, ``g``, the rule's states (kernel
     slot order, None where unused) and ``out`` (the half-precision parameters beside a
     master ``p``), as the kernels take them (``precision.kernel_view``), with the scalars
-    of its ``_apply_*`` signature; ``key``: stochastic rounding. ``where``: the addresses
-    of p, g, the states and out (0 for None) when the caller has them. Small tensors run
-    serially (a parallel region costs more than it saves), large ones as a one-tensor
-    table."""
+    of its ``_apply_*`` signature; ``where``: the addresses of p, g, the states and out (0
+    for None), as the caller's validation read them; ``key``: stochastic rounding. Small
+    tensors run serially (a parallel region costs more than it saves), large ones as a
+    one-tensor table."""
     serial, multi = _DRIVERS[rule]
     given = [s for s in states if s is not None]
-    ls = _like((given[0] if given else p).dtype)  # stands in for unused states
+    ls = placeholder((given[0] if given else p).dtype)  # stands in for unused states
     if p.size < PARALLEL_MIN:
         rnd = None if key is None else (task_key(key, 0), np.int64(0))
         serial(p, g, *(ls if s is None else s for s in states), out, rnd, *scalars)
         return
-    if where is None:
-        where = [address(a) if a is not None else 0 for a in (p, g, *states, out)]
     *rows, out_at = where
     table = np.array([*rows, *[0] * (SIZE_ROW - len(rows)), p.size, out_at], np.int64)
     multi(
         table.reshape(-1, 1),
         _one_tensor_tasks(p.size),
         CHUNK,
-        (_like(p.dtype), _like(g.dtype), ls),
-        None if out is None else _like(out.dtype),
+        (placeholder(p.dtype), placeholder(g.dtype), ls),
+        None if out is None else placeholder(out.dtype),
         key,
         _NO_STATS,
         False,
-        _like(p.dtype, 2),
+        placeholder(p.dtype, 2),
         *scalars,
     )
 

@@ -30,12 +30,14 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from .._validate import dtype_name
+
 HALF_VIEWS = {"float16": np.int16, "bfloat16": np.uint16}
 
 
 def kernel_view(a: np.ndarray) -> np.ndarray:
     """The array as the kernels take it: half formats as their integer bit view."""
-    view = HALF_VIEWS.get(a.dtype.type.__name__)  # not dtype.name: computed in Python
+    view = HALF_VIEWS.get(dtype_name(a.dtype))
     return a if view is None else a.view(view)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as v
+from .._lazy import cpu
 
 CUDA_KERNELS = tuple(
     f"gpugd_activations_{d}_{sfx}" for d in ("forward", "backward") for sfx in ("f32", "f64")
@@ -44,8 +45,7 @@ def _launch(kind: str, direction: str, arrays: list, a: float, b: float) -> None
     t = dtype.type
     kid = KIND_IDS[kind]
     if isinstance(arrays[0], np.ndarray):
-        from .._cpu import activations as k
-
+        k = cpu("activations")
         flat = [x.reshape(-1) for x in arrays]
         getattr(k, direction)(kid, *flat, t(a), t(b))
         return

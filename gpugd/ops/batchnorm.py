@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _validate as v
+from .._lazy import cpu
 
 LAYOUTS = {"NC": 2, "NCHW": 4, "NHWC": 4}
 CONVENTIONS = ("torch", "keras")
@@ -90,8 +91,7 @@ def _eps(eps: Any) -> float:
 def _stats64(x3: Any, be: str) -> tuple[Any, Any]:
     """(mean, biased var) per channel in float64 on the arrays' backend."""
     if be == "cpu":
-        from .._cpu import batchnorm as k
-
+        k = cpu("batchnorm")
         return k.stats(x3)
     from .._cuda_batchnorm import stats
 
@@ -103,8 +103,7 @@ def _affine(u3: Any, w3: Any, out3: Any, p: Any, q: Any, m: Any, r: Any, be: str
     t = u3.dtype
     p, q, m, r = (a.astype(t) for a in (p, q, m, r))
     if be == "cpu":
-        from .._cpu import batchnorm as k
-
+        k = cpu("batchnorm")
         k.affine(u3, w3, out3, p, q, m, r)
         return
     from .._cuda_batchnorm import affine
@@ -214,8 +213,7 @@ def batch_norm_backward(
     x3, dy3 = x.reshape(A, C, B), grad_out.reshape(A, C, B)
     mean64, inv64 = mean.astype(xp.float64), invstd.astype(xp.float64)
     if be == "cpu":
-        from .._cpu import batchnorm as k
-
+        k = cpu("batchnorm")
         s1, s2 = k.grad_sums(dy3, x3, mean64)
     else:
         from .._cuda_batchnorm import grad_sums

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as v
+from .._lazy import cpu
 
 CUDA_KERNELS = ("gpugd_dropout_apply_f32", "gpugd_dropout_apply_f64", "gpugd_dropout_mask")
 
@@ -45,13 +46,11 @@ def _run(x: Any, out: Any, p: Any, seed: Any, offset: Any, name: str) -> Any:
     out = v.output(out, name, x, {name: x})
     if x.size == 0:
         return out
-    from .._cpu.dropout import key_of
-
+    key_of = cpu("dropout").key_of
     key, thr = key_of(seed), _threshold(p)
     scale = x.dtype.type(1.0 / (1.0 - p))
     if be == "cpu":
-        from .._cpu import dropout as k
-
+        k = cpu("dropout")
         k.apply(x.reshape(-1), out.reshape(-1), key, np.uint64(offset), thr, scale)
         return out
     from .. import _cuda
@@ -78,12 +77,10 @@ def dropout_mask(n: int, p: float = 0.5, *, seed: int, offset: int = 0, xp: Any 
     """The keep mask (bool, length n) that ``dropout`` with these arguments applies."""
     p = _p(p)
     seed, offset, n = _uint("seed", seed), _uint("offset", offset), _uint("n", n)
-    from .._cpu.dropout import key_of
-
+    key_of = cpu("dropout").key_of
     key, thr = key_of(seed), _threshold(p)
     if xp is np:
-        from .._cpu import dropout as k
-
+        k = cpu("dropout")
         return k.mask(n, key, np.uint64(offset), thr)
     from .. import _cuda
 

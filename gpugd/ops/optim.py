@@ -23,7 +23,6 @@ runs; a rejected call writes nothing. Per-element math: ``kernels/optim.cu`` (CU
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, NamedTuple
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from .. import _tensor_table as layout
 from .. import _validate as v
+from .._lazy import cpu
 from ..reference import nadam_mu
 
 RULES = ("sgd", "adagrad", "rmsprop", "adam", "nadam")
@@ -220,7 +220,7 @@ class Tensors:
         return cupy.zeros((len(self.sizes), 2))
 
     def _launch_cpu(self, rule: str, scalars: tuple, stats: bool, key: int | None) -> Any:
-        k, kr, kernel_view = _cpu_kernels()
+        k, kr, kernel_view = cpu("optim"), cpu("reduce"), cpu("precision").kernel_view
         if not self.multi:
             rows, out = self._table_rows()
             flat = [None if r is None else kernel_view(r[0].reshape(-1)) for r in rows]
@@ -228,13 +228,13 @@ class Tensors:
             sr = None if key is None else np.uint32(key)
             at = self._addresses
             where = [0 if r is None else at[id(r[0])] for r in [*rows, out]]
-            k.run(rule, flat[0], flat[1], flat[2:], scalars, half_p, sr, where)
+            k.run(rule, flat[0], flat[1], flat[2:], scalars, where, half_p, sr)
             return None
         if self._prepared is None:
             rows, out = self._table_rows()
 
             def like(a: Any) -> np.ndarray:
-                return kernel_view(np.zeros(1, a.dtype))
+                return k.placeholder(kernel_view(a).dtype)
 
             states = [r for r in rows[2:] if r is not None and r]
             likes = (
@@ -319,18 +319,6 @@ class Tensors:
             (1,), (256,), (first, np.int64(ntensors), chunk_stats, np.int32(2), per, total, null)
         )
         return per
-
-
-@functools.cache
-def _cpu_kernels() -> tuple[Any, Any, Any]:
-    """gpugd._cpu's optimizer and reduction modules and ``kernel_view``, imported at the first
-    CPU launch (Numba loads then, not at ``import gpugd``) and kept: an import statement in
-    the launch costs microseconds every step (importlib's ``_handle_fromlist``)."""
-    from .._cpu import optim as k
-    from .._cpu import reduce as kr
-    from .._cpu.precision import kernel_view
-
-    return k, kr, kernel_view
 
 
 def _cpu_value(x: Any, t: Any) -> Any:

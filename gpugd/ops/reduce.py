@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import _tensor_table as layout
 from .. import _validate as v
+from .._lazy import cpu
 
 CUDA_KERNELS = (
     "gpugd_reduce_stats_partial_f32",
@@ -73,23 +74,21 @@ class Reduction:
         return self._run_cuda(zeros)
 
     def _run_cpu(self, zeros: bool) -> GradStats:
-        from .._cpu import reduce as k
-        from .._cpu.optim import address
-        from .._cpu.precision import kernel_view
-        from .._cpu.vector import PARALLEL_MIN
-
+        k = cpu("reduce")
         n = len(self.arrays)
         if not sum(self.sizes):
             per, total = np.zeros((n, 3)), np.zeros(3)
         else:
             if self._prepared is None:
                 self._prepared = (
-                    layout.build([self.arrays], address),
+                    layout.build([self.arrays], cpu("optim").address),
                     layout.tasks(self.sizes, k.CHUNK),
-                    kernel_view(np.zeros(1, self.arrays[0].dtype)),
+                    cpu("precision").kernel_view(np.zeros(1, self.arrays[0].dtype)),
                 )
             table, tasks, like = self._prepared
-            per, total = k.stats(table, tasks, like, sum(self.sizes) >= PARALLEL_MIN, zeros)
+            per, total = k.stats(
+                table, tasks, like, sum(self.sizes) >= cpu("vector").PARALLEL_MIN, zeros
+            )
         return GradStats(
             norm=np.float64(math.sqrt(total[0])),
             norms=np.sqrt(per[:, 0]),
@@ -237,9 +236,8 @@ def average_(out: Any, buffers: list) -> Any:
         return out
     flat = [b.reshape(-1) for b in buffers]
     if be == "cpu":
-        from .._cpu import reduce as k
-        from .._cpu.optim import address
-
+        k = cpu("reduce")
+        address = cpu("optim").address
         # an input that is out itself goes first: the kernel writes out from the first input
         same = [i for i, b in enumerate(flat) if address(b) == address(out)]
         if same:

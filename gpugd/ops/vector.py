@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .. import _validate as v
+from .._lazy import cpu
 
 # Every kernel of kernels/vector.cu this module launches (checked against the PTX by NVRTC).
 CUDA_KERNELS = (
@@ -36,8 +37,7 @@ def axpy_(x: Any, a: float, y: Any) -> Any:
     v.same_layout("x", x, "y", y)
     if be == "cpu":
         v.no_partial_overlap("x", x, "y", y, np)
-        from .._cpu import vector as k
-
+        k = cpu("vector")
         if x.size:
             k.axpy(x.reshape(-1), x.dtype.type(a), y.reshape(-1))
     else:
@@ -60,8 +60,7 @@ def scale_(x: Any, a: float) -> Any:
     if not x.size:
         return x
     if be == "cpu":
-        from .._cpu import vector as k
-
+        k = cpu("vector")
         k.scale(x.reshape(-1), x.dtype.type(a))
     else:
         from .. import _cuda
@@ -80,8 +79,7 @@ def sum_of_squares(x: Any) -> Any:
     be = v.array_backend(x=x)
     v.float_array("x", x)
     if be == "cpu":
-        from .._cpu import vector as k
-
+        k = cpu("vector")
         return np.float64(k.sum_of_squares(x.reshape(-1)) if x.size else 0.0)
 
     return _cuda_sum_of_squares("sum_of_squares_partial", x, ())
@@ -96,8 +94,7 @@ def scale_sum_of_squares_(x: Any, a: float) -> Any:
     a = v.real_scalar("a", a)
     t = x.dtype.type
     if be == "cpu":
-        from .._cpu import vector as k
-
+        k = cpu("vector")
         return np.float64(k.scale_sum_of_squares(x.reshape(-1), t(a)) if x.size else 0.0)
 
     return _cuda_sum_of_squares("scale_sum_of_squares_partial", x, (t(a),))
