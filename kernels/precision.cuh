@@ -2,7 +2,8 @@
 // round-to-nearest-even or (bfloat16) stochastic rounding. The mirror of
 // gpugd/_cpu/precision.py, bit for bit: the same rounding, the same NaN handling, the same
 // counter-based hash for the random bits. NVRTC-compatible: no cuda_fp16.h; float16
-// conversions are the PTX cvt instructions, bfloat16 is integer arithmetic on the bits.
+// conversions are the PTX cvt instructions (under GPUGD_CUDA_EMULATION, the CPU emulator's
+// software conversions), bfloat16 is integer arithmetic on the bits.
 #pragma once
 
 #include "common.cuh"
@@ -38,9 +39,13 @@ struct Rounding {
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ double to_float(double x) { return x; }
 __device__ __forceinline__ float to_float(f16_t h) {
+#ifdef GPUGD_CUDA_EMULATION  // the CPU emulator (tests/cudaemu): the same conversion in C++
+  return gpugd_emu::f16_to_f32(h.bits);
+#else
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h.bits));
   return f;
+#endif
 }
 __device__ __forceinline__ float to_float(bf16_t b) {
   return __uint_as_float(static_cast<unsigned>(b.bits) << 16);
@@ -54,7 +59,11 @@ __device__ __forceinline__ unsigned short bf16_nan_or(float x, unsigned b, unsig
 __device__ __forceinline__ void store(float& a, float x, const Rounding&, i64) { a = x; }
 __device__ __forceinline__ void store(double& a, double x, const Rounding&, i64) { a = x; }
 __device__ __forceinline__ void store(f16_t& a, float x, const Rounding&, i64) {
+#ifdef GPUGD_CUDA_EMULATION
+  a.bits = gpugd_emu::f32_to_f16_rn(x);
+#else
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(a.bits) : "f"(x));
+#endif
 }
 __device__ __forceinline__ void store(bf16_t& a, float x, const Rounding& r, i64 i) {
   const unsigned b = __float_as_uint(x);
