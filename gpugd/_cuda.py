@@ -11,7 +11,7 @@ from typing import Any
 
 import cupy
 
-from ._kernels import kernel_sources, resolved_source
+from ._kernels import NVRTC_OPTIONS, kernel_sources, resolved_source
 
 THREADS = 256  # threads per block for the elementwise families
 BLOCKS_PER_SM = 8  # resident blocks per multiprocessor that a grid-stride launch aims for
@@ -30,7 +30,7 @@ def _module(family: str, device_id: int) -> cupy.RawModule:
     if family not in sources:
         raise KeyError(f"no kernel family {family!r}; have {sorted(sources)}")
     # Headers pasted in: CuPy's disk cache is keyed by this text, so it sees header edits.
-    return cupy.RawModule(code=resolved_source(sources[family]), options=("-std=c++17",))
+    return cupy.RawModule(code=resolved_source(sources[family]), options=NVRTC_OPTIONS)
 
 
 def get_kernel(family: str, name: str) -> cupy.RawKernel:

@@ -11,6 +11,12 @@ from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent
 
+# The options every kernels/*.cu is compiled with, by CuPy (gpugd._cuda) and by the NVRTC
+# compile check alike. --fmad=false: NVRTC contracts no a·b + c the source did not write as
+# fma (by default it fuses them, ~960 more FMAs in optim.cu's PTX), so a GPU rounds exactly
+# the operations the Numba kernels and the CPU emulator round.
+NVRTC_OPTIONS = ("-std=c++17", "--fmad=false")
+
 
 def kernel_dir() -> Path:
     """The directory holding ``*.cu``/``*.cuh``: inside the package, else the repository's."""

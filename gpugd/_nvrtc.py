@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ._kernels import kernel_dir, resolved_source
+from ._kernels import NVRTC_OPTIONS, kernel_dir, resolved_source
 
 DEFAULT_ARCHS = ("compute_80", "compute_90")
 _ENTRY = re.compile(r"^\s*\.(?:visible\s+)?\.entry\s+([A-Za-z_][A-Za-z0-9_]*)", re.M)
@@ -64,7 +64,7 @@ def compile_to_ptx(
     nvrtc = _nvrtc()
     if include_dirs is None:
         include_dirs = (kernel_dir(),)
-    opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17"]
+    opts = [f"--gpu-architecture={arch}".encode(), *(o.encode() for o in NVRTC_OPTIONS)]
     opts += [f"--include-path={d}".encode() for d in include_dirs]
     err, prog = nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], [])
     if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:

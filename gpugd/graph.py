@@ -108,8 +108,15 @@ class CapturedStep:
         )
         # device buffers, allocated now: nothing is allocated while capturing
         self.state = cupy.asarray(self._host_state(), dtype=cupy.float64)
-        hyper = [(g["lr"], g["betas"][0], g["betas"][1]) for g, _ in groups]
-        self._hyper = cupy.asarray(np.asarray(hyper or [(0.0, 0.0, 0.0)], np.float64).ravel())
+        # per group (lr, β1, β2, decoupled weight decay): the prepare kernel forms
+        # decay_mul = 1 − lr·wd on the device from the lr a schedule writes
+        hyper = [
+            (g["lr"], *g["betas"], g["weight_decay"] if optimizer.DECOUPLED else 0.0)
+            for g, _ in groups
+        ]
+        self._hyper = cupy.asarray(
+            np.asarray(hyper or [(0.0, 0.0, 0.0, 0.0)], np.float64).ravel()
+        )
         self.scalars = cupy.zeros(8 * max(1, len(groups)), cupy.float32)
         self.skip = cupy.zeros(1, cupy.int32)
         if self._norm:
@@ -194,11 +201,13 @@ class CapturedStep:
                     chunks,
                     np.int64(nchunks),
                     np.int64(CUDA_CHUNK),
+                    # the eager kernel's scalars (ops.optim._moment_scalars), rounded once
                     np.float32(b1),
+                    np.float32(1 - b1),
                     np.float32(b2),
+                    np.float32(1 - b2),
                     np.float32(group["eps"]),
-                    np.float32(group["weight_decay"]),
-                    np.int32(opt.DECOUPLED),
+                    np.float32(0.0 if opt.DECOUPLED else group["weight_decay"]),
                     np.float32(clip),
                     self.scalars[8 * gi :],
                     np.int32(opt.rounding == "stochastic"),
@@ -235,7 +244,7 @@ class CapturedStep:
         for gi in range(n) if group is None else [group]:
             self.optimizer.param_groups[gi]["lr"] = lr
             if gi in self._slot:
-                self._hyper[3 * self._slot[gi]] = lr
+                self._hyper[4 * self._slot[gi]] = lr
 
     def refresh(self) -> None:
         """Copy the host-side state (step count, skips, scale) into the device buffers: after

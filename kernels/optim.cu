@@ -7,7 +7,10 @@
 // value clipping and loss scaling fuse in); when `skip` is non-null and *skip != 0 the
 // kernel returns before touching memory (a skipped, non-finite step).
 // Every a·b + c of the rules is an explicit fma (one rounding), as in the Numba mirror
-// (gpugd/_cpu/optim.py), so both backends round the same operations the same way.
+// (gpugd/_cpu/optim.py), and NVRTC compiles with --fmad=false (gpugd/_cuda.py), so nothing
+// else is contracted. The scalars are the Numba kernel's, computed once on the host in
+// float64 and rounded once to T (1 − β, 1 − dampening, 1 − lr·wd among them): both
+// backends give the same bits for every element (tests/test_cuda_parity.py).
 // The per-element rule of each optimizer lives once, in the Rule structs below; apply_range
 // runs it over one array (16-byte accesses where every pointer allows), apply_table over
 // many tensors listed in device memory (one launch for a whole model, as Apex's
@@ -26,12 +29,12 @@ namespace gpugd {
 
 template <typename T>
 struct SgdRule {  // d = g + wd·p; buf = d | μ·buf + (1−τ)·d; d = d + μ·buf | buf; p −= lr·d
-  T lr, wd, momentum, dampening;
+  T lr, wd, momentum, one_m_damp;
   int nesterov, first, has_buf;
   __device__ __forceinline__ void operator()(T& p, T g, T& buf, T&, T&) const {
     T d = fma(wd, p, g);
     if (has_buf) {
-      buf = first ? d : fma(momentum, buf, (T(1) - dampening) * d);
+      buf = first ? d : fma(momentum, buf, one_m_damp * d);
       d = nesterov ? fma(momentum, buf, d) : buf;
     }
     p = fma(-lr, d, p);
@@ -50,14 +53,14 @@ struct AdagradRule {  // d = g + wd·p; sum += d²; p −= clr·d/(√sum + ε)
 
 template <typename T>
 struct RmspropRule {  // v = α·v + (1−α)·d²; den = √(v − m̄²) | √v, + ε; b = μ·b + d/den
-  T lr, alpha, eps, wd, momentum;
+  T lr, alpha, one_m_alpha, eps, wd, momentum;
   int centered, has_buf;
   __device__ __forceinline__ void operator()(T& p, T g, T& sq, T& gavg, T& buf) const {
     const T d = fma(wd, p, g);
-    sq = fma(alpha, sq, (T(1) - alpha) * d * d);
+    sq = fma(alpha, sq, one_m_alpha * d * d);
     T den;
     if (centered) {
-      gavg = fma(alpha, gavg, (T(1) - alpha) * d);
+      gavg = fma(alpha, gavg, one_m_alpha * d);
       den = sqrt(fma(-gavg, gavg, sq)) + eps;
     } else {
       den = sqrt(sq) + eps;
@@ -73,16 +76,17 @@ struct RmspropRule {  // v = α·v + (1−α)·d²; den = √(v − m̄²) | √
 
 // m = β1·m + (1−β1)·d; v = β2·v + (1−β2)·d²; p −= lr/bc1 · m/(√v̂·(1/√bc2) + ε)
 // (1/√bc2 comes from the host: a multiply, not a second division per element)
+// Weight decay without a branch: coupled (Adam) wd_c = wd, decay_mul = 1; decoupled (AdamW)
+// wd_c = 0, decay_mul = 1 − lr·wd.
 template <typename T>
 struct AdamRule {
-  T lr, beta1, beta2, eps, wd, step_size, inv_bc2_sqrt;
-  int decoupled, amsgrad;
+  T beta1, one_m_beta1, beta2, one_m_beta2, eps, wd_c, decay_mul, step_size, inv_bc2_sqrt;
+  int amsgrad;
   __device__ __forceinline__ void operator()(T& p, T g, T& m, T& v, T& vmax) const {
-    T d = g;
-    if (decoupled) p *= T(1) - lr * wd;
-    else d = fma(wd, p, d);
-    m = fma(beta1, m, (T(1) - beta1) * d);
-    v = fma(beta2, v, (T(1) - beta2) * d * d);
+    p = p * decay_mul;
+    const T d = fma(wd_c, p, g);
+    m = fma(beta1, m, one_m_beta1 * d);
+    v = fma(beta2, v, one_m_beta2 * d * d);
     T vh = v;
     if (amsgrad) {
       vmax = vmax > v ? vmax : v;
@@ -94,14 +98,12 @@ struct AdamRule {
 
 template <typename T>
 struct NadamRule {  // p −= (c_g·d + c_m·m)/(√(v·(1/bc2)) + ε), c_g, c_m from μ_t, μ_t+1
-  T lr, beta1, beta2, eps, wd, c_g, c_m, inv_bc2;
-  int decoupled;
+  T beta1, one_m_beta1, beta2, one_m_beta2, eps, wd_c, decay_mul, c_g, c_m, inv_bc2;
   __device__ __forceinline__ void operator()(T& p, T g, T& m, T& v, T&) const {
-    T d = g;
-    if (decoupled) p *= T(1) - lr * wd;
-    else d = fma(wd, p, d);
-    m = fma(beta1, m, (T(1) - beta1) * d);
-    v = fma(beta2, v, (T(1) - beta2) * d * d);
+    p = p * decay_mul;  // weight decay as in AdamRule
+    const T d = fma(wd_c, p, g);
+    m = fma(beta1, m, one_m_beta1 * d);
+    v = fma(beta2, v, one_m_beta2 * d * d);
     p -= fma(c_g, d, c_m * m) / (sqrt(v * inv_bc2) + eps);
   }
 };
@@ -345,17 +347,22 @@ struct MixedRange {
 
 // The rules with their scalar arguments, for an entry macro ENTRY(NAME, T, SFX, RULE, ARGS).
 #define GPUGD_OPTIM_RULES(ENTRY, T, SFX)                                                         \
-  ENTRY(sgd, T, SFX, (gpugd::SgdRule<T>{lr, wd, momentum, dampening, nesterov, first, h0}),     \
-        T lr, T wd, T momentum, T dampening, int nesterov, int first)                           \
+  ENTRY(sgd, T, SFX, (gpugd::SgdRule<T>{lr, wd, momentum, one_m_damp, nesterov, first, h0}),    \
+        T lr, T wd, T momentum, T one_m_damp, int nesterov, int first)                          \
   ENTRY(adagrad, T, SFX, (gpugd::AdagradRule<T>{clr, wd, eps}), T clr, T wd, T eps)             \
-  ENTRY(rmsprop, T, SFX, (gpugd::RmspropRule<T>{lr, alpha, eps, wd, momentum, h1, h2}), T lr,   \
-        T alpha, T eps, T wd, T momentum)                                                       \
+  ENTRY(rmsprop, T, SFX,                                                                        \
+        (gpugd::RmspropRule<T>{lr, alpha, one_m_alpha, eps, wd, momentum, h1, h2}), T lr,       \
+        T alpha, T one_m_alpha, T eps, T wd, T momentum)                                        \
   ENTRY(adam, T, SFX,                                                                           \
-        (gpugd::AdamRule<T>{lr, beta1, beta2, eps, wd, step_size, inv_bc2_sqrt, decoupled, h2}), \
-        T lr, T beta1, T beta2, T eps, T wd, int decoupled, T step_size, T inv_bc2_sqrt)        \
+        (gpugd::AdamRule<T>{beta1, one_m_beta1, beta2, one_m_beta2, eps, wd_c, decay_mul,       \
+                            step_size, inv_bc2_sqrt, h2}),                                      \
+        T beta1, T one_m_beta1, T beta2, T one_m_beta2, T eps, T wd_c, T decay_mul,             \
+        T step_size, T inv_bc2_sqrt)                                                            \
   ENTRY(nadam, T, SFX,                                                                          \
-        (gpugd::NadamRule<T>{lr, beta1, beta2, eps, wd, c_g, c_m, inv_bc2, decoupled}), T lr,   \
-        T beta1, T beta2, T eps, T wd, int decoupled, T c_g, T c_m, T inv_bc2)
+        (gpugd::NadamRule<T>{beta1, one_m_beta1, beta2, one_m_beta2, eps, wd_c, decay_mul, c_g, \
+                             c_m, inv_bc2}),                                                    \
+        T beta1, T one_m_beta1, T beta2, T one_m_beta2, T eps, T wd_c, T decay_mul, T c_g,      \
+        T c_m, T inv_bc2)
 
 GPUGD_OPTIM_RULES(GPUGD_OPTIM_ENTRIES, float, f32)
 GPUGD_OPTIM_RULES(GPUGD_OPTIM_ENTRIES, double, f64)
@@ -415,9 +422,10 @@ GPUGD_OPTIM_RULES(GPUGD_OPTIM_MIXED, float, bf16p_bf16s_master)
 //   state: [0] step count t, [1] loss scale S, [2] growth tracker, [3] skipped steps (the
 //          optimizer's), [4] unscaled global norm of this step, [5] clip coefficient,
 //          [6] skipped steps (the scaler's)
-//   hyper: per group (lr, β1, β2), in device memory so a schedule can write lr between
-//          replays; scalars: per group 8 floats (step_size, 1/√bc2, grad_scale, key bits,
-//          lr, 3 unused)
+//   hyper: per group (lr, β1, β2, wd_d), wd_d the decoupled weight decay (0 for Adam), in
+//          device memory so a schedule can write lr between replays; scalars: per group 8
+//          floats (step_size, 1/√bc2, grad_scale, key bits, lr, decay_mul = 1 − lr·wd_d,
+//          2 unused)
 namespace gpugd {
 __device__ __forceinline__ u64 splitmix64(u64 z) {
   z = z * 0x9E3779B97F4A7C15ull + 0xD1B54A32D192ED03ull;
@@ -462,12 +470,14 @@ extern "C" __global__ void gpugd_optim_adam_prepare(
   const unsigned key =
       static_cast<unsigned>(gpugd::splitmix64(seed_base + static_cast<u64>(t)) & 0xFFFFFFFFull);
   for (int g = 0; g < ngroups; ++g) {
-    const double lr = hyper[3 * g], b1 = hyper[3 * g + 1], b2 = hyper[3 * g + 2];
+    const double lr = hyper[4 * g], b1 = hyper[4 * g + 1], b2 = hyper[4 * g + 2];
+    const double wd_d = hyper[4 * g + 3];
     scalars[8 * g] = static_cast<float>(lr / (1.0 - pow(b1, t)));
     scalars[8 * g + 1] = static_cast<float>(1.0 / sqrt(1.0 - pow(b2, t)));
     scalars[8 * g + 2] = grad_scale;
     scalars[8 * g + 3] = __uint_as_float(key);
     scalars[8 * g + 4] = static_cast<float>(lr);
+    scalars[8 * g + 5] = static_cast<float>(1.0 - lr * wd_d);
   }
   if (use_scaler) {
     state[2] += 1.0;
@@ -479,17 +489,17 @@ extern "C" __global__ void gpugd_optim_adam_prepare(
 }
 
 // The Adam update of one group over its tensor table with the scalars `dev` (8 floats, from
-// gpugd_optim_adam_prepare, lr among them) read on the device; skip[0] != 0 returns before
-// any access.
+// gpugd_optim_adam_prepare) read on the device, the rest as the eager kernel takes them
+// (wd_c: the coupled weight decay, 0 for AdamW); skip[0] != 0 returns before any access.
 #define GPUGD_OPTIM_ADAM_GRAPH(SFX, RANGE)                                                      \
   extern "C" __global__ void gpugd_optim_adam_graph_##SFX(                                      \
       const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, float beta1,   \
-      float beta2, float eps, float wd, int decoupled, float clip, const float* dev,            \
-      int stochastic, const int* skip) {                                                        \
+      float one_m_beta1, float beta2, float one_m_beta2, float eps, float wd_c, float clip,     \
+      const float* dev, int stochastic, const int* skip) {                                      \
     if (*skip != 0) return;                                                                     \
     const bool h2 = table[4 * ntensors] != 0;                                                   \
-    const gpugd::AdamRule<float> rule{dev[4], beta1,     beta2, eps, wd, dev[0],                \
-                                      dev[1], decoupled, h2};                                   \
+    const gpugd::AdamRule<float> rule{beta1, one_m_beta1, beta2,  one_m_beta2, eps,             \
+                                      wd_c,  dev[5],      dev[0], dev[1],      h2};             \
     const float grad_scale = dev[2];                                                            \
     const unsigned key = __float_as_uint(dev[3]);                                               \
     (void)key, (void)stochastic;                                                                \

@@ -398,11 +398,12 @@ def _skip_flag(skip_if: Any, be: str) -> Any:
     return skip_if
 
 
-def _cpu_moment_scalars(
+def _moment_scalars(
     b1: float, b2: float, eps: float, lr: float, weight_decay: float, decoupled: bool
 ) -> tuple:
-    """The leading scalars of the CPU Adam/NAdam kernels: β1, 1−β1, β2, 1−β2, ε, then weight
-    decay as (wd_c, decay_mul): coupled (wd, 1) or decoupled (0, 1 − lr·wd)."""
+    """The leading scalars of the Adam/NAdam kernels of both backends: β1, 1−β1, β2, 1−β2,
+    ε, then weight decay as (wd_c, decay_mul): coupled (wd, 1) or decoupled (0, 1 − lr·wd).
+    Computed here in float64 and rounded once to the arrays' dtype, for both backends."""
     wd_c, decay_mul = (0.0, 1 - lr * weight_decay) if decoupled else (weight_decay, 1.0)
     return (b1, 1 - b1, b2, 1 - b2, eps, wd_c, decay_mul)
 
@@ -411,7 +412,10 @@ class Kernel(NamedTuple):
     """One configured update, validated: the rule, its states in kernel slot order (name →
     None when unused, else the reason it is required, for the error message), and the
     scalar arguments of the CUDA and the Numba kernel (floats are cast to the arrays' dtype,
-    bools become flags). Built by ``sgd_kernel`` … ``nadam_kernel``; the optimizer classes
+    bools become flags). The arithmetic contract: both tuples hold the same values, computed
+    once here in float64 (1 − β, 1 − dampening, 1 − lr·wd, bias corrections), so the two
+    kernels see the same rounded scalars and give the same bits; the CUDA tuple only leaves
+    out the flags its kernel reads from which state pointers are null. Built by ``sgd_kernel`` … ``nadam_kernel``; the optimizer classes
     build one per step and launch it on the ``Tensors`` they keep."""
 
     rule: str
@@ -503,7 +507,7 @@ def sgd_kernel(
     return Kernel(
         "sgd",
         {"momentum_buffer": " when momentum != 0" if has_buf else None},
-        (lr, weight_decay, momentum, dampening, nesterov, first),
+        (lr, weight_decay, momentum, 1 - dampening, nesterov, first),
         (lr, weight_decay, momentum, 1 - dampening, nesterov, first, has_buf),
         gs,
         clip,
@@ -622,7 +626,7 @@ def rmsprop_kernel(
             "grad_avg": " when centered=True" if centered else None,
             "momentum_buffer": " when momentum > 0" if has_buf else None,
         },
-        (lr, alpha, eps, weight_decay, momentum),
+        (lr, alpha, 1 - alpha, eps, weight_decay, momentum),
         (lr, alpha, 1 - alpha, eps, weight_decay, momentum, centered, has_buf),
         gs,
         clip,
@@ -695,9 +699,9 @@ def adam_kernel(
             "exp_avg_sq": "",
             "max_exp_avg_sq": " when amsgrad=True" if amsgrad else None,
         },
-        (lr, b1, b2, eps, weight_decay, decoupled, step_size, inv_bc2_sqrt),
+        (*_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), step_size, inv_bc2_sqrt),
         (
-            *_cpu_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled),
+            *_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled),
             amsgrad,
             step_size,
             inv_bc2_sqrt,
@@ -777,8 +781,8 @@ def nadam_kernel(
     return Kernel(
         "nadam",
         {"exp_avg": "", "exp_avg_sq": ""},
-        (lr, b1, b2, eps, weight_decay, decoupled, c_g, c_m, inv_bc2),
-        (*_cpu_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), c_g, c_m, inv_bc2),
+        (*_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), c_g, c_m, inv_bc2),
+        (*_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), c_g, c_m, inv_bc2),
         gs,
         clip,
     )
