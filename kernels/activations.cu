@@ -50,7 +50,7 @@ struct Act {
     const T K = T(0.7978845608028654), C = T(0.044715);
     switch (kind) {
       case 0: return dy * v * (T(1) - v);
-      case 1: return dy * (T(1) - v * v);
+      case 1: return dy * fma(-v, v, T(1));  // 1 − y², one rounding, as the Numba mirror
       case 2: return v > T(0) ? dy : dy * T(0);
       case 3: return v > T(0) ? dy : a * dy;
       case 4: return v > T(0) ? b * dy : b * a * dy * exp(v);

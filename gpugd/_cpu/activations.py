@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from .vector import CHUNK, PARALLEL_MIN
-from .vmath import like, vexp, vexpm1, vphi, vphi_gauss
+from .vmath import fma, like, vexp, vexpm1, vphi, vphi_gauss
 
 # kernel ids, the same in kernels/activations.cu; selu runs as elu with its constants
 KINDS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "softplus", "silu")
@@ -66,7 +66,9 @@ def _tanh_f(x, a, b):
 
 @njit(**_J)
 def _tanh_b(dy, y, a, b):
-    return dy * (like(y, 1.0) - y * y)
+    # 1 − y² as one explicit fma, as the CUDA kernel writes it: the algebraic backwards
+    # (this, sigmoid's, relu's) give the same bits on both backends, whatever LLVM contracts
+    return dy * fma(-y, y, like(y, 1.0))
 
 
 @njit(**_J)

@@ -87,8 +87,16 @@ def kernel_signatures(
         src = Path(tmp) / "scan.cpp"
         src.write_text(translation_unit(source, name, None))
         text = _run(
-            ["g++", "-E", "-P", "-std=c++17", f"-D__global__={_MARK}", f"-I{SHIM}", *options,
-             str(src)],
+            [
+                "g++",
+                "-E",
+                "-P",
+                "-std=c++17",
+                f"-D__global__={_MARK}",
+                f"-I{SHIM}",
+                *options,
+                str(src),
+            ],
             f"preprocessing {name}",
         )
     out: dict[str, list[str]] = {}
@@ -115,9 +123,9 @@ def build(source: str, name: str = "kernel.cu", options: tuple[str, ...] = ()) -
     """Path of the shared library for ``source`` (built now, or found in the cache); beside
     it, ``<same name>.json`` maps each kernel to its parameter declarations."""
     defines = _defines(options)
-    key = hashlib.sha256(
-        "\0".join([source, _shim_text(), *FLAGS, *defines]).encode()
-    ).hexdigest()[:24]
+    key = hashlib.sha256("\0".join([source, _shim_text(), *FLAGS, *defines]).encode()).hexdigest()[
+        :24
+    ]
     out = cache_dir() / f"{Path(name).stem}-{key}.so"
     if out.exists():
         return out

@@ -243,8 +243,10 @@ class Kernel:
     def run(self, grid: tuple, block: tuple, shared_mem: int, packed: Packed) -> None:
         """Execute the launch now; raise ``LaunchError`` on a bad configuration or a fault."""
         grid, block = _dims(grid, "grid"), _dims(block, "block")
-        for what, d, lim in (("grid", grid, (2**31 - 1, 65535, 65535)),
-                             ("block", block, (1024, 1024, 64))):
+        for what, d, lim in (
+            ("grid", grid, (2**31 - 1, 65535, 65535)),
+            ("block", block, (1024, 1024, 64)),
+        ):
             for axis, v, top in zip("xyz", d, lim, strict=True):
                 if not 1 <= v <= top:
                     raise LaunchError(
