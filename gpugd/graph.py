@@ -114,9 +114,7 @@ class CapturedStep:
             (g["lr"], *g["betas"], g["weight_decay"] if optimizer.DECOUPLED else 0.0)
             for g, _ in groups
         ]
-        self._hyper = cupy.asarray(
-            np.asarray(hyper or [(0.0, 0.0, 0.0, 0.0)], np.float64).ravel()
-        )
+        self._hyper = cupy.asarray(np.asarray(hyper or [(0.0, 0.0, 0.0, 0.0)], np.float64).ravel())
         self.scalars = cupy.zeros(8 * max(1, len(groups)), cupy.float32)
         self.skip = cupy.zeros(1, cupy.int32)
         if self._norm:

@@ -415,7 +415,8 @@ class Kernel(NamedTuple):
     bools become flags). The arithmetic contract: both tuples hold the same values, computed
     once here in float64 (1 − β, 1 − dampening, 1 − lr·wd, bias corrections), so the two
     kernels see the same rounded scalars and give the same bits; the CUDA tuple only leaves
-    out the flags its kernel reads from which state pointers are null. Built by ``sgd_kernel`` … ``nadam_kernel``; the optimizer classes
+    out the flags its kernel reads from which state pointers are null. Built by
+    ``sgd_kernel`` … ``nadam_kernel``; the optimizer classes
     build one per step and launch it on the ``Tensors`` they keep."""
 
     rule: str

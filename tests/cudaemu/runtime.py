@@ -162,7 +162,7 @@ class Module:
 
 
 def _is_device_array(a: Any) -> bool:
-    return hasattr(a, "data") and hasattr(getattr(a, "data"), "ptr") and hasattr(a, "dtype")
+    return hasattr(a, "data") and hasattr(a.data, "ptr") and hasattr(a, "dtype")
 
 
 def _scalar(a: Any) -> tuple[np.ndarray, str] | None:
