@@ -146,8 +146,8 @@ def _in_cache(n: int, rounds: int, policy: str) -> None:
     v = np.abs(rng.standard_normal(n, dtype=np.float32)) * np.float32(1e-6)
     q = np.empty(n, np.float32)
     k = adam_kernel(lr=1e-3, step=5)
-    sc = tuple(x if isinstance(x, bool) else np.float32(x) for x in (*k.cpu, 1.0, np.inf))
-    c, eps = np.float32(k.cpu[-1]), np.float32(1e-8)
+    sc = tuple(x if isinstance(x, bool) else np.float32(x) for x in (*k.scalars, 1.0, np.inf))
+    c, eps = np.float32(k.scalars[-1]), np.float32(1e-8)
     fns = {
         "gpugd Adam loop": lambda: cpu_optim._apply_adam(p, g, m, v, v[:1], None, None, *sc),
         "7-stream add loop": lambda: _seven_serial(p, g, m, v),

@@ -207,6 +207,7 @@ class CapturedStep:
                     np.float32(group["eps"]),
                     np.float32(0.0 if opt.DECOUPLED else group["weight_decay"]),
                     np.float32(clip),
+                    np.int32(bool(group["amsgrad"])),
                     self.scalars[8 * gi :],
                     np.int32(opt.rounding == "stochastic"),
                     self.skip,

@@ -319,16 +319,17 @@ struct MixedRange {
 }  // namespace gpugd
 
 // ---- entry points: per rule and dtype, one array (`_f32`) and a tensor table (`_multi_f32`)
-// Both take the same scalars; h0, h1, h2 say which states are in use (non-null), for the
-// rules whose configuration follows from that. A non-zero *skip returns before any access.
+// Both take the same scalars as the Numba kernels, flags included (has_buf, centered,
+// amsgrad): not read from which state addresses are null, since a zero-size tensor has a
+// null address too (CuPy gives an empty array the pointer 0), and a list starting with one
+// would have switched the state off for every tensor. A non-zero *skip returns before any
+// access.
 
 #define GPUGD_OPTIM_ENTRIES(NAME, T, SFX, RULE, ...)                                           \
   extern "C" __global__ void gpugd_optim_##NAME##_##SFX(T* p, const T* g, T* s0, T* s1, T* s2,  \
                                                         i64 n, __VA_ARGS__, T grad_scale,       \
                                                         T clip, const int* skip) {              \
     if (skip != nullptr && *skip != 0) return;                                                  \
-    const bool h0 = s0 != nullptr, h1 = s1 != nullptr, h2 = s2 != nullptr;                      \
-    (void)h0, (void)h1, (void)h2;                                                               \
     const auto rule = RULE;                                                                     \
     gpugd::apply_range<T>(p, g, s0, s1, s2, n, gpugd::grid_start(), gpugd::grid_stride(),       \
                           grad_scale, clip, rule);                                              \
@@ -337,9 +338,6 @@ struct MixedRange {
       const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, __VA_ARGS__,   \
       T grad_scale, T clip, const int* skip, double* chunk_stats) {                             \
     if (skip != nullptr && *skip != 0) return;                                                  \
-    const bool h0 = table[2 * ntensors] != 0, h1 = table[3 * ntensors] != 0,                    \
-               h2 = table[4 * ntensors] != 0;                                                   \
-    (void)h0, (void)h1, (void)h2;                                                               \
     const auto rule = RULE;                                                                     \
     const gpugd::PlainRange<T, decltype(rule)> range{rule, grad_scale, clip};                   \
     gpugd::apply_table(table, ntensors, chunks, nchunks, chunk, range, chunk_stats);            \
@@ -347,17 +345,18 @@ struct MixedRange {
 
 // The rules with their scalar arguments, for an entry macro ENTRY(NAME, T, SFX, RULE, ARGS).
 #define GPUGD_OPTIM_RULES(ENTRY, T, SFX)                                                         \
-  ENTRY(sgd, T, SFX, (gpugd::SgdRule<T>{lr, wd, momentum, one_m_damp, nesterov, first, h0}),    \
-        T lr, T wd, T momentum, T one_m_damp, int nesterov, int first)                          \
+  ENTRY(sgd, T, SFX,                                                                            \
+        (gpugd::SgdRule<T>{lr, wd, momentum, one_m_damp, nesterov, first, has_buf}), T lr,      \
+        T wd, T momentum, T one_m_damp, int nesterov, int first, int has_buf)                   \
   ENTRY(adagrad, T, SFX, (gpugd::AdagradRule<T>{clr, wd, eps}), T clr, T wd, T eps)             \
   ENTRY(rmsprop, T, SFX,                                                                        \
-        (gpugd::RmspropRule<T>{lr, alpha, one_m_alpha, eps, wd, momentum, h1, h2}), T lr,       \
-        T alpha, T one_m_alpha, T eps, T wd, T momentum)                                        \
+        (gpugd::RmspropRule<T>{lr, alpha, one_m_alpha, eps, wd, momentum, centered, has_buf}),  \
+        T lr, T alpha, T one_m_alpha, T eps, T wd, T momentum, int centered, int has_buf)       \
   ENTRY(adam, T, SFX,                                                                           \
         (gpugd::AdamRule<T>{beta1, one_m_beta1, beta2, one_m_beta2, eps, wd_c, decay_mul,       \
-                            step_size, inv_bc2_sqrt, h2}),                                      \
+                            step_size, inv_bc2_sqrt, amsgrad}),                                 \
         T beta1, T one_m_beta1, T beta2, T one_m_beta2, T eps, T wd_c, T decay_mul,             \
-        T step_size, T inv_bc2_sqrt)                                                            \
+        int amsgrad, T step_size, T inv_bc2_sqrt)                                               \
   ENTRY(nadam, T, SFX,                                                                          \
         (gpugd::NadamRule<T>{beta1, one_m_beta1, beta2, one_m_beta2, eps, wd_c, decay_mul, c_g, \
                              c_m, inv_bc2}),                                                    \
@@ -392,9 +391,6 @@ typedef Policy<bf16_t, bf16_t, true> Policy_bf16p_bf16s_master;
       T grad_scale, T clip, unsigned key, int stochastic, const int* skip,                      \
       double* chunk_stats) {                                                                    \
     if (skip != nullptr && *skip != 0) return;                                                  \
-    const bool h0 = table[2 * ntensors] != 0, h1 = table[3 * ntensors] != 0,                    \
-               h2 = table[4 * ntensors] != 0;                                                   \
-    (void)h0, (void)h1, (void)h2;                                                               \
     const auto rule = RULE;                                                                     \
     typedef gpugd::Policy_##SFX Pol;                                                            \
     const gpugd::MixedRange<Pol::P, Pol::S, Pol::master, decltype(rule)> range{                 \
@@ -495,11 +491,10 @@ extern "C" __global__ void gpugd_optim_adam_prepare(
   extern "C" __global__ void gpugd_optim_adam_graph_##SFX(                                      \
       const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, float beta1,   \
       float one_m_beta1, float beta2, float one_m_beta2, float eps, float wd_c, float clip,     \
-      const float* dev, int stochastic, const int* skip) {                                      \
+      int amsgrad, const float* dev, int stochastic, const int* skip) {                         \
     if (*skip != 0) return;                                                                     \
-    const bool h2 = table[4 * ntensors] != 0;                                                   \
     const gpugd::AdamRule<float> rule{beta1, one_m_beta1, beta2,  one_m_beta2, eps,             \
-                                      wd_c,  dev[5],      dev[0], dev[1],      h2};             \
+                                      wd_c,  dev[5],      dev[0], dev[1],      amsgrad};        \
     const float grad_scale = dev[2];                                                            \
     const unsigned key = __float_as_uint(dev[3]);                                               \
     (void)key, (void)stochastic;                                                                \

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import emulated
 
 import gpugd
 from gpugd import parallel
@@ -114,7 +115,18 @@ def test_single_rank_communicator_is_the_identity():
 
 @mpi_only
 @pytest.mark.cuda
-@pytest.mark.parametrize("nccl", [True, False])  # NCCL, and host staging (the PyPI mpich)
+@pytest.mark.parametrize(
+    "nccl",
+    [  # NCCL, and host staging (the PyPI mpich)
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                emulated(), reason="NCCL is not emulated: the CuPy stand-in has no cupy.cuda.nccl"
+            ),
+        ),
+        False,
+    ],
+)
 def test_cuda_buffers_single_rank(nccl):
     import cupy
 

@@ -188,8 +188,7 @@ class Tensors:
     def launch(
         self,
         rule: str,
-        cuda_scalars: tuple,
-        cpu_scalars: tuple,
+        scalars: tuple,
         skip_if: Any,
         stats: bool = False,
         key: int | None = None,
@@ -206,10 +205,9 @@ class Tensors:
         if self.backend == "cpu":
             if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
                 return None
-            scalars = tuple(_cpu_value(x, t) for x in cpu_scalars)
-            return self._launch_cpu(rule, scalars, stats, key)
+            return self._launch_cpu(rule, tuple(_cpu_value(x, t) for x in scalars), stats, key)
         return self._launch_cuda(
-            rule, tuple(_cuda_value(x, t) for x in cuda_scalars), skip_if, stats, key
+            rule, tuple(_cuda_value(x, t) for x in scalars), skip_if, stats, key
         )
 
     def _zero_stats(self) -> Any:
@@ -411,18 +409,16 @@ def _moment_scalars(
 class Kernel(NamedTuple):
     """One configured update, validated: the rule, its states in kernel slot order (name →
     None when unused, else the reason it is required, for the error message), and the
-    scalar arguments of the CUDA and the Numba kernel (floats are cast to the arrays' dtype,
-    bools become flags). The arithmetic contract: both tuples hold the same values, computed
-    once here in float64 (1 − β, 1 − dampening, 1 − lr·wd, bias corrections), so the two
-    kernels see the same rounded scalars and give the same bits; the CUDA tuple only leaves
-    out the flags its kernel reads from which state pointers are null. Built by
-    ``sgd_kernel`` … ``nadam_kernel``; the optimizer classes
-    build one per step and launch it on the ``Tensors`` they keep."""
+    scalar arguments of its kernel, the same for the CUDA and the Numba one (floats are cast
+    to the arrays' dtype, bools become flags). The arithmetic contract: the scalars are
+    computed once here in float64 (1 − β, 1 − dampening, 1 − lr·wd, bias corrections) and
+    rounded once, so both kernels see the same values and give the same bits. Built by
+    ``sgd_kernel`` … ``nadam_kernel``; the optimizer classes build one per step and launch
+    it on the ``Tensors`` they keep."""
 
     rule: str
     states: dict[str, str | None]
-    cuda: tuple
-    cpu: tuple
+    scalars: tuple
     grad_scale: float = 1.0
     clip: float = math.inf
     key: int | None = None  # stochastic-rounding key (bfloat16 parameters), None: nearest
@@ -447,9 +443,7 @@ class Kernel(NamedTuple):
         (``Tensors.launch``)."""
         skip_if = _skip_flag(skip_if, tensors.backend)
         tail = (self.grad_scale, self.clip)
-        return tensors.launch(
-            self.rule, self.cuda + tail, self.cpu + tail, skip_if, stats, self.key
-        )
+        return tensors.launch(self.rule, self.scalars + tail, skip_if, stats, self.key)
 
 
 ROUNDINGS = ("nearest", "stochastic")
@@ -508,7 +502,6 @@ def sgd_kernel(
     return Kernel(
         "sgd",
         {"momentum_buffer": " when momentum != 0" if has_buf else None},
-        (lr, weight_decay, momentum, 1 - dampening, nesterov, first),
         (lr, weight_decay, momentum, 1 - dampening, nesterov, first, has_buf),
         gs,
         clip,
@@ -566,7 +559,7 @@ def adagrad_kernel(
     step, gs = _step(step), _grad_scale(grad_scale)
     clip = _clip_value(clip_value)
     sc = (lr / (1 + (step - 1) * lr_decay), weight_decay, eps)
-    return Kernel("adagrad", {"state_sum": ""}, sc, sc, gs, clip)
+    return Kernel("adagrad", {"state_sum": ""}, sc, gs, clip)
 
 
 def adagrad_(
@@ -627,7 +620,6 @@ def rmsprop_kernel(
             "grad_avg": " when centered=True" if centered else None,
             "momentum_buffer": " when momentum > 0" if has_buf else None,
         },
-        (lr, alpha, 1 - alpha, eps, weight_decay, momentum),
         (lr, alpha, 1 - alpha, eps, weight_decay, momentum, centered, has_buf),
         gs,
         clip,
@@ -700,7 +692,6 @@ def adam_kernel(
             "exp_avg_sq": "",
             "max_exp_avg_sq": " when amsgrad=True" if amsgrad else None,
         },
-        (*_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), step_size, inv_bc2_sqrt),
         (
             *_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled),
             amsgrad,
@@ -782,7 +773,6 @@ def nadam_kernel(
     return Kernel(
         "nadam",
         {"exp_avg": "", "exp_avg_sq": ""},
-        (*_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), c_g, c_m, inv_bc2),
         (*_moment_scalars(b1, b2, eps, lr, weight_decay, decoupled), c_g, c_m, inv_bc2),
         gs,
         clip,

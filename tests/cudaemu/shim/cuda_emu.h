@@ -240,9 +240,12 @@ inline T exchange(unsigned mask, T v, Src src_of, const void* site) {
 
 #define GPUGD_EMU_SITE __builtin_return_address(0)
 
-__attribute__((noinline)) inline void __syncthreads() {
-  ::gpugd_emu::block_barrier(GPUGD_EMU_SITE);
+// A barrier's identity is its source line (the compiler may duplicate one call site into
+// several addresses, e.g. when it peels a loop, so a return address would not do).
+inline void gpugd_emu_syncthreads(long line) {
+  ::gpugd_emu::block_barrier(reinterpret_cast<const void*>(line));
 }
+#define __syncthreads() gpugd_emu_syncthreads(__LINE__)
 __attribute__((noinline)) inline void __syncwarp(unsigned mask = 0xffffffffu) {
   ::gpugd_emu::warp_barrier(mask, GPUGD_EMU_SITE);
 }

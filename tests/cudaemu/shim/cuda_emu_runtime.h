@@ -192,8 +192,9 @@ static void run_block(const std::vector<unsigned>& order) {
           first = f;
         } else if (f->site != first->site) {
           rt.cur = f;
-          fail("divergent __syncthreads(): this thread waits at %p, thread (%u,%u,%u) at %p",
-               f->site, first->tid.x, first->tid.y, first->tid.z, first->site);
+          fail("divergent __syncthreads(): this thread waits at line %ld, thread (%u,%u,%u) "
+               "at line %ld", reinterpret_cast<long>(f->site), first->tid.x, first->tid.y,
+               first->tid.z, reinterpret_cast<long>(first->site));
         }
       }
       for (unsigned i = 0; i < n; ++i)

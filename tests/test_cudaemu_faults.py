@@ -1,0 +1,187 @@
+"""The emulated CUDA path can fail: faults planted in the kernels and in their launches are
+each caught by the checks the suite runs (a wrong result against the float64 reference,
+or a ``LaunchError`` from the emulator's launch checks, guard bytes and guard pages).
+
+Each planted fault is a text edit of the source that ``gpugd._cuda`` hands the compiler
+(``gpugd._kernels.resolved_source``), or a launch made the wrong way; the module cache is
+cleared around each, so the real kernels are back for the next test. Emulator only: on a
+device these faults would corrupt memory instead of being reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_rel_close, emulated
+
+import gpugd._kernels
+from gpugd import _cuda, ops
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not emulated(), reason="planted faults run on the emulator only"),
+]
+
+
+@pytest.fixture
+def plant(monkeypatch):
+    """plant(family, old, new): compile ``family`` with ``old`` replaced by ``new`` (once,
+    and it must be there) until the test ends."""
+    real = gpugd._kernels.resolved_source
+
+    def _plant(family: str, old: str, new: str) -> None:
+        def mutated(path):
+            text = real(path)
+            if path.stem == family:
+                assert text.count(old) >= 1, f"{old!r} not in {family}"
+                text = text.replace(old, new, 1)
+            return text
+
+        monkeypatch.setattr(_cuda, "resolved_source", mutated)
+        _cuda._module.cache_clear()
+
+    yield _plant
+    _cuda._module.cache_clear()
+
+
+def _runtime():
+    from cudaemu import runtime
+
+    return runtime
+
+
+def _ssq_matches_reference(x0: np.ndarray) -> None:
+    import cupy
+
+    got = ops.sum_of_squares(cupy.asarray(x0))
+    assert_rel_close(got, np.sum(x0.astype(np.float64) ** 2), 1e-12, "sum_of_squares")
+
+
+def test_the_unplanted_kernels_pass_the_same_checks():
+    _ssq_matches_reference(np.random.default_rng(0).standard_normal(100_000).astype(np.float32))
+
+
+def test_a_removed_syncthreads_is_caught(plant):
+    # block_sum's barrier between the warps' partials in shared memory and their reads
+    plant(
+        "vector",
+        "if (lane == 0) scratch[warp] = v;\n  __syncthreads();",
+        "if (lane == 0) scratch[warp] = v;",
+    )
+    x0 = np.random.default_rng(1).standard_normal(100_000).astype(np.float32)
+    caught = []
+    for order in ("forward", "reverse", "shuffle"):  # the suite runs in each of them
+        with _runtime().order(order):
+            try:
+                _ssq_matches_reference(x0)
+            except AssertionError as exc:
+                assert "sum_of_squares" in str(exc)
+                caught.append(order)
+    # a warp reads the partial of a warp that has not run yet: NaN poison in index order
+    assert "forward" in caught
+
+
+def test_a_tail_bound_off_by_one_is_caught(plant):
+    import cupy
+
+    plant(
+        "vector",
+        "for (i64 i = done + start; i < n; i += stride) x[i] *= a;",
+        "for (i64 i = done + start; i <= n; i += stride) x[i] *= a;",
+    )
+    for n in (1027, 1024):  # the write lands in the canary slack, or on the guard page
+        x = cupy.asarray(np.ones(n, np.float32))
+        with pytest.raises(_runtime().LaunchError, match="gpugd_vector_scale_f32"):
+            ops.scale_(x, 2.0)
+
+
+def test_a_read_past_the_end_is_caught(plant):
+    plant(
+        "vector",
+        "for (i64 i = done + start; i < n; i += stride) {\n    if (SCALE) x[i] *= a;",
+        "for (i64 i = done + start; i <= n; i += stride) {\n    if (SCALE) x[i] *= a;",
+    )
+    # 1024 float32: the array ends at a guard page, so the extra read faults
+    x0 = np.ones(1024, np.float32)
+    with pytest.raises(_runtime().LaunchError, match=r"invalid memory access.*past the end"):
+        _ssq_matches_reference(x0)
+
+
+def test_two_swapped_launch_arguments_are_caught():
+    import cupy
+
+    n = 4099
+    rng = np.random.default_rng(2)
+    x0, y0 = rng.standard_normal((2, n)).astype(np.float32)
+    x, y = cupy.asarray(x0), cupy.asarray(y0)
+    k = "gpugd_vector_axpy_f32"
+    # the scalar and the count swapped: refused before anything runs, naming the parameter
+    with pytest.raises(_runtime().LaunchError, match=r"parameter 1 `float a`"):
+        _cuda.launch("vector", k, n, (x, np.int64(n), y, np.float32(0.5)))
+    np.testing.assert_array_equal(x.get(), x0)
+    # the two arrays swapped: same types, so it runs, and the reference check catches it
+    _cuda.launch("vector", k, n, (y, np.float32(0.5), x, np.int64(n)))
+    with pytest.raises(AssertionError, match="axpy"):
+        assert_rel_close(x, x0.astype(np.float64) + 0.5 * y0, 1e-6, "axpy")
+
+
+def test_a_python_float_for_a_float_parameter_is_caught():
+    import cupy
+
+    x = cupy.asarray(np.ones(10, np.float32))
+    with pytest.raises(_runtime().LaunchError, match=r"`float a`.*Python float"):
+        _cuda.launch("vector", "gpugd_vector_scale_f32", 10, (x, 2.0, np.int64(10)))
+    with pytest.raises(_runtime().LaunchError, match=r"`i64 n`.*int32"):
+        _cuda.launch("vector", "gpugd_vector_scale_f32", 10, (x, np.float32(2), np.int32(10)))
+    with pytest.raises(_runtime().LaunchError, match=r"`float\* x`.*float64"):
+        y = cupy.asarray(np.ones(10))
+        _cuda.launch("vector", "gpugd_vector_scale_f32", 10, (y, np.float32(2), np.int64(10)))
+    np.testing.assert_array_equal(x.get(), np.ones(10, np.float32))
+
+
+def test_a_divergent_barrier_and_a_bad_warp_mask_are_caught():
+    import cupy
+
+    runtime = _runtime()
+    src = r"""
+    extern "C" __global__ void div_barrier(float* x) {
+      if (threadIdx.x < 16) { __syncthreads(); x[threadIdx.x] = 1.f; }
+      else { x[threadIdx.x] = 2.f; __syncthreads(); }
+    }
+    extern "C" __global__ void partial_warp(float* x) {
+      x[threadIdx.x] = __shfl_down_sync(0xffffffffu, x[threadIdx.x], 1);
+    }
+    """
+    mod = runtime.Module(src, (), "planted.cu")
+    x = cupy.zeros(64, cupy.float32)
+    k = mod.get_function("div_barrier")
+    with pytest.raises(runtime.LaunchError, match="divergent __syncthreads"):
+        k.run((1, 1, 1), (64, 1, 1), 0, k.pack((x,)))
+    k = mod.get_function("partial_warp")
+    with pytest.raises(runtime.LaunchError, match=r"names lane .* beyond the block"):
+        k.run((1, 1, 1), (48, 1, 1), 0, k.pack((x,)))
+
+
+def test_orders_and_shared_poison_expose_a_race():
+    """A kernel that reads a neighbour's shared slot without a barrier is right in one order
+    by luck and wrong in another: the order passes exist to show it."""
+    import cupy
+
+    runtime = _runtime()
+    src = r"""
+    extern "C" __global__ void racy(float* out) {
+      __shared__ float s[64];
+      s[threadIdx.x] = static_cast<float>(threadIdx.x);
+      out[threadIdx.x] = s[(threadIdx.x + 1) % 64];
+    }
+    """
+    k = runtime.Module(src, (), "race.cu").get_function("racy")
+    want = (np.arange(64, dtype=np.float32) + 1) % 64
+    results = {}
+    for order in ("forward", "reverse"):
+        out = cupy.zeros(64, cupy.float32)
+        with runtime.order(order):
+            k.run((1, 1, 1), (64, 1, 1), 0, k.pack((out,)))
+        results[order] = out.get()
+    assert not all(np.array_equal(r, want) for r in results.values())
+    assert np.isnan(results["forward"][:63]).all()  # read before written: the NaN poison
