@@ -2,6 +2,16 @@
 
 Only imported when an op receives CuPy arrays, so CuPy is never imported on the CPU path.
 Every kernel is ``extern "C"`` and named ``gpugd_<family>_<op>[_<dtype>]``.
+
+The arithmetic contract with the Numba kernels (README, "The same numbers on both
+backends"): the launch arguments are the scalars the Numba kernels get, computed once on
+the host in float64 and rounded once to the arrays' dtype (``ops.optim.Kernel.scalars``),
+every a·b + c the kernels mean to fuse is an explicit ``fma``, and NVRTC fuses nothing else
+(``--fmad=false``, ``NVRTC_OPTIONS``): elementwise kernels without transcendentals give the
+same bits on both backends; transcendentals agree within a few ulps; reductions are
+deterministic and agree within 1e-13 (``tests/test_cuda_parity.py``). CuPy checks no
+argument (a Python float passed for a ``float`` parameter is read as garbage): pass NumPy
+scalars of the parameter's exact type; the emulated suite refuses anything else.
 """
 
 from __future__ import annotations
