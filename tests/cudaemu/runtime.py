@@ -39,7 +39,9 @@ import numpy as np
 from . import build
 
 ORDERS = {"forward": 0, "reverse": 1, "shuffle": 2}
-_state = {"order": os.environ.get("GPUGD_EMU_ORDER", "forward"), "seed": 0}
+_state = {"order": os.environ.get("GPUGD_EMU_ORDER", "forward").strip() or "forward", "seed": 0}
+if _state["order"] not in ORDERS:
+    raise ValueError(f"GPUGD_EMU_ORDER={_state['order']!r}: expected one of {sorted(ORDERS)}")
 launches: collections.Counter[str] = collections.Counter()  # kernel name → launches run
 
 _KINDS = ("pointer", "signed integer", "unsigned integer", "floating-point", "bool", "struct")
