@@ -1,17 +1,64 @@
 """Shared fixtures: the backends to run on, the tolerance table, a mismatch-printing assert.
 
-Tests that need a GPU carry the ``cuda`` marker and are skipped only when no CUDA device
-answers through CuPy (the reason is printed with ``-ra``).
+Tests that need a GPU carry the ``cuda`` marker. Where real CuPy imports and a device
+answers they run on it; otherwise they run on the CUDA emulator (``tests/cudaemu``: the
+kernels compiled for the CPU behind a NumPy-backed CuPy stand-in installed as ``cupy``).
+``GPUGD_EMULATE=1`` forces the emulator even beside a GPU; ``GPUGD_EMULATE=0`` forbids it
+(the cuda tests are then skipped where no device answers, the reason printed with ``-ra``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import sys
 
 import numpy as np
 import pytest
 
 from gpugd.backend import BackendUnavailableError, _backend, get_backend
+
+EMULATE_ENV = "GPUGD_EMULATE"
+
+
+def _real_cupy_answers() -> bool:
+    """Whether real CuPy imports and reports a device (nothing of it is kept otherwise)."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # not installed, broken, no driver, no device
+        return False
+
+
+def _drop_cupy_modules() -> None:
+    for name in [n for n in sys.modules if n == "cupy" or n.startswith("cupy.")]:
+        del sys.modules[name]
+
+
+def _choose_cupy() -> bool:
+    """Install the stand-in unless real CuPy answers (or as ``GPUGD_EMULATE`` says);
+    True when the stand-in is ``cupy`` now."""
+    mode = os.environ.get(EMULATE_ENV, "").strip()
+    if mode not in ("", "0", "1"):
+        raise pytest.UsageError(f"{EMULATE_ENV}={mode!r}: expected 0, 1 or unset")
+    if mode == "0" or (mode == "" and _real_cupy_answers()):
+        return False
+    _drop_cupy_modules()  # a real CuPy that imported but found no device
+    from cudaemu import standin
+
+    standin.install()
+    _backend.cache_clear()
+    return True
+
+
+_EMULATED = _choose_cupy()
+
+
+def emulated() -> bool:
+    """True when ``cupy`` is the emulator's stand-in (no GPU): the cuda tests run on the CPU."""
+    return _EMULATED
+
 
 # Relative error ‖out − ref‖ / ‖ref‖ allowed against the float64 reference, per dtype.
 # Elementwise ops round once or twice per element; reductions accumulate in float64.

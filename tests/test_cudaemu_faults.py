@@ -15,7 +15,7 @@ import pytest
 from conftest import assert_rel_close, emulated
 
 import gpugd._kernels
-from gpugd import _cuda, ops
+from gpugd import ops
 
 pytestmark = [
     pytest.mark.cuda,
@@ -27,6 +27,8 @@ pytestmark = [
 def plant(monkeypatch):
     """plant(family, old, new): compile ``family`` with ``old`` replaced by ``new`` (once,
     and it must be there) until the test ends."""
+    from gpugd import _cuda
+
     real = gpugd._kernels.resolved_source
 
     def _plant(family: str, old: str, new: str) -> None:
@@ -110,6 +112,8 @@ def test_a_read_past_the_end_is_caught(plant):
 def test_two_swapped_launch_arguments_are_caught():
     import cupy
 
+    from gpugd import _cuda
+
     n = 4099
     rng = np.random.default_rng(2)
     x0, y0 = rng.standard_normal((2, n)).astype(np.float32)
@@ -127,6 +131,8 @@ def test_two_swapped_launch_arguments_are_caught():
 
 def test_a_python_float_for_a_float_parameter_is_caught():
     import cupy
+
+    from gpugd import _cuda
 
     x = cupy.asarray(np.ones(10, np.float32))
     with pytest.raises(_runtime().LaunchError, match=r"`float a`.*Python float"):

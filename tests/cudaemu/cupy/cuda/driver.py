@@ -1,0 +1,33 @@
+"""``cupy.cuda.driver`` of the stand-in: ``CUDADriverError`` (``.status``) and versions.
+
+Mirrors ``cupy_backends/cuda/api/driver.pyx``: ``CUDADriverError(status)`` reads
+"<CUDA_ERROR_NAME>: <description>".
+"""
+
+from __future__ import annotations
+
+from . import runtime
+
+_ERRORS = {
+    1: ("CUDA_ERROR_INVALID_VALUE", "invalid argument"),
+    500: ("CUDA_ERROR_NOT_FOUND", "named symbol not found"),
+    700: ("CUDA_ERROR_ILLEGAL_ADDRESS", "an illegal memory access was encountered"),
+}
+
+
+class CUDADriverError(RuntimeError):
+    def __init__(self, status: int):
+        self.status = status
+        name, msg = _ERRORS.get(status, (f"CUDA_ERROR_{status}", "unknown error"))
+        super().__init__(f"{name}: {msg}")
+
+    def __reduce__(self):
+        return (type(self), (self.status,))
+
+
+def driverGetVersion() -> int:
+    return runtime.driverGetVersion()
+
+
+def get_build_version() -> int:
+    return runtime.RUNTIME_VERSION
