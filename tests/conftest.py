@@ -10,6 +10,7 @@ kernels compiled for the CPU behind a NumPy-backed CuPy stand-in installed as ``
 from __future__ import annotations
 
 import functools
+import json
 import os
 import sys
 
@@ -87,6 +88,33 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and cuda_reason() is not None:
             item.add_marker(pytest.mark.skip(reason=f"no CUDA device: {cuda_reason()}"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """On the emulator: how many launches ran, and which kernels of kernels/*.cu none of
+    the collected tests launched (the CUDA path the suite leaves unexecuted)."""
+    if not emulated():
+        return
+    from cudaemu import build, runtime
+
+    from gpugd._kernels import kernel_sources, resolved_source
+
+    if not runtime.launches:
+        return
+    names = set()
+    for family, path in kernel_sources().items():
+        sidecar = build.build(resolved_source(path), f"{family}.cu").with_suffix(".json")
+        names |= set(json.loads(sidecar.read_text()))
+    ran = names & set(runtime.launches)
+    tr = terminalreporter
+    tr.write_sep("-", "emulated CUDA path (tests/cudaemu)")
+    tr.write_line(
+        f"{sum(runtime.launches.values())} kernel launches; {len(ran)} of the {len(names)} "
+        f"kernels in kernels/*.cu ran"
+    )
+    missing = sorted(names - ran)
+    if missing and len(missing) <= 12:  # a partial run leaves most out: no list then
+        tr.write_line("never launched: " + ", ".join(missing))
 
 
 BACKENDS = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]

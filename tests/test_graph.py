@@ -68,8 +68,24 @@ def _twins(cp, dtype, **kw):
         (BF16, dict(master_weights=True, max_grad_norm=1.0, rounding="stochastic", seed=3)),
         (np.float16, dict(master_weights=True)),
         (BF16, dict(state_dtype=BF16, amsgrad=True)),
+        # the other graph kernels: one per precision policy
+        (BF16, dict(max_grad_norm=1.0)),
+        (np.float16, dict(weight_decay=0.1)),
+        (np.float16, dict(state_dtype=BF16)),
+        (np.float16, dict(state_dtype=BF16, master_weights=True, amsgrad=True)),
+        (BF16, dict(state_dtype=BF16, master_weights=True, rounding="stochastic", seed=5)),
     ],
-    ids=["f32-clip", "bf16-master-sr-clip", "f16-master", "bf16-bf16states-amsgrad"],
+    ids=[
+        "f32-clip",
+        "bf16-master-sr-clip",
+        "f16-master",
+        "bf16-bf16states-amsgrad",
+        "bf16-clip",
+        "f16-wd",
+        "f16-bf16states",
+        "f16-bf16states-master-amsgrad",
+        "bf16-bf16states-master-sr",
+    ],
 )
 def test_replayed_steps_equal_eager_steps_bit_for_bit(dtype, kw):
     cp = pytest.importorskip("cupy")
