@@ -15,6 +15,10 @@ from gpugd import reference as ref
 from gpugd.ops.optim import CUDA_CHUNK
 
 # Empty, tiny, odd, and past both the CPU task chunk (2^14) and the CUDA block chunk (2^16).
+# The empty tensor comes first on purpose: CuPy gives it the address 0, and the CUDA
+# kernels once read "momentum/centered/AMSGrad in use" from whether the first tensor's
+# state address was null, so a list starting with an empty tensor lost those states for
+# every tensor (found by the emulated suite; the flags are kernel arguments now).
 SIZES = (0, 1, 7, 1023, 33, CUDA_CHUNK + 5, 3 * (1 << 14) + 1)
 
 
