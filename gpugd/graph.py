@@ -130,6 +130,7 @@ class CapturedStep:
             _cuda.get_kernel("optim", f"gpugd_optim_adam_graph_{t.policy}")
         self._prepare = _cuda.get_kernel("optim", "gpugd_optim_adam_prepare")
         if self._norm:
+            _cuda.get_kernel("reduce", "gpugd_reduce_stats_tensors")
             _cuda.get_kernel("reduce", "gpugd_reduce_stats_finish")
         cupy.cuda.get_current_stream().synchronize()
         stream = cupy.cuda.Stream(non_blocking=True)

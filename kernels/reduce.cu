@@ -6,8 +6,8 @@
 //   1. stats_partial: one block per chunk (of at most `chunk` elements of one tensor) at a
 //      time writes that chunk's three sums — a fixed-order block reduction, so a chunk's
 //      partials depend only on its data and the block size.
-//   2. stats_finish (one block): per tensor, its chunks' partials in order; then the
-//      totals over tensors by a fixed tree.
+//   2. stats_tensors (a block per tensor): its chunks' partials by a fixed tree;
+//      stats_finish (one block): the totals over tensors by a fixed tree.
 #include "common.cuh"
 #include "precision.cuh"
 
@@ -74,32 +74,63 @@ GPUGD_REDUCE_STATS_PARTIAL(double, f64)
 GPUGD_REDUCE_STATS_PARTIAL(gpugd::f16_t, f16)
 GPUGD_REDUCE_STATS_PARTIAL(gpugd::bf16_t, bf16)
 
-// One block. first_chunk[t] .. first_chunk[t + 1]: tensor t's chunks (ntensors + 1 entries).
-// `partial` holds `ncols` (≤ 3) sums per chunk; per_tensor[ncols·t + k] sums tensor t's chunks
-// in order, total[k] the tensors by a fixed tree. Also folds the optim family's per-chunk
-// update statistics. flag (may be null) = 1 when column 1, the non-finite count, is > 0.
-extern "C" __global__ void gpugd_reduce_stats_finish(const i64* first_chunk, i64 ntensors,
-                                                     const double* partial, int ncols,
-                                                     double* per_tensor, double* total,
-                                                     int* flag) {
+// Stage 2, in two launches. first_chunk[t] .. first_chunk[t + 1]: tensor t's chunks
+// (ntensors + 1 entries); `partial` holds `ncols` (≤ 3) sums per chunk. Also folds the optim
+// family's per-chunk update statistics.
+//   stats_tensors: one block per tensor at a time; thread i sums chunks i, i + blockDim, …
+//     in order, then a fixed tree: per_tensor[ncols·t + k] depends only on the data, the
+//     chunking and the block size (not the grid). A 10^9-element tensor's 15,259 chunks
+//     take 60 dependent loads per thread instead of 15,259 in one thread.
+//   stats_finish: one block; total[k] sums the tensors by a fixed tree; flag (may be null)
+//     = 1 when column 1, the non-finite count, is > 0.
+// The columns are three registers (a runtime-indexed array would live in local memory).
+extern "C" __global__ void gpugd_reduce_stats_tensors(const i64* first_chunk, i64 ntensors,
+                                                      const double* partial, int ncols,
+                                                      double* per_tensor) {
   __shared__ double scratch[32];
-  double acc[3] = {0.0, 0.0, 0.0};
-  for (i64 t = threadIdx.x; t < ntensors; t += blockDim.x) {
-    double s[3] = {0.0, 0.0, 0.0};
-    for (i64 c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
-      for (int k = 0; k < ncols; ++k) s[k] += partial[ncols * c + k];
+  for (i64 t = blockIdx.x; t < ntensors; t += gridDim.x) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+    for (i64 c = first_chunk[t] + threadIdx.x; c < first_chunk[t + 1]; c += blockDim.x) {
+      const double* row = partial + ncols * c;
+      s0 += row[0];
+      if (ncols > 1) s1 += row[1];
+      if (ncols > 2) s2 += row[2];
     }
-    for (int k = 0; k < ncols; ++k) {
-      per_tensor[ncols * t + k] = s[k];
-      acc[k] += s[k];
+    s0 = gpugd::block_sum(s0, scratch);
+    __syncthreads();
+    if (ncols > 1) s1 = gpugd::block_sum(s1, scratch);
+    __syncthreads();
+    if (ncols > 2) s2 = gpugd::block_sum(s2, scratch);
+    if (threadIdx.x == 0) {
+      per_tensor[ncols * t] = s0;
+      if (ncols > 1) per_tensor[ncols * t + 1] = s1;
+      if (ncols > 2) per_tensor[ncols * t + 2] = s2;
     }
-  }
-  for (int k = 0; k < ncols; ++k) {
-    const double v = gpugd::block_sum(acc[k], scratch);
-    if (threadIdx.x == 0) total[k] = v;
     __syncthreads();
   }
-  if (flag != nullptr && threadIdx.x == 0) flag[0] = total[1] > 0.0 ? 1 : 0;
+}
+
+extern "C" __global__ void gpugd_reduce_stats_finish(const double* per_tensor, i64 ntensors,
+                                                     int ncols, double* total, int* flag) {
+  __shared__ double scratch[32];
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0;
+  for (i64 t = threadIdx.x; t < ntensors; t += blockDim.x) {
+    const double* row = per_tensor + ncols * t;
+    s0 += row[0];
+    if (ncols > 1) s1 += row[1];
+    if (ncols > 2) s2 += row[2];
+  }
+  s0 = gpugd::block_sum(s0, scratch);
+  __syncthreads();
+  if (ncols > 1) s1 = gpugd::block_sum(s1, scratch);
+  __syncthreads();
+  if (ncols > 2) s2 = gpugd::block_sum(s2, scratch);
+  if (threadIdx.x == 0) {
+    total[0] = s0;
+    if (ncols > 1) total[1] = s1;
+    if (ncols > 2) total[2] = s2;
+    if (flag != nullptr) flag[0] = ncols > 1 && s1 > 0.0 ? 1 : 0;
+  }
 }
 
 // out[i] = (b_0[i] + … + b_{k−1}[i])·inv, the inputs' addresses in device memory: the mean of

@@ -313,9 +313,9 @@ class Tensors:
             return None
         per = cupy.empty((ntensors, 2), cupy.float64)
         total = cupy.empty(2, cupy.float64)
-        _cuda.get_kernel("reduce", "gpugd_reduce_stats_finish")(
-            (1,), (256,), (first, np.int64(ntensors), chunk_stats, np.int32(2), per, total, null)
-        )
+        from .reduce import finish_cuda
+
+        finish_cuda(first, ntensors, chunk_stats, 2, per, total, null)
         return per
 
 

@@ -25,6 +25,7 @@ CUDA_KERNELS = (
     "gpugd_reduce_stats_partial_f64",
     "gpugd_reduce_stats_partial_f16",
     "gpugd_reduce_stats_partial_bf16",
+    "gpugd_reduce_stats_tensors",
     "gpugd_reduce_stats_finish",
     "gpugd_reduce_average_f32",
     "gpugd_reduce_average_f64",
@@ -120,11 +121,7 @@ class Reduction:
             (_cuda.THREADS,),
             (table, np.int64(n), chunks, np.int64(nchunks), np.int64(CHUNK), partial),
         )
-        _cuda.get_kernel("reduce", "gpugd_reduce_stats_finish")(
-            (1,),
-            (FINISH_THREADS,),
-            (first, np.int64(n), partial, np.int32(3), per, total, flag),
-        )
+        finish_cuda(first, n, partial, 3, per, total, flag)
 
     def _run_cuda(self, zeros: bool) -> GradStats:
         import cupy
@@ -144,6 +141,25 @@ class Reduction:
             zero_counts=per[:, 2].astype(cupy.int64) if zeros else None,
             flag=flag,
         )
+
+
+def finish_cuda(
+    first: Any, ntensors: int, partial: Any, ncols: int, per: Any, total: Any, flag: Any
+) -> None:
+    """Stage 2 of a chunked pass (kernels/reduce.cu): per tensor, the sums of its chunks'
+    ``ncols`` partials (a block per tensor, fixed trees), then the totals over tensors and
+    the non-finite flag (``flag``: an int32 device array, or np.uint64(0) for none)."""
+    from .. import _cuda
+
+    blocks = max(1, min(ntensors, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
+    _cuda.get_kernel("reduce", "gpugd_reduce_stats_tensors")(
+        (blocks,),
+        (FINISH_THREADS,),
+        (first, np.int64(ntensors), partial, np.int32(ncols), per),
+    )
+    _cuda.get_kernel("reduce", "gpugd_reduce_stats_finish")(
+        (1,), (FINISH_THREADS,), (per, np.int64(ntensors), np.int32(ncols), total, flag)
+    )
 
 
 def tensor_norms(xs: Any) -> GradStats:
