@@ -43,9 +43,22 @@ def _module(family: str, device_id: int) -> cupy.RawModule:
     return cupy.RawModule(code=resolved_source(sources[family]), options=NVRTC_OPTIONS)
 
 
+@functools.cache
+def _kernel(family: str, name: str, device_id: int) -> cupy.RawKernel:
+    # CuPy's RawModule.get_function builds a new RawKernel (cuModuleGetFunction) per call
+    return _module(family, device_id).get_function(name)
+
+
 def get_kernel(family: str, name: str) -> cupy.RawKernel:
-    """The compiled kernel ``name`` of ``kernels/<family>.cu`` on the current device."""
-    return _module(family, cupy.cuda.Device().id).get_function(name)
+    """The compiled kernel ``name`` of ``kernels/<family>.cu`` on the current device (looked
+    up once per device)."""
+    return _kernel(family, name, cupy.cuda.Device().id)
+
+
+def clear_caches() -> None:
+    """Forget every loaded module and kernel (the next launch compiles again)."""
+    _kernel.cache_clear()
+    _module.cache_clear()
 
 
 @functools.cache

@@ -10,9 +10,10 @@
 
 namespace gpugd {
 
+// y may be x (axpy_(x, a, x) is allowed: each element is read, then written, by one
+// thread), so neither pointer is __restrict__.
 template <typename T>
-__device__ __forceinline__ void axpy_body(T* __restrict__ x, T a, const T* __restrict__ y,
-                                          i64 n) {
+__device__ __forceinline__ void axpy_body(T* x, T a, const T* y, i64 n) {
   constexpr int W = Pack<T>::width;
   const i64 start = grid_start(), stride = grid_stride();
   i64 done = 0;

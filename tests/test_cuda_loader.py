@@ -26,7 +26,7 @@ def test_every_family_loads_and_is_cached_per_device(cuda):
         m2 = cuda._module(family, cupy.cuda.Device().id)
         assert m1 is m2
     k = cuda.get_kernel("vector", "gpugd_vector_axpy_f32")
-    assert k is not None
+    assert k is not None and cuda.get_kernel("vector", "gpugd_vector_axpy_f32") is k
     with pytest.raises(KeyError, match="no kernel family"):
         cuda._module("nope", 0)
 

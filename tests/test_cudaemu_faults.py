@@ -40,10 +40,10 @@ def plant(monkeypatch):
             return text
 
         monkeypatch.setattr(_cuda, "resolved_source", mutated)
-        _cuda._module.cache_clear()
+        _cuda.clear_caches()
 
     yield _plant
-    _cuda._module.cache_clear()
+    _cuda.clear_caches()
 
 
 def _runtime():
