@@ -78,6 +78,13 @@ class CapturedStep:
             raise TypeError(f"zero_grad: expected a bool, got {zero_grad!r}")
         self.optimizer = optimizer
         self.zero_grad = zero_grad
+        self.replays = 0
+        self._capture()
+
+    def _capture(self) -> None:
+        """Validate the groups, allocate the device buffers and record the graph from the
+        optimizer's configuration now (hyperparameters, clipping, scaler) and its host state."""
+        optimizer = self.optimizer
         self._slot: dict[int, int] = {}  # optimizer group index -> this graph's group slot
         groups = []
         for gi, (group, g) in enumerate(
@@ -138,7 +145,6 @@ class CapturedStep:
             stream.begin_capture()
             self._body()
             self.graph = stream.end_capture()
-        self.replays = 0
 
     def _host_state(self) -> list[float]:
         opt, sc = self.optimizer, self.optimizer.loss_scaler
@@ -247,9 +253,12 @@ class CapturedStep:
                 self._hyper[4 * self._slot[gi]] = lr
 
     def refresh(self) -> None:
-        """Copy the host-side state (step count, skips, scale) into the device buffers: after
-        eager steps or ``optimizer.load`` between replays."""
-        self.state[...] = self.cupy.asarray(self._host_state(), dtype=self.cupy.float64)
+        """Capture the step again from the optimizer as it is now: its host-side state (step
+        count, skips, scale) and its configuration (learning rates, betas, eps, weight decay,
+        clipping, scaler settings: the graph holds them as launch arguments). Call it after
+        eager steps, ``optimizer.load``/``load_state_dict`` or any change of a param group
+        between replays."""
+        self._capture()
 
     def sync(self) -> dict[str, float]:
         """Copy the device-side state back into the optimizer and its scaler (step count,

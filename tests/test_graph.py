@@ -181,6 +181,42 @@ def test_list_groups_and_refresh_after_an_eager_step():
     assert step.sync()["step"] == 4 and og.step_count == 4
 
 
+@pytest.mark.cuda
+def test_refresh_after_load_state_dict_takes_the_new_hyperparameters():
+    """A graph holds lr, betas, eps, weight decay and the clipping as launch arguments:
+    after load_state_dict changes them, refresh() must re-record it (it once copied only the
+    step state, so replays kept the old hyperparameters)."""
+    cp = pytest.importorskip("cupy")
+    (fe, oe), (fg, og) = _twins(cp, np.float32, max_grad_norm=0.5)
+    step = CapturedStep(og)
+    rng = np.random.default_rng(3)
+
+    def one_step():
+        scale = oe.loss_scaler.scale_factor
+        for n, s in SHAPES.items():
+            g = (rng.standard_normal(s) * scale).astype(np.float32)
+            fe.grads[n][...] = cp.asarray(g)
+            fg.grads[n][...] = cp.asarray(g)
+        oe.step()
+        oe.zero_grad()
+        step()
+
+    for _ in range(3):
+        one_step()
+    step.sync()
+    sd = oe.state_dict()
+    sd["param_groups"][0].update(lr=3e-3, betas=(0.8, 0.95), eps=1e-5, weight_decay=0.2)
+    oe.load_state_dict(sd)
+    og.load_state_dict(sd)
+    step.refresh()
+    for _ in range(3):
+        one_step()
+    np.testing.assert_array_equal(
+        to_numpy(fg.data).view(np.uint8), to_numpy(fe.data).view(np.uint8)
+    )
+    assert step.sync()["step"] == oe.step_count == 6
+
+
 def test_device_tables_list_every_chunk_and_each_tensors_first(monkeypatch):
     """``_tensor_table.on_device`` (the CUDA launch's tables, shared by the update, the norm
     pass and the graph), checked on the host with a stand-in for CuPy."""
