@@ -104,7 +104,7 @@ def pytest_terminal_summary(terminalreporter):
     names = set()
     for family, path in kernel_sources().items():
         sidecar = build.build(resolved_source(path), f"{family}.cu").with_suffix(".json")
-        names |= set(json.loads(sidecar.read_text()))
+        names |= set(json.loads(sidecar.read_text())["kernels"])
     ran = names & set(runtime.launches)
     tr = terminalreporter
     tr.write_sep("-", "emulated CUDA path (tests/cudaemu)")

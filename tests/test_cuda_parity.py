@@ -30,7 +30,10 @@ pytestmark = pytest.mark.cuda
 F16, BF16 = np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-ACT_ULPS = {F32: 4, F64: 4}
+# Worst seen on the emulator (glibc's exp/expm1/log1p/erfc against the Numba forms):
+# float64 tanh-GELU backward 3.96, float32 2.72, SiLU backward 2.47. libdevice's own bounds
+# (erfcf 4 ulps, expf 2) add to that on a GPU; 16 leaves room for them.
+ACT_ULPS = {F32: 16, F64: 16}
 REDUCE_RTOL = 1e-13
 
 
@@ -41,14 +44,23 @@ def _cupy():
 
 
 def assert_same_bits(cpu, gpu, what: str) -> None:
-    """Equal bit patterns (NaN payloads and signed zeros included); else the first few."""
+    """Equal bit patterns (signed zeros included; any NaN equals any NaN, since which NaN
+    an operation returns is the hardware's: x86 keeps payloads and makes 0·Inf the negative
+    quiet NaN, NVIDIA GPUs return the canonical 0x7fffffff); else the first few."""
     a, b = to_numpy(cpu), to_numpy(gpu)
     assert a.dtype == b.dtype and a.shape == b.shape, (
         f"{what}: {a.dtype}{a.shape} vs {b.dtype}{b.shape}"
     )
     ua = a.reshape(-1).view(UINT[a.dtype.itemsize])
     ub = b.reshape(-1).view(UINT[b.dtype.itemsize])
-    bad = np.flatnonzero(ua != ub)
+    differ = ua != ub
+    if a.dtype.kind == "f" or a.dtype == BF16:
+        with np.errstate(invalid="ignore"):
+            nan = np.isnan(a.reshape(-1).astype(np.float32)) & np.isnan(
+                b.reshape(-1).astype(np.float32)
+            )
+        differ &= ~nan
+    bad = np.flatnonzero(differ)
     if bad.size:
         rows = "\n".join(
             f"  [{i}] cpu={a.reshape(-1)[i]!r} ({ua[i]:#x}) cuda={b.reshape(-1)[i]!r} ({ub[i]:#x})"
@@ -190,8 +202,8 @@ def test_half_precision_stores_round_the_same_bits(pdt, rounding):
         g = xp.asarray(np.zeros(master.size, pdt))
         ops.sgd_([p], [g], lr=0.0, master=[m], rounding=rounding, seed=7)
         out[xp.__name__], masters[xp.__name__] = to_numpy(p), to_numpy(m)
-    # finite masters stay as they are (p − 0·(0·p + 0) = p); ±Inf becomes NaN (0·Inf), and
-    # signalling NaNs come back quiet: the same on both backends
+    # finite masters stay as they are (p − 0·(0·p + 0) = p); ±Inf becomes NaN (0·Inf) and a
+    # NaN stays a NaN (which NaN is the hardware's: compared as a class)
     assert_same_bits(masters["numpy"], masters["cupy"], "masters")
     finite = np.isfinite(master)
     assert_same_bits(masters["numpy"][finite], master[finite], "finite masters unchanged")

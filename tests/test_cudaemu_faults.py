@@ -83,6 +83,60 @@ def test_a_removed_syncthreads_is_caught(plant):
     assert "forward" in caught
 
 
+def test_a_removed_barrier_between_two_block_sums_is_caught(plant):
+    """A write-after-read race: the next block_sum's partials overwrite shared memory that
+    warp 0 may still be reading. A warp that runs ahead (the emulator lets each warp run to
+    its next barrier before the next starts) exposes it in some order."""
+    import cupy
+
+    plant(
+        "reduce",
+        "ssq = block_sum(ssq, scratch);\n    __syncthreads();",
+        "ssq = block_sum(ssq, scratch);",
+    )
+    rng = np.random.default_rng(5)
+    x0 = rng.standard_normal(200_000).astype(np.float32)
+    x0[::7] = 0.0  # the zero count differs from the non-finite count and the sum
+    want = np.linalg.norm(x0.astype(np.float64))
+    wrong = []
+    for order in ("forward", "reverse", "shuffle"):
+        with _runtime().order(order):
+            got = float(ops.tensor_norms([cupy.asarray(x0)]).norm)
+        if not np.isclose(got, want, rtol=1e-12):
+            wrong.append(order)
+    assert wrong, "the race went unnoticed in every order"
+
+
+def test_template_shared_memory_is_poisoned_and_exited_threads_do_not_pass_a_barrier():
+    """__shared__ inside a template (g++ drops its section attribute) is NaN-poisoned before
+    every block like the rest; a barrier that some threads of the block skip by returning
+    is an error, not a pass."""
+    import cupy
+
+    runtime = _runtime()
+    src = r"""
+    template <typename T> __device__ void body(T* out) {
+      __shared__ T s[32];
+      out[blockIdx.x * 32 + threadIdx.x] = s[threadIdx.x];  // read before any write
+      s[threadIdx.x] = T(blockIdx.x + 1);
+    }
+    extern "C" __global__ void unwritten(float* out) { body<float>(out); }
+    extern "C" __global__ void early_exit(float* x) {
+      if (threadIdx.x >= 32) return;
+      __syncthreads();
+      x[threadIdx.x] = 1.f;
+    }
+    """
+    mod = runtime.Module(src, (), "templ.cu")
+    out = cupy.zeros(96, cupy.float32)
+    k = mod.get_function("unwritten")
+    k.run((3, 1, 1), (32, 1, 1), 0, k.pack((out,)))
+    assert np.isnan(out.get()).all()  # neither zeros nor the previous block's values
+    k = mod.get_function("early_exit")
+    with pytest.raises(runtime.LaunchError, match=r"__syncthreads\(\) at line .* exited"):
+        k.run((1, 1, 1), (64, 1, 1), 0, k.pack((out,)))
+
+
 def test_a_tail_bound_off_by_one_is_caught(plant):
     import cupy
 

@@ -408,15 +408,20 @@ def test_capture_records_launches_and_ops_and_replays_them_in_order(cp):
     k = _stub_kernel(cp, log)
     x = cp.zeros(4, cp.float32)
     y = cp.ones(4, cp.float32)
+    z, w = cp.empty(4, cp.float32), cp.empty(4, cp.float32)
     s = cp.cuda.Stream(non_blocking=True)
+    from cupy.cuda.stream import StandInCaptureError
+
     with s:
         s.begin_capture()
         assert s.is_capturing() and cp.cuda.runtime.streamIsCapturing(s.ptr)
         k((2,), (64,), (x, np.int64(4)))
         x.fill(3)  # recorded, not run
         x += y  # an elementwise kernel into x: recorded
-        z = x * 2  # a new array now, its contents written by the graph
-        w = cp.zeros(4, cp.float32)  # the memset is part of the graph
+        cp.multiply(x, 2, out=z)  # into an array allocated before: recorded
+        with pytest.raises(StandInCaptureError, match="allocating"):
+            x * 2  # a new array: the graph would not keep its memory alive
+        w.fill(0)  # the memset is part of the graph
         w[1:3] = z[1:3]
         graph = s.end_capture()
     assert not s.is_capturing()

@@ -119,6 +119,28 @@ def _defines(options: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _statics(lib: Path) -> dict:
+    """The function-local statics of the kernels' code (their ``__shared__`` arrays) as
+    (address relative to the load base, size), with the address of ``gpugd_emu_count`` to
+    find the base: g++ keeps the section attribute of ``__shared__`` only outside templates,
+    so the runtime poisons these regions by address instead."""
+    text = _run(["nm", "-S", "--defined-only", str(lib)], f"listing the symbols of {lib.name}")
+    shared, anchor = [], None
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[-1] == "gpugd_emu_count":
+            anchor = int(parts[0], 16)
+        if len(parts) != 4:
+            continue
+        value, size, kind, name = parts
+        # _ZZ<function>E<name>: a static local; the runtime's own (gpugd_emu::) excluded
+        if name.startswith("_ZZ") and "9gpugd_emu" not in name and kind in "bBdDuV":
+            shared.append([int(value, 16), int(size, 16)])
+    if anchor is None:
+        raise BuildError(f"{lib.name}: no gpugd_emu_count symbol")
+    return {"shared": shared, "anchor": anchor}
+
+
 def build(source: str, name: str = "kernel.cu", options: tuple[str, ...] = ()) -> Path:
     """Path of the shared library for ``source`` (built now, or found in the cache); beside
     it, ``<same name>.json`` maps each kernel to its parameter declarations."""
@@ -129,6 +151,9 @@ def build(source: str, name: str = "kernel.cu", options: tuple[str, ...] = ()) -
     out = cache_dir() / f"{Path(name).stem}-{key}.so"
     if out.exists():
         return out
+    for same in cache_dir().glob(f"*-{key}.so"):  # the same text built under another name
+        if same.with_suffix(".json").exists():
+            return same
     kernels = kernel_signatures(source, name, tuple(defines))
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / f"{Path(name).stem}.cpp"
@@ -140,6 +165,6 @@ def build(source: str, name: str = "kernel.cu", options: tuple[str, ...] = ()) -
         os.close(fd)
         Path(staged).write_bytes(part.read_bytes())
         sidecar = out.with_suffix(".json")
-        sidecar.write_text(json.dumps(kernels, indent=1))
+        sidecar.write_text(json.dumps({"kernels": kernels, **_statics(part)}, indent=1))
         os.replace(staged, out)
     return out

@@ -6,9 +6,10 @@ the way ``cuLaunchKernel`` receives them (one pointer per parameter), and whose
 ``run(grid, block, shared_mem, packed)`` executes the launch synchronously.
 
 ``pack`` is stricter than CuPy, which checks nothing (``cupy/_core/_carray.pyx`` /
-``cupy/cuda/function.pyx`` marshal a Python int as int64, a float as a double, a bool as a
-bool, a NumPy scalar as its own dtype and an ndarray as its data pointer, and the driver
-copies ``sizeof(parameter)`` bytes from each): a scalar whose size or kind (signed,
+``cupy/cuda/function.pyx`` marshal a Python int as int64, a float as a double, a NumPy
+scalar as its own dtype and an ndarray as its data pointer, and the driver copies
+``sizeof(parameter)`` bytes from each; a Python bool is a bool in CuPy 14 and an int64 in
+CuPy 13, so it is refused outright): a scalar whose size or kind (signed,
 unsigned, float, bool) differs from the parameter's, an array whose dtype is not the
 pointee type, a wrong argument count, or an integer address where a pointer is expected
 (only 0, the null pointer, is accepted) is a ``LaunchError`` naming the kernel and the
@@ -30,6 +31,7 @@ import contextlib
 import ctypes
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +45,9 @@ _state = {"order": os.environ.get("GPUGD_EMU_ORDER", "forward").strip() or "forw
 if _state["order"] not in ORDERS:
     raise ValueError(f"GPUGD_EMU_ORDER={_state['order']!r}: expected one of {sorted(ORDERS)}")
 launches: collections.Counter[str] = collections.Counter()  # kernel name → launches run
+# One launch at a time: a library's scheduler state is global, and ctypes releases the GIL
+# (CUDA serializes a stream's launches; the stand-in has one queue).
+_launch_lock = threading.Lock()
 
 _KINDS = ("pointer", "signed integer", "unsigned integer", "floating-point", "bool", "struct")
 K_POINTER, K_SIGNED, K_UNSIGNED, K_FLOAT, K_BOOL = range(5)
@@ -110,6 +115,7 @@ def _lib_api(lib: ctypes.CDLL) -> None:
     lib.gpugd_emu_nparams.argtypes = [ctypes.c_int]
     lib.gpugd_emu_params.argtypes = [ctypes.c_int, ctypes.POINTER(_CParam)]
     lib.gpugd_emu_fault_address.restype = ctypes.c_ulonglong
+    lib.gpugd_emu_add_shared.argtypes = [ctypes.c_ulonglong, ctypes.c_ulonglong]
     lib.gpugd_emu_launch.restype = ctypes.c_int
     lib.gpugd_emu_launch.argtypes = [
         ctypes.c_int,
@@ -131,10 +137,14 @@ class Module:
             path = build.build(code, name, tuple(options))
         except build.BuildError as exc:
             raise EmulatorError(str(exc)) from None
-        decls = json.loads(path.with_suffix(".json").read_text())
+        meta = json.loads(path.with_suffix(".json").read_text())
+        decls = meta["kernels"]
         self.path = path
         self.lib = ctypes.CDLL(str(path))
         _lib_api(self.lib)
+        base = ctypes.cast(self.lib.gpugd_emu_count, ctypes.c_void_p).value - meta["anchor"]
+        for offset, size in meta["shared"]:  # __shared__ of templates: poisoned by address
+            self.lib.gpugd_emu_add_shared(base + offset, size)
         self.kernels: dict[str, Kernel] = {}
         for k in range(self.lib.gpugd_emu_count()):
             kname = self.lib.gpugd_emu_name(k).decode()
@@ -169,8 +179,10 @@ def _is_device_array(a: Any) -> bool:
 
 def _scalar(a: Any) -> tuple[np.ndarray, str] | None:
     """(the bytes CuPy would pass, a description) for a scalar argument, else None."""
-    if isinstance(a, bool | np.bool_):
-        return np.asarray(a, np.bool_), f"{type(a).__name__} {a!r} (marshalled as bool)"
+    if isinstance(a, bool):  # CuPy 14 marshals it as bool, CuPy 13 as int64: never pass one
+        return None
+    if isinstance(a, np.bool_):
+        return np.asarray(a, np.bool_), f"numpy.bool {a!r}"
     if isinstance(a, int):
         return np.asarray(a, np.int64), f"Python int {a!r} (marshalled as int64)"
     if isinstance(a, float):
@@ -226,7 +238,12 @@ class Kernel:
                     raise self._refuse(p, f"expected a {_KINDS[p.kind]} scalar, got an array")
                 sc = _scalar(a)
                 if sc is None:
-                    raise self._refuse(p, f"cannot pass {type(a).__name__} to a kernel")
+                    why = (
+                        " (CuPy 13 marshals it as int64, CuPy 14 as bool: pass np.int32)"
+                        if isinstance(a, bool)
+                        else ""
+                    )
+                    raise self._refuse(p, f"cannot pass a Python {type(a).__name__}{why}")
                 value, desc = sc
                 kind = _KIND_OF.get(value.dtype.kind)
                 if kind != p.kind or value.dtype.itemsize != p.size:
@@ -263,17 +280,18 @@ class Kernel:
 
         memory.check_guards()  # damage from outside a kernel is not this launch's
         err = ctypes.create_string_buffer(1024)
-        _state["seed"] += 1
-        rc = self.module.lib.gpugd_emu_launch(
-            self.index,
-            (ctypes.c_uint * 3)(*grid),
-            (ctypes.c_uint * 3)(*block),
-            ctypes.cast(packed.argv, ctypes.c_void_p),
-            ORDERS[_state["order"]],
-            _state["seed"],
-            err,
-            len(err),
-        )
+        with _launch_lock:
+            _state["seed"] += 1
+            rc = self.module.lib.gpugd_emu_launch(
+                self.index,
+                (ctypes.c_uint * 3)(*grid),
+                (ctypes.c_uint * 3)(*block),
+                ctypes.cast(packed.argv, ctypes.c_void_p),
+                ORDERS[_state["order"]],
+                _state["seed"],
+                err,
+                len(err),
+            )
         launches[self.name] += 1
         if rc:
             msg = f"{self.name} <<<{grid}, {block}>>>: {err.value.decode(errors='replace')}"

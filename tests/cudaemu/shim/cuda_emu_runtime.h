@@ -67,6 +67,9 @@ struct Stacks {
 } stacks;
 
 std::vector<Fiber> fiber_store;
+// __shared__ statics of template functions: g++ drops the section attribute for them (they
+// are COMDAT), so the build lists them (nm) and the loader registers their addresses here.
+std::vector<std::pair<unsigned char*, size_t>> shared_regions;
 void* fault_address = nullptr;
 int launch_depth = 0;
 
@@ -138,17 +141,66 @@ static const char* state_name(int s) {
   }
 }
 
-// Run every thread of the current block until all have exited.
+// Release warp `w`'s lanes waiting in a warp operation whose every named lane is there.
+static bool release_warp(unsigned w) {
+  const unsigned n = rt.nthreads, base = w * 32;
+  Fiber* fs = rt.fibers;
+  bool released = false;
+  for (unsigned i = base; i < n && i < base + 32; ++i) {
+    Fiber* f = &fs[i];
+    if (f->state != AT_WARP) continue;
+    const unsigned m = f->mask;
+    bool all = true;
+    for (unsigned l = 0; l < 32 && all; ++l) {
+      if (!((m >> l) & 1u)) continue;
+      if (base + l >= n) {
+        rt.cur = f;
+        fail("warp operation with mask 0x%08x names lane %u, beyond the block's %u threads", m,
+             l, n);
+      }
+      const Fiber* o = &fs[base + l];
+      if (o->state == DONE) {
+        rt.cur = f;
+        fail("warp operation with mask 0x%08x waits for lane %u, which has exited", m, l);
+      }
+      all = o->state == AT_WARP && o->mask == m;
+    }
+    if (!all) continue;
+    for (unsigned l = 0; l < 32; ++l)
+      if ((m >> l) & 1u) fs[base + l].state = READY;
+    released = true;
+  }
+  return released;
+}
+
+// Run every thread of the current block until all have exited. Warp by warp, in the order
+// their first thread appears in `order`: each warp runs (its shuffles included) until every
+// one of its threads waits at __syncthreads() or has exited, before the next warp starts,
+// so one warp can get arbitrarily far ahead of another, as on a GPU; a missing barrier
+// between two uses of shared memory then shows as a wrong result in some order.
 static void run_block(const std::vector<unsigned>& order) {
   const unsigned n = rt.nthreads;
   Fiber* fs = rt.fibers;
   for (unsigned i = 0; i < n; ++i) start_fiber(&fs[i], i);
+  const unsigned nwarps = (n + 31) / 32;
+  std::vector<std::vector<unsigned>> lanes(nwarps);
+  std::vector<unsigned> warps;
+  for (unsigned k = 0; k < n; ++k) {
+    const unsigned w = order[k] >> 5;
+    if (lanes[w].empty()) warps.push_back(w);
+    lanes[w].push_back(order[k]);
+  }
   for (;;) {
-    for (unsigned k = 0; k < n; ++k) {
-      Fiber* f = &fs[order[k]];
-      if (f->state != READY) continue;
-      rt.cur = f;
-      gpugd_emu_switch(&rt.sched_sp, f->sp);
+    for (unsigned w : warps) {
+      do {
+        for (unsigned i : lanes[w]) {
+          Fiber* f = &fs[i];
+          if (f->state != READY) continue;
+          rt.cur = f;
+          gpugd_emu_switch(&rt.sched_sp, f->sp);
+        }
+        rt.cur = nullptr;
+      } while (release_warp(w));
     }
     rt.cur = nullptr;
     unsigned done = 0, at_barrier = 0, at_warp = 0;
@@ -159,30 +211,7 @@ static void run_block(const std::vector<unsigned>& order) {
     }
     if (done == n) return;
     bool released = false;
-    for (unsigned i = 0; i < n; ++i) {  // warp operations whose every named lane is there
-      Fiber* f = &fs[i];
-      if (f->state != AT_WARP) continue;
-      const unsigned base = i & ~31u, m = f->mask;
-      bool all = true;
-      for (unsigned l = 0; l < 32 && all; ++l) {
-        if (!((m >> l) & 1u)) continue;
-        if (base + l >= n) {
-          rt.cur = f;
-          fail("warp operation with mask 0x%08x names lane %u, beyond the block's %u threads", m,
-               l, n);
-        }
-        const Fiber* o = &fs[base + l];
-        if (o->state == DONE) {
-          rt.cur = f;
-          fail("warp operation with mask 0x%08x waits for lane %u, which has exited", m, l);
-        }
-        all = o->state == AT_WARP && o->mask == m;
-      }
-      if (!all) continue;
-      for (unsigned l = 0; l < 32; ++l)
-        if ((m >> l) & 1u) fs[base + l].state = READY;
-      released = true;
-    }
+    for (unsigned w = 0; w < nwarps; ++w) released |= release_warp(w);
     if (!released && at_warp == 0 && at_barrier > 0) {
       const Fiber* first = nullptr;
       for (unsigned i = 0; i < n; ++i) {
@@ -196,6 +225,11 @@ static void run_block(const std::vector<unsigned>& order) {
                "at line %ld", reinterpret_cast<long>(f->site), first->tid.x, first->tid.y,
                first->tid.z, reinterpret_cast<long>(first->site));
         }
+      }
+      if (done > 0) {  // undefined on a GPU: every thread of the block must reach it
+        rt.cur = const_cast<Fiber*>(first);
+        fail("__syncthreads() at line %ld reached while %u of the block's %u threads have "
+             "exited", reinterpret_cast<long>(first->site), done, n);
       }
       for (unsigned i = 0; i < n; ++i)
         if (fs[i].state == AT_BARRIER) fs[i].state = READY;
@@ -345,6 +379,9 @@ struct Entry {
   GPUGD_EMU_EXPORT unsigned long long gpugd_emu_shared_bytes() {                               \
     return static_cast<unsigned long long>(__stop_gpugd_emu_shared - __start_gpugd_emu_shared); \
   }                                                                                            \
+  GPUGD_EMU_EXPORT void gpugd_emu_add_shared(unsigned long long addr, unsigned long long bytes) { \
+    ::gpugd_emu::shared_regions.emplace_back(reinterpret_cast<unsigned char*>(addr), bytes);   \
+  }                                                                                            \
   GPUGD_EMU_EXPORT int gpugd_emu_launch(int k, const unsigned* grid, const unsigned* block,     \
                                         void** args, int order, unsigned long long seed,       \
                                         char* err, int errlen) {                               \
@@ -417,6 +454,7 @@ static int launch(void (*thunk)(void**), const unsigned* grid, const unsigned* b
                                                       grid[1]))};
       // shared memory is uninitialised on a GPU: poison it (NaN in every float format)
       if (shared) std::memset(__start_gpugd_emu_shared, 0xFF, shared);
+      for (const auto& r : shared_regions) std::memset(r.first, 0xFF, r.second);
       run_block(threads);
     }
   }

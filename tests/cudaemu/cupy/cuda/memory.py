@@ -29,6 +29,13 @@ class Memory:
     __slots__ = ("__weakref__", "_alloc", "device_id", "ptr", "size")
 
     def __init__(self, size: int, *, zero: bool = False):
+        if size:
+            # CuPy would allocate from its pool, but a graph does not keep the buffer: once
+            # the array is freed the pool hands its memory to the next allocation while the
+            # graph still writes there. gpugd allocates nothing while capturing; keep it so.
+            from . import stream
+
+            stream.refuse_capture(f"allocating {int(size)} bytes")
         self._alloc = emulator_memory.alloc(int(size), zero=zero)
         self.size = self._alloc.nbytes
         self.ptr = self._alloc.ptr
