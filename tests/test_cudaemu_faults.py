@@ -83,28 +83,94 @@ def test_a_removed_syncthreads_is_caught(plant):
     assert "forward" in caught
 
 
-def test_a_removed_barrier_between_two_block_sums_is_caught(plant):
-    """A write-after-read race: the next block_sum's partials overwrite shared memory that
-    warp 0 may still be reading. A warp that runs ahead (the emulator lets each warp run to
-    its next barrier before the next starts) exposes it in some order."""
-    import cupy
+def _norms_case(cupy):
+    rng = np.random.default_rng(5)
+    xs = [rng.standard_normal(n).astype(np.float32) for n in (700_000, 70_001)]
+    for x in xs:
+        x[::7] = 0.0  # the zero counts differ from the non-finite counts and the sums
+    st = ops.tensor_norms([cupy.asarray(x) for x in xs])
+    return [st.norms.get(), st.zero_counts.get(), st.nonfinite_counts.get()]
 
-    plant(
+
+def _update_stats_case(cupy):
+    from gpugd.ops.optim import adam_kernel
+
+    rng = np.random.default_rng(6)
+    ps = [cupy.asarray(rng.standard_normal(n).astype(np.float32)) for n in (700_000, 70_001)]
+    gs = [cupy.asarray(rng.standard_normal(p.size).astype(np.float32)) for p in ps]
+    ms = [cupy.zeros(p.size, cupy.float32) for p in ps]
+    vs = [cupy.zeros(p.size, cupy.float32) for p in ps]
+    k = adam_kernel(lr=1e-2)
+    t = k.tensors(ps, gs, {"exp_avg": ms, "exp_avg_sq": vs})
+    return [t.launch("adam", (*k.scalars, k.grad_scale, k.clip), None, stats=True).get()]
+
+
+def _bn_backward_case(cupy):
+    rng = np.random.default_rng(7)
+    x = cupy.asarray(rng.standard_normal((64, 3, 33, 17)).astype(np.float32))
+    dy = cupy.asarray(rng.standard_normal((64, 3, 33, 17)).astype(np.float32))
+    mean, var = ops.batch_norm_stats(x)
+    out = ops.batch_norm_backward(
+        dy, x, cupy.ones(3, cupy.float32), mean, 1 / cupy.sqrt(var + 1e-5)
+    )
+    return [a.get() for a in (out if isinstance(out, tuple) else (out,))]
+
+
+# Write-after-read races on a block's shared scratch: the next block_sum (or the next chunk's
+# first one) overwrites partials warp 0 may still be reading. They show when one warp runs
+# ahead of warp 0 (the emulator runs each warp to its next barrier before the next warp) and,
+# for the loop-end barriers, when a block loops over several chunks (a small grid).
+BARRIERS = {
+    "reduce-between-block-sums": (
         "reduce",
         "ssq = block_sum(ssq, scratch);\n    __syncthreads();",
         "ssq = block_sum(ssq, scratch);",
-    )
-    rng = np.random.default_rng(5)
-    x0 = rng.standard_normal(200_000).astype(np.float32)
-    x0[::7] = 0.0  # the zero count differs from the non-finite count and the sum
-    want = np.linalg.norm(x0.astype(np.float64))
+        _norms_case,
+    ),
+    "reduce-end-of-chunk": (
+        "reduce",
+        "      partial[3 * c + 2] = zeros;\n    }\n    __syncthreads();",
+        "      partial[3 * c + 2] = zeros;\n    }",
+        _norms_case,
+    ),
+    "optim-stats-between-block-sums": (
+        "optim",
+        "const double pn = block_sum(st[0], scratch);\n    __syncthreads();",
+        "const double pn = block_sum(st[0], scratch);",
+        _update_stats_case,
+    ),
+    "optim-stats-end-of-chunk": (
+        "optim",
+        "      chunk_stats[2 * c + 1] = dp;\n    }\n    __syncthreads();",
+        "      chunk_stats[2 * c + 1] = dp;\n    }",
+        _update_stats_case,
+    ),
+    "batchnorm-sums-between-block-sums": (
+        "batchnorm",
+        "s1 = block_sum(s1, scratch);\n  __syncthreads();",
+        "s1 = block_sum(s1, scratch);",
+        _bn_backward_case,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BARRIERS)
+def test_a_removed_barrier_before_shared_memory_is_reused_is_caught(plant, monkeypatch, name):
+    import cupy
+
+    from gpugd import _cuda
+
+    family, old, new, case = BARRIERS[name]
+    monkeypatch.setattr(_cuda, "sm_count", lambda: 1)  # 8 blocks: each loops over chunks
+    want = case(cupy)  # the real kernels
+    plant(family, old, new)
     wrong = []
-    for order in ("forward", "reverse", "shuffle"):
-        with _runtime().order(order):
-            got = float(ops.tensor_norms([cupy.asarray(x0)]).norm)
-        if not np.isclose(got, want, rtol=1e-12):
+    for order in ("forward", "reverse", "shuffle"):  # the suite runs in each of them
+        with _runtime().order(order, 3):
+            got = case(cupy)
+        if any(a.tobytes() != b.tobytes() for a, b in zip(want, got, strict=True)):
             wrong.append(order)
-    assert wrong, "the race went unnoticed in every order"
+    assert wrong, f"{name}: the race went unnoticed in every order"
 
 
 def test_template_shared_memory_is_poisoned_and_exited_threads_do_not_pass_a_barrier():
