@@ -84,6 +84,27 @@ GPUGD_REDUCE_STATS_PARTIAL(gpugd::bf16_t, bf16)
 //   stats_finish: one block; total[k] sums the tensors by a fixed tree; flag (may be null)
 //     = 1 when column 1, the non-finite count, is > 0.
 // The columns are three registers (a runtime-indexed array would live in local memory).
+namespace gpugd {
+// The block sums of up to three columns (ncols ≤ 3, uniform over the block), valid in
+// thread 0: one fixed tree each, a barrier between them so the scratch is free again.
+__device__ __forceinline__ void block_sum3(double& s0, double& s1, double& s2, int ncols,
+                                           double* scratch) {
+  s0 = block_sum(s0, scratch);
+  __syncthreads();
+  if (ncols > 1) s1 = block_sum(s1, scratch);
+  __syncthreads();
+  if (ncols > 2) s2 = block_sum(s2, scratch);
+}
+
+// out[0..ncols) = (s0, s1, s2)
+__device__ __forceinline__ void store3(double* out, double s0, double s1, double s2,
+                                       int ncols) {
+  out[0] = s0;
+  if (ncols > 1) out[1] = s1;
+  if (ncols > 2) out[2] = s2;
+}
+}  // namespace gpugd
+
 extern "C" __global__ void gpugd_reduce_stats_tensors(const i64* first_chunk, i64 ntensors,
                                                       const double* partial, int ncols,
                                                       double* per_tensor) {
@@ -96,16 +117,8 @@ extern "C" __global__ void gpugd_reduce_stats_tensors(const i64* first_chunk, i6
       if (ncols > 1) s1 += row[1];
       if (ncols > 2) s2 += row[2];
     }
-    s0 = gpugd::block_sum(s0, scratch);
-    __syncthreads();
-    if (ncols > 1) s1 = gpugd::block_sum(s1, scratch);
-    __syncthreads();
-    if (ncols > 2) s2 = gpugd::block_sum(s2, scratch);
-    if (threadIdx.x == 0) {
-      per_tensor[ncols * t] = s0;
-      if (ncols > 1) per_tensor[ncols * t + 1] = s1;
-      if (ncols > 2) per_tensor[ncols * t + 2] = s2;
-    }
+    gpugd::block_sum3(s0, s1, s2, ncols, scratch);
+    if (threadIdx.x == 0) gpugd::store3(per_tensor + ncols * t, s0, s1, s2, ncols);
     __syncthreads();
   }
 }
@@ -120,15 +133,9 @@ extern "C" __global__ void gpugd_reduce_stats_finish(const double* per_tensor, i
     if (ncols > 1) s1 += row[1];
     if (ncols > 2) s2 += row[2];
   }
-  s0 = gpugd::block_sum(s0, scratch);
-  __syncthreads();
-  if (ncols > 1) s1 = gpugd::block_sum(s1, scratch);
-  __syncthreads();
-  if (ncols > 2) s2 = gpugd::block_sum(s2, scratch);
+  gpugd::block_sum3(s0, s1, s2, ncols, scratch);
   if (threadIdx.x == 0) {
-    total[0] = s0;
-    if (ncols > 1) total[1] = s1;
-    if (ncols > 2) total[2] = s2;
+    gpugd::store3(total, s0, s1, s2, ncols);
     if (flag != nullptr) flag[0] = ncols > 1 && s1 > 0.0 ? 1 : 0;
   }
 }

@@ -382,6 +382,11 @@ def _inplace(name: str):
     return op
 
 
+def _operators(ufunc: str) -> tuple:
+    """(x op y, y op x, x op= y) of one ufunc, as cupy.ndarray's dunders."""
+    return _binary(ufunc), _binary(ufunc, True), _inplace(ufunc)
+
+
 def _unary(name: str):
     u = getattr(np, name)
 
@@ -760,58 +765,18 @@ class ndarray:
 
     # ---- operators (core.pyx: cupy's ufuncs; a numpy.ndarray operand is a TypeError)
 
-    __add__, __radd__, __iadd__ = _binary("add"), _binary("add", True), _inplace("add")
-    __sub__, __rsub__, __isub__ = (
-        _binary("subtract"),
-        _binary("subtract", True),
-        _inplace("subtract"),
-    )
-    __mul__, __rmul__, __imul__ = (
-        _binary("multiply"),
-        _binary("multiply", True),
-        _inplace("multiply"),
-    )
-    __truediv__, __rtruediv__, __itruediv__ = (
-        _binary("true_divide"),
-        _binary("true_divide", True),
-        _inplace("true_divide"),
-    )
-    __floordiv__, __rfloordiv__, __ifloordiv__ = (
-        _binary("floor_divide"),
-        _binary("floor_divide", True),
-        _inplace("floor_divide"),
-    )
-    __mod__, __rmod__, __imod__ = (
-        _binary("remainder"),
-        _binary("remainder", True),
-        _inplace("remainder"),
-    )
-    __pow__, __rpow__, __ipow__ = _binary("power"), _binary("power", True), _inplace("power")
-    __lshift__, __rlshift__, __ilshift__ = (
-        _binary("left_shift"),
-        _binary("left_shift", True),
-        _inplace("left_shift"),
-    )
-    __rshift__, __rrshift__, __irshift__ = (
-        _binary("right_shift"),
-        _binary("right_shift", True),
-        _inplace("right_shift"),
-    )
-    __and__, __rand__, __iand__ = (
-        _binary("bitwise_and"),
-        _binary("bitwise_and", True),
-        _inplace("bitwise_and"),
-    )
-    __or__, __ror__, __ior__ = (
-        _binary("bitwise_or"),
-        _binary("bitwise_or", True),
-        _inplace("bitwise_or"),
-    )
-    __xor__, __rxor__, __ixor__ = (
-        _binary("bitwise_xor"),
-        _binary("bitwise_xor", True),
-        _inplace("bitwise_xor"),
-    )
+    __add__, __radd__, __iadd__ = _operators("add")
+    __sub__, __rsub__, __isub__ = _operators("subtract")
+    __mul__, __rmul__, __imul__ = _operators("multiply")
+    __truediv__, __rtruediv__, __itruediv__ = _operators("true_divide")
+    __floordiv__, __rfloordiv__, __ifloordiv__ = _operators("floor_divide")
+    __mod__, __rmod__, __imod__ = _operators("remainder")
+    __pow__, __rpow__, __ipow__ = _operators("power")
+    __lshift__, __rlshift__, __ilshift__ = _operators("left_shift")
+    __rshift__, __rrshift__, __irshift__ = _operators("right_shift")
+    __and__, __rand__, __iand__ = _operators("bitwise_and")
+    __or__, __ror__, __ior__ = _operators("bitwise_or")
+    __xor__, __rxor__, __ixor__ = _operators("bitwise_xor")
     __matmul__, __rmatmul__ = _binary("matmul"), _binary("matmul", True)  # no __imatmul__
     __lt__, __le__ = _binary("less"), _binary("less_equal")
     __gt__, __ge__ = _binary("greater"), _binary("greater_equal")
