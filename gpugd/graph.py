@@ -164,7 +164,7 @@ class CapturedStep:
     def _body(self) -> None:
         """The step's kernels, in order, on the current stream (captured once)."""
         from . import _cuda
-        from .ops.optim import CUDA_CHUNK
+        from .ops.optim import CUDA_CHUNK, _moment_scalars
 
         opt = self.optimizer
         null = np.uint64(0)
@@ -195,7 +195,10 @@ class CapturedStep:
         clip = math.inf if opt.clip_value is None else opt.clip_value
         for gi, (group, t) in enumerate(self._groups):
             table, chunks, nchunks, _ = t.cuda_table()
-            b1, b2 = group["betas"]
+            # the eager kernel's leading scalars (decay_mul comes from the device's lr)
+            *moments, _ = _moment_scalars(
+                *group["betas"], group["eps"], group["lr"], group["weight_decay"], opt.DECOUPLED
+            )
             blocks = max(1, min(nchunks, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
             _cuda.get_kernel("optim", f"gpugd_optim_adam_graph_{t.policy}")(
                 (blocks,),
@@ -206,13 +209,7 @@ class CapturedStep:
                     chunks,
                     np.int64(nchunks),
                     np.int64(CUDA_CHUNK),
-                    # the eager kernel's scalars (ops.optim._moment_scalars), rounded once
-                    np.float32(b1),
-                    np.float32(1 - b1),
-                    np.float32(b2),
-                    np.float32(1 - b2),
-                    np.float32(group["eps"]),
-                    np.float32(0.0 if opt.DECOUPLED else group["weight_decay"]),
+                    *(np.float32(x) for x in moments),  # β1, 1−β1, β2, 1−β2, ε, wd_c
                     np.float32(clip),
                     np.int32(bool(group["amsgrad"])),
                     self.scalars[8 * gi :],
