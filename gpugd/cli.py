@@ -318,6 +318,30 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kernel_table(args: Any) -> int:
+    import json
+
+    from . import _kernels, kernel_report
+
+    families = _kernels.kernel_sources()
+    for f in args.family or []:
+        if f not in families:
+            raise SystemExit(
+                f"gpugd info --kernels: --family: expected one of {sorted(families)}, got {f!r}"
+            )
+    try:
+        stats = kernel_report.report(args.arch or ["sm_90"], args.family)
+    except kernel_report.ToolUnavailableError as exc:
+        raise SystemExit(f"gpugd info --kernels: {exc}") from None
+    for tool, where in kernel_report.tool_versions().items():
+        print(f"{tool}: {where}")
+    print(kernel_report.format_table(stats))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(kernel_report.as_json(stats), f, indent=1)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gpugd", description=__doc__)
     p.add_argument("--version", action="version", version=f"gpugd {__version__}")
@@ -326,7 +350,25 @@ def main(argv: list[str] | None = None) -> int:
         "train", help="train an MLP on gpugd's kernels (default: two moons, under a minute)"
     )
     _add_train_args(t)
-    sub.add_parser("info", help="backend, device, versions, threads, NVRTC and MPI availability")
+    i = sub.add_parser(
+        "info", help="backend, device, versions, threads, NVRTC and MPI availability"
+    )
+    i.add_argument(
+        "--kernels",
+        action="store_true",
+        help="the static table of the CUDA kernels (ptxas + SASS, no GPU needed): registers, "
+        "local memory, occupancy, access widths, main-loop instructions and bytes in flight",
+    )
+    i.add_argument(
+        "--arch",
+        action="append",
+        choices=("sm_80", "sm_90"),
+        help="with --kernels: architecture (repeatable; default sm_90)",
+    )
+    i.add_argument(
+        "--family", action="append", help="with --kernels: kernels/<FAMILY>.cu only (repeatable)"
+    )
+    i.add_argument("--json", metavar="PATH", help="with --kernels: also write the rows as JSON")
     b = sub.add_parser("bench", help="kernel throughput against the measured bandwidth ceilings")
     b.add_argument(
         "--backend",
@@ -345,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--json", metavar="PATH", default=None, help="write rows as JSON to PATH")
     args: Any = p.parse_args(argv)
     if args.command == "info":
+        if args.kernels:
+            return _kernel_table(args)
+        if args.arch or args.family or args.json:
+            p.error("info: --arch, --family and --json go with --kernels")
         print("\n".join(info_lines()))
         return 0
     if args.command == "train":
