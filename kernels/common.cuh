@@ -33,6 +33,35 @@ struct Select<false, A, C> {
   typedef C type;
 };
 
+// One element seen as a pack of width 1: the scalar paths (misaligned pointers, tails) run
+// the same loops as the 16-byte packs.
+template <typename T>
+struct Single {
+  static constexpr int width = 1;
+  T v[1];
+};
+
+// A grid-stride loop over items [0, m) (packs or elements) that keeps U loads in flight per
+// thread: each iteration takes items i, i + stride, …, i + (U − 1)·stride, issues load(j)
+// for all U of them first, then apply(j, loaded) for each in turn (where the stores are).
+// The items left (fewer than U for this thread) follow one at a time. A thread sees its
+// items in increasing order, as in the plain loop, so a per-thread sum keeps its order.
+// load must not write memory; apply may store to the item it is given (in-place
+// kernels stay correct: an item is loaded before anything of its group is stored).
+template <int U, typename Load, typename Apply>
+__device__ __forceinline__ void stream_items(i64 start, i64 stride, i64 m, Load load,
+                                             Apply apply) {
+  i64 i = start;
+  for (; i + (U - 1) * stride < m; i += U * stride) {
+    decltype(load(i)) v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) v[u] = load(i + u * stride);
+#pragma unroll
+    for (int u = 0; u < U; ++u) apply(i + u * stride, v[u]);
+  }
+  for (; i < m; i += stride) apply(i, load(i));
+}
+
 // First index and stride of a 1-D grid-stride loop, in 64-bit arithmetic.
 __device__ __forceinline__ i64 grid_start() {
   return static_cast<i64>(blockIdx.x) * blockDim.x + threadIdx.x;
