@@ -23,6 +23,16 @@ __device__ __forceinline__ bool aligned16(const void* p) {
   return (reinterpret_cast<u64>(p) & 15ull) == 0ull;
 }
 
+// Tells the compiler that p (an address read from memory, e.g. a tensor table) points to
+// global memory, so its loads are LDG rather than generic LD. Only an assumption: no code.
+__device__ __forceinline__ void assume_global(const void* p) {
+#ifdef GPUGD_CUDA_EMULATION  // the CPU emulator (tests/cudaemu): all device memory is global
+  (void)p;
+#else
+  __builtin_assume(__isGlobal(p));
+#endif
+}
+
 // Select<B, A, C>::type is A when B, else C (NVRTC has no <type_traits>).
 template <bool B, typename A, typename C>
 struct Select {

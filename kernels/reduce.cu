@@ -22,6 +22,29 @@ __device__ __forceinline__ void stats_add(T x, double& ssq, double& nonfinite, d
   zeros += v == 0.0 ? 1.0 : 0.0;
 }
 
+// 16-byte packs (elements on the scalar path) each thread loads before it sums them, per
+// iteration (common.cuh's stream_items), from ptxas sm_90: 3 for float and double (32
+// registers, 8 blocks of 256 per SM, 48 B in flight per thread: 96 KB per SM; at 4 ptxas
+// issues the last two after the first sums, 32 B, and float takes 34 registers), 2 for
+// the half types (32 B; at 3 still 32 B); the scalar path (misaligned tensors, tails) as
+// many elements. A thread takes its items in increasing order, as a plain loop would: the
+// chunk's partials keep their bits.
+template <typename T>
+struct StatsUnroll {
+  static constexpr int packs = sizeof(T) >= 4 ? 3 : 2;
+};
+
+template <typename P, int U>
+__device__ __forceinline__ void stats_loop(const P* x, i64 m, double& ssq, double& nonfinite,
+                                           double& zeros) {
+  stream_items<U>(
+      threadIdx.x, blockDim.x, m, [&](i64 j) { return x[j]; },
+      [&](i64, const P& v) {
+#pragma unroll
+        for (int k = 0; k < P::width; ++k) stats_add(v.v[k], ssq, nonfinite, zeros);
+      });
+}
+
 template <typename T>
 __device__ __forceinline__ void stats_partial_body(const i64* __restrict__ table, i64 ntensors,
                                                    const i64* __restrict__ chunks, i64 nchunks,
@@ -33,19 +56,18 @@ __device__ __forceinline__ void stats_partial_body(const i64* __restrict__ table
     const i64 size = table[5 * ntensors + t];
     const i64 n = size - lo < chunk ? size - lo : chunk;
     const T* x = reinterpret_cast<const T*>(table[t]) + lo;
+    assume_global(x);  // LDG, not generic loads
     double ssq = 0.0, nonfinite = 0.0, zeros = 0.0;
     i64 done = 0;
     if (aligned16(x)) {
       typedef AlignedPack<T> P;
-      const i64 nv = n / W;
-      for (i64 i = threadIdx.x; i < nv; i += blockDim.x) {
-        const P v = reinterpret_cast<const P*>(x)[i];
-#pragma unroll
-        for (int k = 0; k < W; ++k) stats_add<T>(v.v[k], ssq, nonfinite, zeros);
-      }
-      done = nv * W;
+      stats_loop<P, StatsUnroll<T>::packs>(reinterpret_cast<const P*>(x), n / W, ssq, nonfinite,
+                                           zeros);
+      done = n / W * W;
     }
-    for (i64 i = done + threadIdx.x; i < n; i += blockDim.x) stats_add<T>(x[i], ssq, nonfinite, zeros);
+    typedef Single<T> S;
+    stats_loop<S, StatsUnroll<T>::packs>(reinterpret_cast<const S*>(x + done), n - done, ssq,
+                                         nonfinite, zeros);
     ssq = block_sum(ssq, scratch);
     __syncthreads();
     nonfinite = block_sum(nonfinite, scratch);
