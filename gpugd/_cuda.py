@@ -23,8 +23,7 @@ import cupy
 
 from ._kernels import NVRTC_OPTIONS, kernel_sources, resolved_source
 
-THREADS = 256  # threads per block for the elementwise families
-BLOCKS_PER_SM = 8  # resident blocks per multiprocessor that a grid-stride launch aims for
+THREADS = 256  # threads per block of every gpugd launch
 
 _DTYPE_SUFFIX = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
 
@@ -57,6 +56,7 @@ def get_kernel(family: str, name: str) -> cupy.RawKernel:
 
 def clear_caches() -> None:
     """Forget every loaded module and kernel (the next launch compiles again)."""
+    _resident_blocks.cache_clear()
     _kernel.cache_clear()
     _module.cache_clear()
 
@@ -71,15 +71,34 @@ def sm_count() -> int:
     return _sm_count(cupy.cuda.Device().id)
 
 
-def grid_for(n: int, threads: int = THREADS, per_thread: int = 4) -> int:
-    """Blocks for a grid-stride launch over ``n`` items: enough to cover ``n`` with
-    ``per_thread`` items per thread, capped at ``BLOCKS_PER_SM`` blocks per multiprocessor."""
+@functools.cache
+def _resident_blocks(family: str, name: str, threads: int, device_id: int) -> int:
+    fn = _kernel(family, name, device_id).kernel
+    return int(cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, threads, 0))
+
+
+def resident_blocks(family: str, name: str, threads: int = THREADS) -> int:
+    """Blocks of kernel ``name`` one multiprocessor holds at once with ``threads`` per block
+    (the driver's occupancy calculation from the kernel's registers and shared memory),
+    at least 1; asked once per kernel and device."""
+    return max(1, _resident_blocks(family, name, threads, cupy.cuda.Device().id))
+
+
+def max_blocks(family: str, name: str, threads: int = THREADS) -> int:
+    """One full wave of kernel ``name``: multiprocessors × its resident blocks on each. A
+    grid-stride launch of more blocks would leave a last, partial wave."""
+    return sm_count() * resident_blocks(family, name, threads)
+
+
+def grid_for(family: str, name: str, n: int, threads: int = THREADS, per_thread: int = 4) -> int:
+    """Blocks for a grid-stride launch of kernel ``name`` over ``n`` items: enough to cover
+    ``n`` with ``per_thread`` items per thread, at most one full wave (``max_blocks``)."""
     need = -(-max(n, 1) // (threads * per_thread))
-    return max(1, min(need, sm_count() * BLOCKS_PER_SM))
+    return max(1, min(need, max_blocks(family, name, threads)))
 
 
 def launch(family: str, name: str, n: int, args: tuple, per_thread: int = 4) -> int:
     """Launch ``name`` with a grid-stride grid sized for ``n`` items; return the block count."""
-    blocks = grid_for(n, THREADS, per_thread)
+    blocks = grid_for(family, name, n, THREADS, per_thread)
     get_kernel(family, name)((blocks,), (THREADS,), args)
     return blocks

@@ -199,8 +199,9 @@ class CapturedStep:
             *moments, _ = _moment_scalars(
                 *group["betas"], group["eps"], group["lr"], group["weight_decay"], opt.DECOUPLED
             )
-            blocks = max(1, min(nchunks, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
-            _cuda.get_kernel("optim", f"gpugd_optim_adam_graph_{t.policy}")(
+            name = f"gpugd_optim_adam_graph_{t.policy}"
+            blocks = max(1, min(nchunks, _cuda.max_blocks("optim", name)))
+            _cuda.get_kernel("optim", name)(
                 (blocks,),
                 (_cuda.THREADS,),
                 (

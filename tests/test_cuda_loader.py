@@ -31,12 +31,53 @@ def test_every_family_loads_and_is_cached_per_device(cuda):
         cuda._module("nope", 0)
 
 
-def test_grid_is_sized_from_the_multiprocessor_count(cuda):
+def test_grid_is_one_wave_of_the_kernels_own_occupancy(cuda):
+    import cupy
+
     sms = cuda.sm_count()
     assert sms > 0
-    assert cuda.grid_for(1) == 1
-    assert cuda.grid_for(cuda.THREADS * 4 * 3) == 3
-    assert cuda.grid_for(1 << 30) == sms * cuda.BLOCKS_PER_SM
+    name = "gpugd_vector_axpy_f32"
+    assert cuda.grid_for("vector", name, 1) == 1
+    assert cuda.grid_for("vector", name, cuda.THREADS * 4 * 3) == 3
+    fn = cuda.get_kernel("vector", name)
+    resident = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+        fn.kernel.ptr, cuda.THREADS, 0
+    )
+    assert 1 <= resident <= 2048 // cuda.THREADS
+    assert cuda.resident_blocks("vector", name) == resident
+    assert cuda.grid_for("vector", name, 1 << 30) == sms * resident
+    # a kernel of more registers holds fewer blocks: the grid follows it, not a fixed cap
+    regs = {
+        n: cuda.get_kernel(f, n).attributes["num_regs"]
+        for f, n in [("vector", name), ("optim", "gpugd_optim_adam_multi_f16p_f32s_master")]
+    }
+    heavy = cuda.resident_blocks("optim", "gpugd_optim_adam_multi_f16p_f32s_master")
+    assert regs["gpugd_optim_adam_multi_f16p_f32s_master"] > regs[name]
+    assert heavy <= resident
+
+
+def test_the_drivers_occupancy_is_the_kernel_reports(cuda):
+    """On an sm_90 device the driver's answer is the occupancy rule of gpugd.kernel_report
+    applied to the kernel's registers and shared memory (on the emulator, both come from
+    ptxas; on a GPU this checks the report's rule against the driver)."""
+    import cupy
+
+    from gpugd import kernel_report
+
+    if cupy.cuda.Device().compute_capability != "90":
+        pytest.skip("the report's occupancy rule is checked against an sm_90 device")
+    arch = kernel_report.ARCHS["sm_90"]
+    for family, name in [
+        ("vector", "gpugd_vector_axpy_f32"),
+        ("activations", "gpugd_activations_forward_f64"),
+        ("reduce", "gpugd_reduce_stats_partial_f32"),
+        ("optim", "gpugd_optim_adam_multi_f16p_f32s_master"),
+    ]:
+        attrs = cuda.get_kernel(family, name).attributes
+        want = kernel_report.blocks_per_sm(
+            arch, attrs["num_regs"], attrs["shared_size_bytes"], cuda.THREADS
+        )
+        assert cuda.resident_blocks(family, name) == want, name
 
 
 def test_sum_of_squares_is_bitwise_deterministic_and_stays_on_device():

@@ -305,10 +305,9 @@ class Tensors:
             skip,
             chunk_stats if stats else null,
         )
-        blocks = max(1, min(nchunks, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
-        _cuda.get_kernel("optim", f"gpugd_optim_{rule}_multi_{self.policy}")(
-            (blocks,), (_cuda.THREADS,), args
-        )
+        name = f"gpugd_optim_{rule}_multi_{self.policy}"
+        blocks = max(1, min(nchunks, _cuda.max_blocks("optim", name)))
+        _cuda.get_kernel("optim", name)((blocks,), (_cuda.THREADS,), args)
         if not stats:
             return None
         per = cupy.empty((ntensors, 2), cupy.float64)

@@ -115,8 +115,9 @@ class Reduction:
         table, chunks, nchunks, first = self.cuda_buffers()
         n = len(self.arrays)
         sfx = _cuda.dtype_suffix(self.arrays[0].dtype)
-        blocks = max(1, min(nchunks, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
-        _cuda.get_kernel("reduce", f"gpugd_reduce_stats_partial_{sfx}")(
+        name = f"gpugd_reduce_stats_partial_{sfx}"
+        blocks = max(1, min(nchunks, _cuda.max_blocks("reduce", name)))
+        _cuda.get_kernel("reduce", name)(
             (blocks,),
             (_cuda.THREADS,),
             (table, np.int64(n), chunks, np.int64(nchunks), np.int64(CHUNK), partial),
@@ -151,7 +152,7 @@ def finish_cuda(
     the non-finite flag (``flag``: an int32 device array, or np.uint64(0) for none)."""
     from .. import _cuda
 
-    blocks = max(1, min(ntensors, _cuda.sm_count() * _cuda.BLOCKS_PER_SM))
+    blocks = max(1, min(ntensors, _cuda.max_blocks("reduce", "gpugd_reduce_stats_tensors")))
     _cuda.get_kernel("reduce", "gpugd_reduce_stats_tensors")(
         (blocks,),
         (FINISH_THREADS,),

@@ -111,9 +111,9 @@ def _cuda_sum_of_squares(op: str, x: Any, scalars: tuple) -> Any:
     if not x.size:
         return out
     n = x.size
-    blocks = min(_cuda.grid_for(n, per_thread=8), _SSQ_BLOCKS_MAX)
-    partial = cupy.empty(blocks, dtype=cupy.float64)
     name = f"gpugd_vector_{op}_{_cuda.dtype_suffix(x.dtype)}"
+    blocks = min(_cuda.grid_for("vector", name, n, per_thread=8), _SSQ_BLOCKS_MAX)
+    partial = cupy.empty(blocks, dtype=cupy.float64)
     args = (x, *scalars, np.int64(n), partial)
     _cuda.get_kernel("vector", name)((blocks,), (_cuda.THREADS,), args)
     _cuda.get_kernel("vector", "gpugd_vector_sum_partials")(

@@ -29,6 +29,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import functools
+import itertools
 import json
 import os
 import threading
@@ -48,6 +50,29 @@ launches: collections.Counter[str] = collections.Counter()  # kernel name → la
 # One launch at a time: a library's scheduler state is global, and ctypes releases the GIL
 # (CUDA serializes a stream's launches; the stand-in has one queue).
 _launch_lock = threading.Lock()
+_handles = itertools.count(0x7F0000001000, 16)
+_by_handle: dict[int, Any] = {}
+
+
+def kernel_at(handle: int) -> Any:
+    """The kernel whose ``ptr`` is ``handle`` (CUDA_ERROR_INVALID_HANDLE-like error if none)."""
+    try:
+        return _by_handle[handle]
+    except KeyError:
+        raise EmulatorError(f"no emulated kernel has the handle {handle:#x}") from None
+
+
+@functools.cache
+def _static_rows(code: str, name: str) -> dict[str, Any]:
+    from gpugd import kernel_report
+    from gpugd._kernels import kernel_sources, resolved_source
+
+    family = next(
+        (f for f, p in kernel_sources().items() if resolved_source(p) == code),
+        name.removesuffix(".cu"),
+    )
+    return {k.name: k for k in kernel_report.source_report(code, family, "sm_90")}
+
 
 _KINDS = ("pointer", "signed integer", "unsigned integer", "floating-point", "bool", "struct")
 K_POINTER, K_SIGNED, K_UNSIGNED, K_FLOAT, K_BOOL = range(5)
@@ -139,7 +164,7 @@ class Module:
             raise EmulatorError(str(exc)) from None
         meta = json.loads(path.with_suffix(".json").read_text())
         decls = meta["kernels"]
-        self.path = path
+        self.path, self.code, self.name = path, code, name
         self.lib = ctypes.CDLL(str(path))
         _lib_api(self.lib)
         base = ctypes.cast(self.lib.gpugd_emu_count, ctypes.c_void_p).value - meta["anchor"]
@@ -200,6 +225,25 @@ class Kernel:
 
     def __init__(self, module: Module, index: int, name: str, params: tuple[Param, ...]):
         self.module, self.index, self.name, self.params = module, index, name, params
+        self.ptr = next(_handles)  # a CUfunction stand-in: occupancy queries look it up
+        _by_handle[self.ptr] = self
+
+    def static(self) -> Any:
+        """This kernel's figures on the emulated device (an H200, sm_90): the
+        ``gpugd.kernel_report`` row of the same source, compiled by NVRTC and ptxas."""
+        rows = _static_rows(self.module.code, self.module.name)
+        if self.name not in rows:
+            raise EmulatorError(f"{self.name}: not in ptxas's report of {self.module.name}")
+        return rows[self.name]
+
+    def max_active_blocks(self, block_size: int, dynamic_smem: int) -> int:
+        """``cuOccupancyMaxActiveBlocksPerMultiprocessor`` on the emulated H200: from the
+        registers and shared memory ptxas gives this kernel for sm_90."""
+        from gpugd import kernel_report
+
+        st = self.static()
+        arch = kernel_report.ARCHS["sm_90"]
+        return kernel_report.blocks_per_sm(arch, st.registers, st.smem + dynamic_smem, block_size)
 
     def _refuse(self, p: Param, what: str) -> LaunchError:
         return LaunchError(f"{self.name}: parameter {p.index} `{p.decl}`: {what}")

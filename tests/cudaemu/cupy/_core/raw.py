@@ -124,12 +124,14 @@ class RawKernel:
 
     @property
     def attributes(self) -> dict[str, int]:
+        """As CuPy's, with registers, shared and local memory from ptxas for sm_90."""
+        st = self.kernel.static()
         return {
             "max_threads_per_block": 1024,
-            "shared_size_bytes": 0,
+            "shared_size_bytes": st.smem,
             "const_size_bytes": 0,
-            "local_size_bytes": 0,
-            "num_regs": 0,
+            "local_size_bytes": st.stack,
+            "num_regs": st.registers,
             "ptx_version": 90,
             "binary_version": 90,
             "cache_mode_ca": 0,

@@ -1,10 +1,12 @@
-"""``cupy.cuda.driver`` of the stand-in: ``CUDADriverError`` (``.status``) and versions.
+"""``cupy.cuda.driver`` of the stand-in: ``CUDADriverError`` (``.status``), versions, occupancy.
 
 Mirrors ``cupy_backends/cuda/api/driver.pyx``: ``CUDADriverError(status)`` reads
 "<CUDA_ERROR_NAME>: <description>".
 """
 
 from __future__ import annotations
+
+import importlib
 
 from . import runtime
 
@@ -31,3 +33,17 @@ def driverGetVersion() -> int:
 
 def get_build_version() -> int:
     return runtime.RUNTIME_VERSION
+
+
+def occupancyMaxActiveBlocksPerMultiprocessor(
+    func: int, blockSize: int, dynamicSMemSize: int
+) -> int:
+    """Resident blocks per multiprocessor of the kernel ``func`` (``RawKernel.kernel.ptr``)
+    on the emulated H200: the occupancy rules of sm_90 applied to the registers and shared
+    memory ptxas gives the same source (``gpugd.kernel_report``)."""
+    from .. import _EMULATOR_PACKAGE
+
+    emu = importlib.import_module(_EMULATOR_PACKAGE + ".runtime")
+    if not 0 < blockSize <= 1024:
+        raise CUDADriverError(1)
+    return emu.kernel_at(int(func)).max_active_blocks(int(blockSize), int(dynamicSMemSize))
