@@ -115,10 +115,7 @@ class Communicator:
         if self.nccl is not None:
             from cupy.cuda import nccl as _nccl
 
-            dtype = {
-                np.dtype(np.float32): _nccl.NCCL_FLOAT32,
-                np.dtype(np.float64): _nccl.NCCL_FLOAT64,
-            }[np.dtype(buf.dtype)]
+            dtype = nccl_dtype(buf.dtype, _nccl)
             stream = cupy.cuda.get_current_stream().ptr
             if op == "allreduce":
                 self.nccl.allReduce(
@@ -139,6 +136,27 @@ class Communicator:
         self.allreduce_(host) if op == "allreduce" else self.broadcast_(host, root)
         buf.set(host)
         return buf
+
+
+_NCCL_TYPES = {
+    "float64": "NCCL_FLOAT64",
+    "float32": "NCCL_FLOAT32",
+    "float16": "NCCL_FLOAT16",
+    "bfloat16": "NCCL_BFLOAT16",
+}
+
+
+def nccl_dtype(dtype: Any, nccl: Any) -> int:
+    """NCCL's data type constant for ``dtype`` (float64/32/16, bfloat16) from the ``nccl``
+    module (``cupy.cuda.nccl``); a clear error, before any collective, for others or for a
+    bfloat16 the NCCL build lacks (NCCL < 2.10)."""
+    name = np.dtype(dtype).name
+    if name not in _NCCL_TYPES:
+        raise TypeError(f"buf: NCCL collectives take {', '.join(_NCCL_TYPES)} arrays, got {name}")
+    value = getattr(nccl, _NCCL_TYPES[name], None)
+    if value is None:
+        raise TypeError(f"buf: this NCCL (cupy.cuda.nccl) has no {_NCCL_TYPES[name]}")
+    return int(value)
 
 
 def _cuda_aware(MPI: Any) -> bool:

@@ -221,3 +221,28 @@ def test_no_sync_counts_micro_batches_and_forbids_averaging_inside(comm):
     np.testing.assert_array_equal(g, 2.0)  # K = 1
     dp.average()  # no no_sync at all: K = 1, not 0
     np.testing.assert_array_equal(g, 2.0)
+
+
+def test_nccl_takes_half_precision_gradients():
+    """NCCL's own type constants (cupy_backends/cuda/libs/nccl.pxd) for every float gpugd
+    averages, half precision included; anything else, or a bfloat16 the NCCL lacks, is a
+    TypeError naming the buffer, raised before a collective starts."""
+    import types
+
+    import ml_dtypes
+
+    nccl = types.SimpleNamespace(NCCL_FLOAT16=6, NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_BFLOAT16=9)
+    assert parallel.nccl_dtype(np.float64, nccl) == 8
+    assert parallel.nccl_dtype(np.float32, nccl) == 7
+    assert parallel.nccl_dtype(np.float16, nccl) == 6
+    assert parallel.nccl_dtype(ml_dtypes.bfloat16, nccl) == 9
+    with pytest.raises(TypeError, match=r"buf: NCCL collectives take .* got int32"):
+        parallel.nccl_dtype(np.int32, nccl)
+    old = types.SimpleNamespace(NCCL_FLOAT16=6, NCCL_FLOAT32=7, NCCL_FLOAT64=8)
+    with pytest.raises(TypeError, match="no NCCL_BFLOAT16"):
+        parallel.nccl_dtype(ml_dtypes.bfloat16, old)
+    try:
+        from cupy.cuda import nccl as real
+    except ImportError:
+        return  # no NCCL here: the constants above are CuPy's, checked where it exists
+    assert parallel.nccl_dtype(np.float16, real) == int(real.NCCL_FLOAT16)
