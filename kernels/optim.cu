@@ -198,18 +198,21 @@ __device__ __forceinline__ void apply_range_mixed(P* __restrict__ p, const G* __
                                                   const Rounding& rnd, double* stats = nullptr) {
   const Rounding nearest{0u, 0};
   const bool h0 = s0 != nullptr, h1 = s1 != nullptr, h2 = s2 != nullptr;
-  // One element: load as float, apply the rule, store rounded (p: `rnd`, states: nearest).
-  auto one = [&](P& pr, G gr, S* a, S* b, S* c, OutT* o, i64 e) {
-    float pv = to_float(pr), x = h0 ? to_float(*a) : 0.f, y = h1 ? to_float(*b) : 0.f,
-          z = h2 ? to_float(*c) : 0.f;
+  // One element: load as float, apply the rule, store rounded (p: `rnd`, states: nearest);
+  // returns the new p (the caller rounds it into `out`). Every state is a value of the
+  // caller's: zero when the state is not in use, and then not written back. (Not pointers
+  // that may be null: `out ? &o.v[k] : nullptr` kept the out pack in local memory, one STL
+  // per element, and a state kept both its loaded and its new value live for a select.)
+  auto one = [&](P& pr, G gr, S& a, S& b, S& c, i64 e) {
+    float pv = to_float(pr), x = to_float(a), y = to_float(b), z = to_float(c);
     const float old = pv;
     rule(pv, grad_in(to_float(gr), grad_scale, clip), x, y, z);
     if (STATS) add_update_stats(old, pv, stats);
     store(pr, pv, rnd, e);
-    if (o != nullptr) store(*o, pv, rnd, e);
-    if (h0) store(*a, x, nearest, e);
-    if (h1) store(*b, y, nearest, e);
-    if (h2) store(*c, z, nearest, e);
+    store(a, x, nearest, e);
+    store(b, y, nearest, e);
+    store(c, z, nearest, e);
+    return pv;
   };
   i64 done = 0;
   if (aligned_quad(p) && aligned_quad(g) && aligned_quad(s0) && aligned_quad(s1) &&
@@ -218,26 +221,35 @@ __device__ __forceinline__ void apply_range_mixed(P* __restrict__ p, const G* __
     for (i64 i = start; i < nv; i += stride) {
       Quad<P> pp = reinterpret_cast<Quad<P>*>(p)[i];
       const Quad<G> gp = reinterpret_cast<const Quad<G>*>(g)[i];
-      Quad<S> a, b, c;
-      Quad<OutT> o;
-      if (h0) a = reinterpret_cast<Quad<S>*>(s0)[i];
-      if (h1) b = reinterpret_cast<Quad<S>*>(s1)[i];
-      if (h2) c = reinterpret_cast<Quad<S>*>(s2)[i];
+      const Quad<S> zero{};
+      Quad<S> a = h0 ? reinterpret_cast<Quad<S>*>(s0)[i] : zero;
+      Quad<S> b = h1 ? reinterpret_cast<Quad<S>*>(s1)[i] : zero;
+      Quad<S> c = h2 ? reinterpret_cast<Quad<S>*>(s2)[i] : zero;
+      float pn[4];  // the new p of each element (pp's own values when P is float)
 #pragma unroll
       for (int k = 0; k < 4; ++k)
-        one(pp.v[k], gp.v[k], &a.v[k], &b.v[k], &c.v[k], out ? &o.v[k] : nullptr,
-            first + 4 * i + k);
+        pn[k] = one(pp.v[k], gp.v[k], a.v[k], b.v[k], c.v[k], first + 4 * i + k);
       reinterpret_cast<Quad<P>*>(p)[i] = pp;
-      if (out != nullptr) reinterpret_cast<Quad<OutT>*>(out)[i] = o;
+      if (out != nullptr) {  // the half-precision parameters: round(pn) (`rnd`)
+        Quad<OutT> o;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) store(o.v[k], pn[k], rnd, first + 4 * i + k);
+        reinterpret_cast<Quad<OutT>*>(out)[i] = o;
+      }
       if (h0) reinterpret_cast<Quad<S>*>(s0)[i] = a;
       if (h1) reinterpret_cast<Quad<S>*>(s1)[i] = b;
       if (h2) reinterpret_cast<Quad<S>*>(s2)[i] = c;
     }
     done = nv * 4;
   }
-  for (i64 i = done + start; i < n; i += stride)
-    one(p[i], g[i], h0 ? s0 + i : nullptr, h1 ? s1 + i : nullptr, h2 ? s2 + i : nullptr,
-        out ? out + i : nullptr, first + i);
+  for (i64 i = done + start; i < n; i += stride) {
+    S a = h0 ? s0[i] : S{}, b = h1 ? s1[i] : S{}, c = h2 ? s2[i] : S{};
+    const float pv = one(p[i], g[i], a, b, c, first + i);
+    if (out != nullptr) store(out[i], pv, rnd, first + i);
+    if (h0) s0[i] = a;
+    if (h1) s1[i] = b;
+    if (h2) s2[i] = c;
+  }
 }
 
 // Many tensors in one launch (the multi-tensor path). `table` lives in device memory, so the
@@ -283,6 +295,15 @@ template <typename T>
 __device__ __forceinline__ T* row_ptr(i64 a, i64 lo) {
   return a ? reinterpret_cast<T*>(a) + lo : nullptr;
 }
+// The same for an array every row has (p, g: 0 only for an empty tensor, of which no element
+// is touched), without the null test, in integers (no arithmetic on a null pointer). With
+// two null tests fewer, ptxas (12.9, sm_90) keeps the row addresses in uniform registers in
+// the _master kernels too (as seen in the SASS: R2UR; likely its 7 uniform predicates); with
+// them it held them in per-thread registers, 12 to 20 more per thread.
+template <typename T>
+__device__ __forceinline__ T* row_ptr_present(i64 a, i64 lo) {
+  return reinterpret_cast<T*>(a + lo * static_cast<i64>(sizeof(T)));
+}
 
 // The range of one dtype T for every array (float32 or float64).
 template <typename T, typename Rule>
@@ -291,7 +312,7 @@ struct PlainRange {
   T grad_scale, clip;
   template <bool STATS>
   __device__ __forceinline__ void run(const i64* a, i64, i64 lo, i64 n, double* st) const {
-    apply_range<T, Rule, STATS>(row_ptr<T>(a[0], lo), row_ptr<T>(a[1], lo),
+    apply_range<T, Rule, STATS>(row_ptr_present<T>(a[0], lo), row_ptr_present<T>(a[1], lo),
                                 row_ptr<T>(a[2], lo), row_ptr<T>(a[3], lo),
                                 row_ptr<T>(a[4], lo), n, threadIdx.x, blockDim.x, grad_scale,
                                 clip, rule, st);
@@ -310,7 +331,7 @@ struct MixedRange {
     typedef typename Select<MASTER, float, P>::type W;  // what the rule updates
     const Rounding r{mix32(rnd.key, t), rnd.stochastic};
     apply_range_mixed<W, P, S, P, Rule, STATS>(
-        row_ptr<W>(a[0], lo), row_ptr<const P>(a[1], lo), row_ptr<S>(a[2], lo),
+        row_ptr_present<W>(a[0], lo), row_ptr_present<const P>(a[1], lo), row_ptr<S>(a[2], lo),
         row_ptr<S>(a[3], lo), row_ptr<S>(a[4], lo), MASTER ? row_ptr<P>(a[5], lo) : nullptr,
         n, lo, threadIdx.x, blockDim.x, grad_scale, clip, rule, r, st);
   }
