@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_rel_close, to_numpy
+from conftest import assert_rel_close, emulated, to_numpy
 
 from gpugd import ops
 from gpugd import reference as ref
@@ -222,3 +222,179 @@ def test_cpu_statistics_do_not_depend_on_the_thread_count(layout, shape):
         numba.set_num_threads(before)
     for one, many in zip(*runs, strict=True):
         np.testing.assert_array_equal(one, many)
+
+
+# ---- the CUDA kernels' layout paths against the Numba kernels -----------------------------
+# Each shape takes a path of kernels/batchnorm.cu (the tiling of gpugd/_cuda_batchnorm.plan):
+# planes (B > 1) read in 16-byte vectors when B is a multiple of 16 / itemsize, with more,
+# exactly or fewer than 256 vectors a plane, or one element at a time (B odd); rows (B = 1,
+# channels contiguous) in vectors when C is a multiple of the width, else scalars; one or
+# several channel tiles (C = 132 f32: 33 vectors in tiles of 17 and 16), several row tiles,
+# one-sample batches, grids with fewer blocks than channel tiles (C = 8192).
+PATH_CASES = [
+    ("NCHW", (8, 3, 64, 64)),  # f32 1024 vectors a plane, 2 row tiles a channel
+    ("NCHW", (6, 5, 32, 32)),  # f32 256 vectors a plane
+    ("NCHW", (7, 4, 6, 4)),  # 6 (f32) / 12 (f64) vectors a plane
+    ("NCHW", (5, 3, 7, 7)),  # B = 49: scalars
+    ("NCHW", (1, 4, 9, 10)),  # one sample, B = 90: f32 scalars (90 % 4), f64 vectors
+    ("NCHW", (3, 6, 1, 2)),  # B = 2
+    ("NHWC", (1, 9, 10, 12)),  # one sample
+    ("NHWC", (3, 20, 30, 132)),  # 2 channel tiles (f32), 3 of 22 vectors (f64)
+    ("NHWC", (2, 5, 7, 5)),  # C odd: scalars
+    ("NC", (3, 8192)),  # 64 channel tiles (f32), 3 rows
+    ("NC", (40001, 6)),  # f32 scalars, f64 vectors; many row tiles with a tail
+]
+PATH_IDS = [f"{lay}-{'x'.join(map(str, s))}" for lay, s in PATH_CASES]
+
+
+def _cuda_and_cpu_inputs(shape, dtype, offset):
+    """x, dy on both backends; the CUDA copies ``offset`` elements into an allocation (a
+    view that is not 16-byte aligned when offset is odd)."""
+    import cupy
+
+    rng = np.random.default_rng(sum(shape) + offset)
+    x0 = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dy0 = rng.standard_normal(shape).astype(dtype)
+    n = x0.size
+
+    def device(a):
+        buf = cupy.empty(n + offset, dtype)
+        view = buf[offset:].reshape(shape)
+        view[...] = cupy.asarray(a)
+        return view
+
+    return x0, dy0, device(x0), device(dy0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "offset1"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("layout", "shape"), PATH_CASES, ids=PATH_IDS)
+def test_cuda_paths_match_the_numba_kernels(layout, shape, dtype, offset):
+    """Statistics and the backward's sums within 1e-13 of the Numba kernels (float64
+    accumulation, different tilings); the elementwise pass bit for bit (the same per-element
+    arithmetic) — inference forward (u = w = x) and inference backward (u = dy, w = x)."""
+    import cupy
+
+    from gpugd import _cuda_batchnorm
+    from gpugd._lazy import cpu
+
+    x0, dy0, x, dy = _cuda_and_cpu_inputs(shape, dtype, offset)
+    if offset:
+        assert x.data.ptr % 16 != 0
+    a, c, b = ops.batchnorm._layout(layout, x0)
+    want_m, want_v = cpu("batchnorm").stats(x0.reshape(a, c, b))
+    got_m, got_v = _cuda_batchnorm.stats(x.reshape(a, c, b))
+    assert_rel_close(got_m, want_m, 1e-13, "mean")
+    assert_rel_close(got_v, want_v, 1e-13, "var")
+    s1, s2 = cpu("batchnorm").grad_sums(dy0.reshape(a, c, b), x0.reshape(a, c, b), want_m)
+    g1, g2 = _cuda_batchnorm.grad_sums(
+        dy.reshape(a, c, b), x.reshape(a, c, b), cupy.asarray(want_m)
+    )
+    assert_rel_close(g1, s1, 1e-13, "sum dy")
+    assert_rel_close(g2, s2, 1e-13, "sum dy (x - mean)")
+    rm, rv = want_m.astype(dtype), want_v.astype(dtype)
+    rng = np.random.default_rng(1)
+    w0, b0 = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    y_cpu = ops.batch_norm_forward(x0, w0, b0, rm, rv, training=False, layout=layout).y
+    y = ops.batch_norm_forward(
+        x, *map(cupy.asarray, (w0, b0, rm, rv)), training=False, layout=layout
+    ).y
+    np.testing.assert_array_equal(to_numpy(y), y_cpu)
+    inv = (1 / np.sqrt(want_v + 1e-5)).astype(dtype)
+    dx_cpu = ops.batch_norm_backward(dy0, x0, w0, rm, inv, training=False, layout=layout)[0]
+    dx = ops.batch_norm_backward(
+        dy, x, *map(cupy.asarray, (w0, rm, inv)), training=False, layout=layout
+    )[0]
+    np.testing.assert_array_equal(to_numpy(dx), dx_cpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(("layout", "shape"), [("NCHW", (3, 5, 8, 8)), ("NHWC", (2, 3, 40, 12))])
+def test_cuda_training_pass_in_a_misaligned_out_and_a_small_grid(monkeypatch, layout, shape):
+    """The same bits with one multiprocessor (grids of a few blocks, each looping) as with
+    the device's full grid, with out a misaligned view."""
+    import cupy
+
+    from gpugd import _cuda
+
+    x0, _, x, dy = _cuda_and_cpu_inputs(shape, np.float32, 0)
+    C = _channels(layout, shape)
+    w = cupy.asarray(np.linspace(0.5, 1.5, C).astype(np.float32))
+
+    def run():
+        out = cupy.empty(x.size + 3, cupy.float32)[3:].reshape(shape)
+        res = ops.batch_norm_forward(x, w, layout=layout, out=out)
+        grads = ops.batch_norm_backward(dy, x, w, res.mean, res.invstd, layout=layout)
+        return [to_numpy(a) for a in (res.y, res.mean, res.invstd, *grads)]
+
+    full = run()
+    monkeypatch.setattr(_cuda, "sm_count", lambda: 1)
+    small = run()
+    for i, (one, many) in enumerate(zip(full, small, strict=True)):
+        assert one.tobytes() == many.tobytes(), f"output {i}"
+    mean, var = ref.batch_norm_stats(x0, layout)
+    assert_rel_close(
+        full[0],
+        ref.batch_norm_forward(x0, to_numpy(w), 0 * mean, mean, var, 1e-5, layout),
+        1e-5,
+        "y",
+    )
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not emulated(), reason="thread and block orders are the emulator's")
+def test_cuda_vector_paths_give_the_same_bits_in_every_order():
+    """The 16-byte planes and rows paths (the suite's order test runs scalar ones): blocks
+    and threads in index, reversed and shuffled order give the same bits."""
+    import cupy
+    from cudaemu import runtime
+
+    rng = np.random.default_rng(8)
+    x = cupy.asarray(rng.standard_normal((6, 5, 16, 20)).astype(np.float32))
+    dy = cupy.asarray(rng.standard_normal((6, 5, 16, 20)).astype(np.float32))
+    nc = cupy.asarray(rng.standard_normal((3000, 20)).astype(np.float32) + 7)
+
+    def case():
+        out = [*ops.batch_norm_stats(x), *ops.batch_norm_stats(nc, layout="NC")]
+        res = ops.batch_norm_forward(x)
+        out += [*ops.batch_norm_backward(dy, x, None, res.mean, res.invstd)]
+        out += [*ops.batch_norm_backward(nc, nc, None, out[2], out[3], layout="NC")]
+        return [to_numpy(a) for a in out]
+
+    results = {}
+    for order, seed in (("forward", 0), ("reverse", 0), ("shuffle", 1), ("shuffle", 2)):
+        with runtime.order(order, seed):
+            results[f"{order}{seed}"] = case()
+    first = results.pop("forward0")
+    for name, arrays in results.items():
+        for i, (a, b) in enumerate(zip(first, arrays, strict=True)):
+            assert a.tobytes() == b.tobytes(), f"output {i} differs in order {name}"
+
+
+@pytest.mark.cuda
+def test_cuda_plan_vector_width_and_tiles():
+    """16-byte accesses only where every array starts 16-byte aligned and the contiguous run
+    is a multiple of the width; channel tiles as even as they go, at most 32 vectors; tiles
+    of MIN_TILE to MAX_TILE elements, about TARGET_BLOCKS of them in between."""
+    import cupy
+
+    from gpugd import _cuda_batchnorm as bn
+
+    buf = cupy.zeros(1001, cupy.float32)
+    a, b = buf[:1000], buf[1:1001]
+    assert bn.vector_width((a,), 100, 4) == 4
+    assert bn.vector_width((a,), 102, 4) == 1
+    assert bn.vector_width((a, b), 100, 4) == 1
+    assert bn.vector_width((cupy.zeros(8),), 6, 8) == 2
+    assert bn.channel_tiles(132, 4) == (17, 2)
+    assert bn.channel_tiles(128, 4) == (32, 1)
+    assert bn.channel_tiles(3, 1) == (3, 1)
+    assert bn.channel_tiles(8192, 4) == (32, 64)
+    # NCHW (512, 64, 56, 56): 64K-element tiles (21 planes); (256, 64, 56, 56): about 1024
+    # blocks; NHWC (256, 56, 56, 64): 16 vectors × 784 rows
+    assert bn.plan(512, 64, 3136, 4) == bn.Plan(4, 1, 21, 25, 64 * 25)
+    assert bn.plan(256, 64, 3136, 4) == bn.Plan(4, 1, 16, 16, 1024)
+    assert bn.plan(802816, 64, 1, 4) == bn.Plan(4, 16, 784, 1024, 1024)
+    p = bn.plan(5, 3, 1, 1)
+    assert (p.tx, p.tiles, p.blocks) == (3, 1, 1)
