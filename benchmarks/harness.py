@@ -29,6 +29,7 @@ import gpugd
 class Timing:
     median_s: float
     samples: list[float]
+    launches: int | None = None  # gpugd kernel launches per call (CUDA backend)
 
 
 @dataclass
@@ -100,16 +101,24 @@ class Context:
         clock = self.clock()
         loops = {name: self.loops[name] for name in self.classes[ceiling]}
         samples: dict[str, list[float]] = {k: [] for k in [*fns, *loops]}
+        launches: dict[str, int] = {}
+        counter = _launch_counter(self.backend.name)
         for r in range(self.warmup + self.repeats):
             keep = r >= self.warmup
             for name, fn in [*fns.items(), *((k, lp.fn) for k, lp in loops.items())]:
+                before = counter()
                 t = self._timed(clock, fn)
+                if r == 0 and name in fns and counter is not _no_count:
+                    launches[name] = counter() - before
                 if keep:
                     samples[name].append(t)
         for name, loop in loops.items():
             loop.samples += samples[name]
         here = max(lp.nbytes / statistics.median(samples[k]) / 1e9 for k, lp in loops.items())
-        return {k: Timing(statistics.median(samples[k]), samples[k]) for k in fns}, here
+        timings = {
+            k: Timing(statistics.median(samples[k]), samples[k], launches.get(k)) for k in fns
+        }
+        return timings, here
 
     def _timed(self, clock: Callable[[Callable[[], Any]], float], fn: Callable[[], Any]) -> float:
         if isinstance(fn, Prepared):
@@ -126,6 +135,19 @@ class Context:
             for cls, names in self.classes.items()
             if any(self.loops[n].samples for n in names)
         }
+
+
+def _no_count() -> int:
+    return 0
+
+
+def _launch_counter(backend_name: str) -> Callable[[], int]:
+    """gpugd's kernel launch count on the CUDA backend (``_cuda.launch_count``)."""
+    if backend_name != "cuda":
+        return _no_count
+    from gpugd import _cuda
+
+    return _cuda.launch_count
 
 
 def versions(backend_name: str) -> dict[str, str]:
@@ -167,12 +189,16 @@ def time_cpu_once(fn: Callable[[], Any]) -> float:
 
 
 def time_cuda_once(fn: Callable[[], Any]) -> float:
-    """GPU time of one ``fn()`` call: ``cupyx.profiler.benchmark`` with one repeat, which
-    brackets the call with CUDA events on the current stream."""
-    from cupyx.profiler import benchmark
+    """GPU time of one ``fn()`` call: CUDA events recorded on the current stream before and
+    after it (what ``cupyx.profiler.benchmark`` does for one repeat), in seconds."""
+    import cupy
 
-    res = benchmark(fn, n_repeat=1, n_warmup=0)
-    return float(np.asarray(res.gpu_times).ravel()[0])
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return cupy.cuda.get_elapsed_time(start, end) / 1e3
 
 
 def row(
@@ -190,6 +216,11 @@ def row(
     """One result row of the schema; ``baselines`` maps peer → peer median seconds;
     ``ceiling_gbps`` is the class's ceiling measured in the same rounds as the kernel."""
     gbps = nbytes / timing.median_s / 1e9
+    extra: dict[str, Any] = {}
+    if timing.launches is not None:
+        from .gpu_model import prediction
+
+        extra = prediction(nbytes, timing.launches, timing.median_s, ceiling_gbps)
     return {
         "kernel": kernel,
         "backend": ctx.backend.name,
@@ -206,6 +237,7 @@ def row(
         "baselines": {k: t / timing.median_s for k, t in baselines.items()},
         "versions": ctx.versions,
         "time": ctx.time,
+        **extra,
     }
 
 
@@ -230,18 +262,28 @@ def format_ceilings(ceilings: dict[str, float], loops: dict[str, dict[str, Any]]
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     kw = max([16, *(len(r["kernel"]) for r in rows)])
+    predicted = any("predicted_s" in r for r in rows)
+    pred_head = f" {'launch':>6} {'pred ms':>8} {'meas/pred':>9}" if predicted else ""
     head = (
         f"{'kernel':<{kw}} {'dtype':<8} {'tensors':>7} {'numel':>10} {'median ms':>10} "
-        f"{'GB/s':>8} {'ceiling':>8} {'% ceil':>7}  baselines (peer time / gpugd time)"
+        f"{'GB/s':>8} {'ceiling':>8} {'% ceil':>7}{pred_head}  baselines (peer time / gpugd time)"
     )
     out = [head, "-" * len(head)]
     for r in rows:
         base = ", ".join(f"{k} {v:.2f}x" for k, v in r["baselines"].items()) or "-"
         detail = f"; {r['detail']}" if r.get("detail") else ""
+        pred = ""
+        if predicted:
+            pred = (
+                f" {r['launches']:>6} {r['predicted_s'] * 1e3:>8.3f} "
+                f"{r['measured_over_predicted']:>8.2f}x"
+                if "predicted_s" in r
+                else f" {'-':>6} {'-':>8} {'-':>9}"
+            )
         out.append(
             f"{r['kernel']:<{kw}} {r['dtype']:<8} {r['tensors']:>7} {r['numel']:>10} "
             f"{r['median_s'] * 1e3:>10.3f} {r['gbps']:>8.1f} {r['ceiling']:>8} "
-            f"{r['pct_of_ceiling']:>6.1f}%  {base}{detail}"
+            f"{r['pct_of_ceiling']:>6.1f}%{pred}  {base}{detail}"
         )
     return "\n".join(out)
 

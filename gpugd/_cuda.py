@@ -48,15 +48,47 @@ def _kernel(family: str, name: str, device_id: int) -> cupy.RawKernel:
     return _module(family, device_id).get_function(name)
 
 
-def get_kernel(family: str, name: str) -> cupy.RawKernel:
+_launches = [0]
+
+
+class CountedKernel:
+    """A ``cupy.RawKernel`` whose calls are counted (``launch_count``); every other attribute
+    is the kernel's."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: cupy.RawKernel):
+        self.raw = raw
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        _launches[0] += 1
+        return self.raw(*args, **kwargs)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.raw, attr)
+
+
+@functools.cache
+def _counted(family: str, name: str, device_id: int) -> CountedKernel:
+    return CountedKernel(_kernel(family, name, device_id))
+
+
+def get_kernel(family: str, name: str) -> CountedKernel:
     """The compiled kernel ``name`` of ``kernels/<family>.cu`` on the current device (looked
-    up once per device)."""
-    return _kernel(family, name, cupy.cuda.Device().id)
+    up once per device); its launches are counted."""
+    return _counted(family, name, cupy.cuda.Device().id)
+
+
+def launch_count() -> int:
+    """Kernel launches gpugd has made in this process (stream-captured ones included; a
+    graph replay is not a kernel launch): ``gpugd bench`` counts a call's launches with it."""
+    return _launches[0]
 
 
 def clear_caches() -> None:
     """Forget every loaded module and kernel (the next launch compiles again)."""
     _resident_blocks.cache_clear()
+    _counted.cache_clear()
     _kernel.cache_clear()
     _module.cache_clear()
 
