@@ -1,60 +1,84 @@
 #!/usr/bin/env bash
-# The whole GPU check in one command, for a machine with an NVIDIA GPU and CuPy, torch,
-# pytest and numba already installed (no package index needed):
+# The whole GPU check in one command, sized for a lent H200 (15 minutes of device time in
+# all, its start included): by default it ends within BUDGET_S=450 seconds. For a machine
+# with an NVIDIA GPU and CuPy, numba, numpy, pytest (torch optional) already installed, no
+# package index needed:
 #
 #   bash benchmarks/run_gpu.sh            # from the repository root
 #
-# 1. prints `gpugd info` (device, CUDA runtime/driver, NVRTC);
-# 2. runs the whole test suite with the CUDA backend available; `-m cuda` tests must run,
-#    not skip (a skip here means the device did not answer: the script fails);
-# 3. runs `gpugd train --backend cuda` (the default job and the vanishing preset);
-# 4. runs `gpugd bench --backend cuda` (ceilings: device-to-device copy) and writes
-#    benchmarks/results/gpu-<date>.json, then the CPU bench of the same machine beside it.
-# Results land in $OUT too when the variable is set (the device tool copies it back).
-# With little device time: SUITES="amp optim" limits step 4 to those suites (one JSON each),
-# QUICK=1 adds --quick, FULL_SUITE=0 skips the whole-suite rerun and the train jobs.
+# 1. `gpugd info` (device, CUDA runtime/driver, NVRTC);
+# 2. every `cuda` test on the real device (they must run, not skip: a skip here means the
+#    device did not answer and the script fails), at most TESTS_S=240 seconds;
+# 3. `gpugd train --backend cuda` (the default job, short);
+# 4. `gpugd bench --backend cuda --quick`, one suite at a time in the order that matters
+#    most (optim amp vector clip act bn train parallel), each cut off at what is left of the
+#    budget; every row prints its launches, the H200 prediction
+#    (benchmarks/predicted-h200.md's model) and measured / predicted. One JSON per suite.
+# Results go to benchmarks/results/ and, when $OUT is set, to $OUT (the device tool copies
+# it back). Options: SUITES="optim amp" (which suites), QUICK=0 (full repeats and dtypes),
+# FULL_SUITE=1 (the whole test suite too), CPU_BENCH=1 (the host's CPU bench too),
+# BUDGET_S, TESTS_S.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+start=$(date +%s)
+budget=${BUDGET_S:-450}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 dest=benchmarks/results
 mkdir -p "$dest"
 status=0
+left() { echo $((budget - ($(date +%s) - start))); }
+save() { if [ -n "${OUT:-}" ]; then cp "$dest"/*"$stamp"* "$OUT"/ 2>/dev/null; fi; }
 
 echo "== gpugd info"
-python3 -m gpugd.cli info || status=1
+python3 -m gpugd.cli info | tee "$dest/gpu-info-$stamp.txt" || status=1
 
-echo "== GPU tests (must run, not skip)"
-python3 -m pytest -q -m cuda -rs -p no:cacheprovider tests 2>&1 | tee "$dest/gpu-tests-$stamp.txt"
+echo "== GPU tests (must run, not skip; at most ${TESTS_S:-240} s)"
+timeout "${TESTS_S:-240}" python3 -m pytest -q -m cuda -rs -p no:cacheprovider tests 2>&1 \
+  | tee "$dest/gpu-tests-$stamp.txt"
 rc=${PIPESTATUS[0]}
+echo
 if grep -q "no CUDA device" "$dest/gpu-tests-$stamp.txt"; then
   echo "FAIL: cuda tests were skipped: the device did not answer"; rc=1
 fi
+[ "$rc" -eq 124 ] && echo "FAIL: the cuda tests ran past ${TESTS_S:-240} s"
 [ "$rc" -eq 0 ] || status=1
+save
 
-if [ "${FULL_SUITE:-1}" != 0 ]; then
+if [ "${FULL_SUITE:-0}" != 0 ]; then
   echo "== whole test suite"
-  python3 -m pytest -q -x -p no:cacheprovider tests -m "not slow" || status=1
-
-  echo "== gpugd train on the GPU (default job and the vanishing preset)"
-  python3 -m gpugd.cli train --backend cuda --run-dir "$dest/gpu-train-$stamp" --no-plots \
-    | tee "$dest/gpu-train-$stamp.txt" || status=1
-  python3 -m gpugd.cli train --backend cuda --preset vanishing \
-    --run-dir "$dest/gpu-vanishing-$stamp" | tee -a "$dest/gpu-train-$stamp.txt" || status=1
+  timeout "$(left)" python3 -m pytest -q -x -p no:cacheprovider tests -m "not slow" \
+    | tee "$dest/gpu-suite-$stamp.txt" || status=1
 fi
 
-echo "== GPU benchmarks"
-quick=()
-[ "${QUICK:-0}" != 0 ] && quick=(--quick)
-for suite in ${SUITES:-all}; do
-  tag=$([ "$suite" = all ] && echo "" || echo "-$suite")
-  GPUGD_BACKEND=cuda python3 -m gpugd.cli bench --backend cuda --suite "$suite" "${quick[@]}" \
-    --json "$dest/gpu$tag-$stamp.json" | tee "$dest/gpu$tag-$stamp.txt" || status=1
-done
-echo "== CPU benchmarks of the same machine"
-python3 -m gpugd.cli bench --backend cpu --quick --json "$dest/gpu-host-cpu-$stamp.json" \
-  | tee "$dest/gpu-host-cpu-$stamp.txt" || status=1
+if [ "$(left)" -gt 60 ]; then
+  echo "== gpugd train on the GPU (default job)"
+  timeout 60 python3 -m gpugd.cli train --backend cuda --run-dir "$dest/gpu-train-$stamp" \
+    --no-plots | tee "$dest/gpu-train-$stamp.txt" || status=1
+fi
+save
 
-if [ -n "${OUT:-}" ]; then cp "$dest"/*"$stamp"* "$OUT"/ 2>/dev/null; fi
-echo "== done (status $status)"
+echo "== GPU benchmarks (measured against predicted)"
+quick=(--quick)
+[ "${QUICK:-1}" = 0 ] && quick=()
+for suite in ${SUITES:-optim amp vector clip act bn train parallel}; do
+  t=$(left)
+  if [ "$t" -lt 20 ]; then echo "-- $suite: skipped, the budget is spent"; continue; fi
+  echo "-- $suite (at most $t s)"
+  GPUGD_BACKEND=cuda timeout "$t" python3 -m gpugd.cli bench --backend cuda --suite "$suite" \
+    "${quick[@]}" --json "$dest/gpu-$suite-$stamp.json" | tee "$dest/gpu-$suite-$stamp.txt"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 124 ] && echo "-- $suite: cut off at the budget"
+  [ "$rc" -eq 0 ] || status=1
+  save
+done
+
+if [ "${CPU_BENCH:-0}" != 0 ] && [ "$(left)" -gt 60 ]; then
+  echo "== CPU benchmarks of the same machine"
+  timeout "$(left)" python3 -m gpugd.cli bench --backend cpu --quick \
+    --json "$dest/gpu-host-cpu-$stamp.json" | tee "$dest/gpu-host-cpu-$stamp.txt" || status=1
+fi
+
+save
+echo "== done in $(($(date +%s) - start)) s (status $status)"
 exit $status
