@@ -206,10 +206,11 @@ def test_template_shared_memory_is_poisoned_and_exited_threads_do_not_pass_a_bar
 def test_a_tail_bound_off_by_one_is_caught(plant):
     import cupy
 
+    # the one-at-a-time tail of common.cuh's stream_items, which every streaming loop runs
     plant(
         "vector",
-        "for (i64 i = done + start; i < n; i += stride) x[i] *= a;",
-        "for (i64 i = done + start; i <= n; i += stride) x[i] *= a;",
+        "for (; i < m; i += stride) apply(i, load(i));",
+        "for (; i <= m; i += stride) apply(i, load(i));",
     )
     for n in (1027, 1024):  # the write lands in the canary slack, or on the guard page
         x = cupy.asarray(np.ones(n, np.float32))
@@ -218,10 +219,10 @@ def test_a_tail_bound_off_by_one_is_caught(plant):
 
 
 def test_a_read_past_the_end_is_caught(plant):
-    plant(
+    plant(  # the read-only sum of squares: its last pack, one past the end
         "vector",
-        "for (i64 i = done + start; i < n; i += stride) {\n    if (SCALE) x[i] *= a;",
-        "for (i64 i = done + start; i <= n; i += stride) {\n    if (SCALE) x[i] *= a;",
+        "for (; i < m; i += stride) apply(i, load(i));",
+        "for (; i <= m; i += stride) apply(i, load(i));",
     )
     # 1024 float32: the array ends at a guard page, so the extra read faults
     x0 = np.ones(1024, np.float32)
