@@ -178,3 +178,69 @@ def test_bad_input_is_refused_before_any_write(call, exc, match):
     with pytest.raises(exc, match=match):
         call(x)
     assert (x == -2.0).all()
+
+
+# ------------------------------------------------- every loop of the CUDA kernels
+
+# With one multiprocessor the grid holds a few blocks (at most 2048 threads), so threads loop:
+# 70_001 elements reach the unrolled main loop (several 16-byte packs per thread) and the
+# packs left after it, 4099 the latter; 1, 3 and odd sizes the tail after the packs; one
+# element of offset (views x[1:]) the misaligned scalar path.
+PATH_SIZES = (0, 1, 3, 4099, 70_001)
+# (offset of x or grad_out, of y or the saved input, of the output; or "in place")
+LAYOUTS = [(0, 0, 0), (1, 1, 1), (0, 1, 0), (0, 0, 1), "in place"]
+
+
+def _bits(a):
+    a = to_numpy(a)
+    return a.view({4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", PATH_SIZES)
+@pytest.mark.parametrize("name", list(ACTS))
+def test_cuda_loops_give_the_bits_of_the_aligned_full_grid(monkeypatch, name, n, dtype):
+    """Each element's result is the same function of its inputs on every path of the kernel
+    (main loop, leftover packs, tail, misaligned scalar loop, in place), so the bits equal
+    those of the default launch over fresh (aligned) arrays, which the float64 tests and
+    test_cuda_parity check."""
+    import cupy
+
+    from gpugd import _cuda
+
+    rng = np.random.default_rng(n)
+    x0 = (rng.standard_normal(n) * 3).astype(dtype)
+    dy0 = rng.standard_normal(n).astype(dtype)
+    v0 = to_numpy(_call(name, "fwd", x0)) if ACTS[name][4] else x0
+    want_y = _bits(_call(name, "fwd", cupy.asarray(x0)))
+    want_dx = _bits(_call(name, "bwd", cupy.asarray(dy0), cupy.asarray(v0)))
+    monkeypatch.setattr(_cuda, "sm_count", lambda: 1)
+
+    def view(h, o):  # h at offset o of a buffer one element longer, poisoned around it
+        buf = cupy.full(n + 1, np.nan, dtype)
+        buf[o : o + n] = cupy.asarray(h)
+        return buf, buf[o : o + n]
+
+    for lay in LAYOUTS:
+        if lay == "in place":
+            _, x = view(x0, 1)
+            _call(name, "fwd", x, out=x)
+            np.testing.assert_array_equal(_bits(x), want_y, f"{name} forward in place")
+            _, g = view(dy0, 0)
+            _call(name, "bwd", g, cupy.asarray(v0), out=g)
+            np.testing.assert_array_equal(_bits(g), want_dx, f"{name} backward into grad_out")
+            continue
+        o1, o2, o3 = lay
+        _, x = view(x0, o1)
+        ybuf, y = view(np.zeros(n, dtype), o3)
+        _call(name, "fwd", x, out=y)
+        np.testing.assert_array_equal(_bits(y), want_y, f"{name} forward {lay}")
+        outside = n if o3 == 0 else 0  # the buffer's element beside the view
+        assert np.isnan(to_numpy(ybuf)[outside]), f"{name} forward {lay} wrote outside"
+        _, g = view(dy0, o1)
+        _, v = view(v0, o2)
+        dbuf, d = view(np.zeros(n, dtype), o3)
+        _call(name, "bwd", g, v, out=d)
+        np.testing.assert_array_equal(_bits(d), want_dx, f"{name} backward {lay}")
+        assert np.isnan(to_numpy(dbuf)[outside]), f"{name} backward {lay} wrote outside"

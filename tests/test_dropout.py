@@ -109,3 +109,52 @@ def test_cpu_and_cuda_draw_the_same_mask():
     cpu = ops.dropout_mask(100_003, 0.3, seed=99, offset=12345)
     gpu = ops.dropout_mask(100_003, 0.3, seed=99, offset=12345, xp=cupy).get()
     np.testing.assert_array_equal(cpu, gpu)
+
+
+# ------------------------------------------------- every loop of the CUDA kernels
+
+# With one multiprocessor the grid holds a few blocks (at most 2048 threads), so threads loop:
+# 70_001 elements reach the unrolled main loop and the packs left after it, 4099 the latter,
+# 1, 3 and odd sizes the tail after the packs, one element of offset (x[1:]) the misaligned
+# scalar path. Offsets near 2**64 make the counters offset + i wrap.
+PATH_SIZES = (0, 1, 3, 17, 4099, 70_001)
+OFFSETS = (0, 5, 2**64 - 3)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", PATH_SIZES)
+@pytest.mark.parametrize("offset", OFFSETS, ids=["0", "5", "wraps"])
+def test_cuda_loops_match_the_cpu_bitwise(monkeypatch, dtype, n, offset):
+    """dropout's bits and the mask kernel's bytes equal the CPU's on every path; buffers one
+    element longer than the views, poisoned: nothing outside a view is written."""
+    import cupy
+
+    from gpugd import _cuda
+    from gpugd._cpu.dropout import key_of
+    from gpugd.ops.dropout import _threshold
+
+    monkeypatch.setattr(_cuda, "sm_count", lambda: 1)
+    u = {4: np.uint32, 8: np.uint64}[np.dtype(dtype).itemsize]
+    xb = np.random.default_rng(n).standard_normal(n + 1).astype(dtype)
+    for ox, oy in [(0, 0), (1, 1), (1, 0), (0, 1)]:
+        hy, dy = np.full(n + 1, np.nan, dtype), cupy.full(n + 1, np.nan, dtype)
+        ops.dropout(xb[ox : ox + n], 0.3, seed=8, offset=offset, out=hy[oy : oy + n])
+        dx = cupy.asarray(xb)
+        ops.dropout(dx[ox : ox + n], 0.3, seed=8, offset=offset, out=dy[oy : oy + n])
+        np.testing.assert_array_equal(to_numpy(dy).view(u), hy.view(u), f"x+{ox} y+{oy}")
+    hx, dx = xb.copy(), cupy.asarray(xb)  # in place, misaligned
+    ops.dropout_backward(hx[1:], 0.3, seed=8, offset=offset, out=hx[1:])
+    ops.dropout_backward(dx[1:], 0.3, seed=8, offset=offset, out=dx[1:])
+    np.testing.assert_array_equal(to_numpy(dx).view(u), hx.view(u), "in place")
+    # the mask kernel, also at misaligned starts (the op's own mask array is fresh: aligned)
+    want = ops.dropout_mask(n, 0.3, seed=8, offset=offset)
+    got = to_numpy(ops.dropout_mask(n, 0.3, seed=8, offset=offset, xp=cupy))
+    np.testing.assert_array_equal(got, want)
+    for o in (0, 1, 3):
+        m = cupy.full(n + 4, 7, cupy.uint8)
+        args = (m[o : o + n], np.int64(n), key_of(8), np.uint64(offset), _threshold(0.3))
+        _cuda.launch("dropout", "gpugd_dropout_mask", n, args)
+        got = to_numpy(m)
+        np.testing.assert_array_equal(got[o : o + n], want.astype(np.uint8), f"mask +{o}")
+        assert (got[:o] == 7).all() and (got[o + n :] == 7).all(), f"mask +{o} wrote outside"

@@ -183,3 +183,90 @@ def test_average_refuses_bad_buffers():
     with pytest.raises(ValueError, match="partially overlaps"):
         big = np.zeros(8)
         ops.average_(big[:4], [big[2:6], np.zeros(4)])
+
+
+# ------------------------------------------------- every loop of the CUDA kernels
+
+# With one multiprocessor the grid holds a few blocks (at most 2048 threads), so threads loop:
+# 70_001 elements reach the unrolled main loop (several 16-byte packs of each input per
+# thread) and the packs left after it, 4099 the latter, 1, 3 and odd sizes the tail after
+# the packs; an input one element into its buffer (b[1:]) the misaligned scalar path.
+PATH_SIZES = (0, 1, 3, 4099, 70_001)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", PATH_SIZES)
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6])  # 1–4 specialized, 5 and 6 the any-k loop
+def test_cuda_average_every_path_bitwise(monkeypatch, dtype, n, k):
+    """out = (b_0 + … + b_{k−1})·(1/k), summed in that order in dtype, bit for bit: aligned,
+    one input misaligned (out and the rest aligned), out misaligned, out = an input."""
+    import cupy
+
+    from gpugd import _cuda
+
+    monkeypatch.setattr(_cuda, "sm_count", lambda: 1)
+    rng = np.random.default_rng(100 * k + n)
+    host = [rng.standard_normal(n + 1).astype(dtype) for _ in range(k)]
+    u = {4: np.uint32, 8: np.uint64}[np.dtype(dtype).itemsize]
+
+    def expected(views):
+        acc = views[0].copy()
+        for b in views[1:]:
+            acc += b
+        return acc * dtype(1.0 / k)
+
+    # (offset of each input, offset of out or the input out is)
+    cases = [([0] * k, 0), ([0] * (k - 1) + [1], 0), ([0] * k, 1), ([1] * k, "alias 0")]
+    if k > 1:
+        cases += [([0] * k, f"alias {k - 1}"), ([0] * (k - 2) + [1, 0], f"alias {k - 1}")]
+    for offs, out_at in cases:
+        bufs = [cupy.asarray(h) for h in host]
+        views = [b[o : o + n] for b, o in zip(bufs, offs, strict=True)]
+        want = expected([h[o : o + n] for h, o in zip(host, offs, strict=True)])
+        if isinstance(out_at, str):
+            j = int(out_at.split()[1])
+            out, outbuf, o_out = views[j], bufs[j], offs[j]
+        else:
+            outbuf = cupy.full(n + 1, np.nan, dtype)
+            out, o_out = outbuf[out_at : out_at + n], out_at
+        assert ops.average_(out, views) is out
+        got = to_numpy(outbuf)
+        what = f"k={k} inputs at +{offs}, out {out_at}"
+        np.testing.assert_array_equal(got[o_out : o_out + n].view(u), want.view(u), what)
+        rest = np.delete(np.arange(n + 1), np.arange(o_out, o_out + n))
+        if isinstance(out_at, str):  # the buffer's element beside the view is untouched
+            np.testing.assert_array_equal(got[rest], host[j][rest], what)
+        else:
+            assert np.isnan(got[rest]).all(), f"{what}: wrote outside out"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_cuda_norm_pass_every_path(monkeypatch, dtype, offset):
+    """tensor_norms over tensors of every path size, aligned and misaligned views, with a
+    small grid: norms within 1e-13 of the CPU's, the zero and non-finite counts exact, and
+    the same bits as with a full grid."""
+    import cupy
+
+    from gpugd import _cuda
+
+    rng = np.random.default_rng(offset)
+    sizes = (1, 3, 4099, 70_001, CHUNK + 77)
+    host = [rng.standard_normal(n + offset).astype(dtype) for n in sizes]
+    for i, h in enumerate(host):
+        h[offset::5] = 0
+        if i % 2:
+            h[-1] = np.inf
+    views = [h[offset:] for h in host]
+    cpu = ops.tensor_norms(views)
+    runs = []
+    for sms in (1, 132):
+        monkeypatch.setattr(_cuda, "sm_count", lambda s=sms: s)
+        runs.append(ops.tensor_norms([cupy.asarray(h)[offset:] for h in host]))
+    np.testing.assert_array_equal(to_numpy(runs[0].norms), to_numpy(runs[1].norms))
+    for st in runs:
+        np.testing.assert_array_equal(to_numpy(st.zero_counts), to_numpy(cpu.zero_counts))
+        np.testing.assert_array_equal(to_numpy(st.nonfinite_counts), to_numpy(cpu.nonfinite_counts))
+        np.testing.assert_allclose(to_numpy(st.norms), to_numpy(cpu.norms), rtol=1e-13)

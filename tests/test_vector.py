@@ -203,3 +203,57 @@ def test_scale_sum_of_squares_scales_and_sums_in_one_pass(xp, n, dtype):
     np.testing.assert_array_equal(to_numpy(x), want)
     ref = float(np.dot(want.astype(np.float64), want.astype(np.float64)))
     assert float(s) == pytest.approx(ref, rel=1e-12, abs=0.0)
+
+
+# ------------------------------------------------- every loop of the CUDA kernels
+
+# With one multiprocessor the grid holds a few blocks (at most 2048 threads), so threads loop:
+# 70_001 elements reach the unrolled main loop (several 16-byte packs per thread) and the
+# packs left after it, 4099 only the latter; sizes below a pack (1, 3) and odd sizes reach the
+# tail after the packs; one element of offset (x[1:]) the misaligned scalar path, whose
+# main loop and remainder the same sizes reach.
+PATH_SIZES = (0, 1, 3, 5, 4099, 70_001)
+
+
+def _same_bits(got, want, what):
+    got, want = to_numpy(got), np.asarray(want)
+    assert got.dtype == want.dtype and got.shape == want.shape, what
+    u = {4: np.uint32, 8: np.uint64}[want.dtype.itemsize]
+    bad = np.flatnonzero(got.view(u) != want.view(u))
+    assert bad.size == 0, f"{what}: {bad.size} of {want.size} differ, first at {bad[:5]}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", PATH_SIZES)
+@pytest.mark.parametrize(("ox", "oy"), [(0, 0), (1, 1), (0, 1)], ids=["aligned", "both+1", "y+1"])
+def test_cuda_loops_match_numba_bitwise(monkeypatch, n, dtype, ox, oy):
+    """axpy_, scale_ and scale_sum_of_squares_ give the CPU's bits on every path (the
+    buffers are one element longer than the views: the element outside stays untouched);
+    the sums of squares agree within the reductions' 1e-13."""
+    import cupy
+
+    from gpugd import _cuda
+
+    monkeypatch.setattr(_cuda, "sm_count", lambda: 1)
+    rng = np.random.default_rng(n + 10 * ox + oy)
+    xb = rng.standard_normal(n + 1).astype(dtype)
+    yb = rng.standard_normal(n + 1).astype(dtype)
+    hx, hy, dx, dy = xb.copy(), yb.copy(), cupy.asarray(xb), cupy.asarray(yb)
+    ops.axpy_(hx[ox : ox + n], -0.75, hy[oy : oy + n])
+    ops.axpy_(dx[ox : ox + n], -0.75, dy[oy : oy + n])
+    _same_bits(dx, hx, "axpy_")
+    _same_bits(dy, yb, "axpy_ must not write y")
+    ops.axpy_(hx[ox : ox + n], 0.5, hx[ox : ox + n])  # y is x
+    ops.axpy_(dx[ox : ox + n], 0.5, dx[ox : ox + n])
+    _same_bits(dx, hx, "axpy_(x, a, x)")
+    ops.scale_(hx[ox : ox + n], -3.5)
+    ops.scale_(dx[ox : ox + n], -3.5)
+    _same_bits(dx, hx, "scale_")
+    want = ref.sum_of_squares(hx[ox : ox + n])
+    got = float(to_numpy(ops.sum_of_squares(dx[ox : ox + n])))
+    assert got == pytest.approx(want, rel=1e-13, abs=0)
+    s_cpu = float(ops.scale_sum_of_squares_(hx[oy : oy + n], 0.25))
+    s_gpu = float(to_numpy(ops.scale_sum_of_squares_(dx[oy : oy + n], 0.25)))
+    _same_bits(dx, hx, "scale_sum_of_squares_")
+    assert s_gpu == pytest.approx(s_cpu, rel=1e-13, abs=0)
