@@ -28,6 +28,7 @@ THREADS = 256  # must match BN_THREADS in kernels/batchnorm.cu
 MIN_TILE, MAX_TILE = 1 << 14, 1 << 16  # elements per block of the partial kernels
 TARGET_BLOCKS = 1024  # tiles shrink towards MIN_TILE until a launch has about this many
 MAX_TX = 32  # channel vectors per rows tile: a warp's row reads 32 × 16 B
+MAX_GRID = 2**31 - 1  # blocks of one launch (gridDim.x)
 
 
 class Plan(NamedTuple):
@@ -93,6 +94,8 @@ def _per_channel(kernel: str, arrays: tuple, extra: tuple, x3: Any, mode: int):
         return cupy.zeros(C), cupy.zeros(C)
     w = vector_width(arrays, B if B > 1 else C, x3.dtype.itemsize)
     pl = plan(A, C, B, w)
+    if pl.blocks > MAX_GRID:
+        raise ValueError(f"x: {pl.blocks} tiles for shape (A, C, B) = {(A, C, B)}, over {MAX_GRID}")
     partial = cupy.empty((C * pl.tiles, 2))
     name = f"gpugd_batchnorm_{kernel}_{_cuda.dtype_suffix(x3.dtype)}"
     dims = (np.int64(A), np.int64(C), np.int64(B), np.int64(pl.rows), np.int64(pl.tiles))

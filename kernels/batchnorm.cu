@@ -412,6 +412,8 @@ __device__ __forceinline__ T affine1(T p, T u, T q, T w, T m, T r) {
 
 // Planes (B > 1): grid-stride over the A·C·B/W vectors in memory order; a thread's column
 // b and channel c advance by counters (the stride's quotients are taken once per thread).
+// Each step loads U items (vectors and their channel's p, q, m, r) before it stores any:
+// out may be u or w (in place), so a load after a store would wait for it.
 template <typename T, int W, bool SAME, typename Col>
 __device__ __forceinline__ void affine_planes(const T* u, const T* w, T* out, i64 n, i64 C,
                                               i64 B, const T* p, const T* q, const T* m,
@@ -438,33 +440,43 @@ __device__ __forceinline__ void affine_planes(const T* u, const T* w, T* out, i6
     }
     c = cc >= Cc ? cc - Cc : cc;
   };
-  auto one = [&](i64 j, Col cj, const V& a, const V& z) {
-    const T pc = p[cj], qc = q[cj], mc = m[cj], rc = r[cj];
+  struct Item {
+    V a, z;
+    T p, q, m, r;
+  };
+  auto load = [&]() {
+    Item it;
+    it.a = uv[i];
+    if (!SAME) it.z = wv[i];
+    it.p = p[c];
+    it.q = q[c];
+    it.m = m[c];
+    it.r = r[c];
+    return it;
+  };
+  auto apply = [&](i64 j, const Item& it) {
     V o;
 #pragma unroll
-    for (int e = 0; e < W; ++e) o.v[e] = affine1(pc, a.v[e], qc, z.v[e], mc, rc);
+    for (int e = 0; e < W; ++e)
+      o.v[e] = affine1(it.p, it.a.v[e], it.q, SAME ? it.a.v[e] : it.z.v[e], it.m, it.r);
     ov[j] = o;
   };
 #pragma unroll 1
   while (i + (U - 1) * S < nv) {
     i64 j[U];
-    Col cj[U];
-    V a[U], z[U];
+    Item it[U];
 #pragma unroll
     for (int x = 0; x < U; ++x) {
       j[x] = i;
-      cj[x] = c;
-      a[x] = uv[i];
-      if (!SAME) z[x] = wv[i];
+      it[x] = load();
       next();
     }
 #pragma unroll
-    for (int x = 0; x < U; ++x) one(j[x], cj[x], a[x], SAME ? a[x] : z[x]);
+    for (int x = 0; x < U; ++x) apply(j[x], it[x]);
   }
 #pragma unroll 1
   while (i < nv) {
-    const V a = uv[i];
-    one(i, c, a, SAME ? a : wv[i]);
+    apply(i, load());
     next();
   }
 }

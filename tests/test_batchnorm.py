@@ -398,3 +398,24 @@ def test_cuda_plan_vector_width_and_tiles():
     assert bn.plan(802816, 64, 1, 4) == bn.Plan(4, 16, 784, 1024, 1024)
     p = bn.plan(5, 3, 1, 1)
     assert (p.tx, p.tiles, p.blocks) == (3, 1, 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(("layout", "shape"), [("NCHW", (4, 3, 8, 8)), ("NHWC", (4, 6, 6, 8))])
+def test_cuda_elementwise_pass_in_place(layout, shape):
+    """out = x (forward) and out = dy (backward): each thread loads its items before it
+    stores them, so in place gives the out-of-place bits."""
+    import cupy
+
+    x0, _, x, dy = _cuda_and_cpu_inputs(shape, np.float32, 0)
+    C = _channels(layout, shape)
+    w = cupy.asarray(np.linspace(0.5, 1.5, C).astype(np.float32))
+    rm, rv = cupy.asarray(x0.mean() * np.ones(C, np.float32)), cupy.ones(C, cupy.float32)
+    y = ops.batch_norm_forward(x, w, None, rm, rv, training=False, layout=layout).y
+    res = ops.batch_norm_forward(x, w, layout=layout)
+    dx = ops.batch_norm_backward(dy, x, w, res.mean, res.invstd, layout=layout)[0]
+    ops.batch_norm_backward(dy, x, w, res.mean, res.invstd, layout=layout, out=dy)
+    ops.batch_norm_forward(x, w, None, rm, rv, training=False, layout=layout, out=x)
+    np.testing.assert_array_equal(x.get(), y.get())
+    np.testing.assert_array_equal(dy.get(), dx.get())
+    assert not np.array_equal(x0, x.get())  # it did write in place

@@ -1,8 +1,9 @@
 """Batch normalization: ``batch_norm_stats``, ``batch_norm_forward``, ``batch_norm_backward``
 for layouts "NC" (N, C), "NCHW" (N, C, H, W) and channels-last "NHWC" (N, H, W, C).
 
-Training forward: one statistics pass (per-tile two-pass moments merged with Chan's
-formula: stable when |mean| ≫ std), then one elementwise pass y = p[c]·(x − mean[c]) + β[c] with
+Training forward: one statistics pass (per tile, sums of x − K and (x − K)² about one
+value K of the tile, merged with Chan's formula: stable when |mean| ≫ std), then one
+elementwise pass y = p[c]·(x − mean[c]) + β[c] with
 p = γ/√(var + ε); the running statistics are updated with torch's
 convention (r ← (1 − m)·r + m·batch, unbiased variance) or Keras' (r ← m·r + (1 − m)·batch,
 biased variance). Inference uses the running statistics. Backward: one reduction pass
