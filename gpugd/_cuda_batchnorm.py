@@ -116,7 +116,8 @@ def grad_sums(dy3: Any, x3: Any, mean: Any) -> tuple[Any, Any]:
 
 
 def affine(u3: Any, w3: Any, out3: Any, p: Any, q: Any, m: Any, r: Any) -> None:
-    """out = p[c]·u + q[c]·(w − m[c]) + r[c]."""
+    """out = p[c]·u + q[c]·(w − m[c]) + r[c] (the four per-channel values of u3's dtype,
+    passed interleaved: row c of a (C, 4) array)."""
     A, C, B = u3.shape
     n = A * C * B
     if n == 0:
@@ -125,6 +126,7 @@ def affine(u3: Any, w3: Any, out3: Any, p: Any, q: Any, m: Any, r: Any) -> None:
     w = vector_width(arrays, B if B > 1 else C, u3.dtype.itemsize)
     tx = channel_tiles(C, w)[0] if B == 1 else 1
     name = f"gpugd_batchnorm_affine_{_cuda.dtype_suffix(u3.dtype)}"
-    args = (*arrays, np.int64(n), np.int64(C), np.int64(B), np.int32(w), np.int32(tx))
-    args += tuple(cupy.ascontiguousarray(a, u3.dtype) for a in (p, q, m, r))
+    # row c: p, q, m, r of channel c (one 16-byte load for float32)
+    pqmr = cupy.ascontiguousarray(cupy.stack((p, q, m, r), axis=1), u3.dtype)
+    args = (*arrays, np.int64(n), np.int64(C), np.int64(B), np.int32(w), np.int32(tx), pqmr)
     _cuda.launch("batchnorm", name, n // w, args)

@@ -22,7 +22,10 @@
 //      Chan's formula (counts from the tiling), then the lanes merge in a fixed tree.
 // The elementwise pass is out = p[c]·u + q[c]·(w − m[c]) + r[c]: x − mean first, so nothing
 // cancels when |mean| ≫ std (the Numba kernels compute each element the same way, so both
-// backends give the same bits); the forward passes u = w = x, read once.
+// backends give the same bits); the forward passes u = w = x, read once. Planes: the grid
+// strides over the vectors in memory order, column and channel advanced by counters, each
+// vector's p, q, m, r one load from the interleaved (C, 4) table; rows: thread (ty, tx)
+// keeps its channels' p, q, m, r in registers and walks rows.
 #include "common.cuh"
 
 namespace gpugd {
@@ -39,13 +42,13 @@ struct __align__(sizeof(T) * W) BnVec {
 // ptxas sm_90: registers, and the loads really issued before the first use).
 template <typename T, int W>
 struct BnUnroll {
-  static constexpr int planes = 4;                    // stats: one array
-  static constexpr int planes2 = 2;                   // backward sums: two arrays
-  static constexpr int rows = W * sizeof(T) == 16 ? 2 : 4;
+  static constexpr int planes = 4;   // statistics: one array
+  static constexpr int planes2 = 2;  // backward sums: two arrays
+  static constexpr int rows = W * sizeof(T) == 16 ? 2 : 4;  // + 4W accumulators, W shifts
   static constexpr int rows2 = 2;
-  static constexpr int affine = 4;
-  static constexpr int affine_rows = W * sizeof(T) == 16 ? 2 : 4;
-  static constexpr int affine2 = 2;                   // backward: u ≠ w
+  static constexpr int affine = 4;  // forward: u = w, one array read
+  static constexpr int affine_rows = W * sizeof(T) == 16 ? 2 : 4;  // + 4W parameters
+  static constexpr int affine2 = 2;  // backward: u ≠ w
 };
 
 // max(v, 0) that keeps a NaN (rounding can take M2 = Σd² − (Σd)²/n just below 0).
@@ -416,8 +419,7 @@ __device__ __forceinline__ T affine1(T p, T u, T q, T w, T m, T r) {
 // out may be u or w (in place), so a load after a store would wait for it.
 template <typename T, int W, bool SAME, typename Col>
 __device__ __forceinline__ void affine_planes(const T* u, const T* w, T* out, i64 n, i64 C,
-                                              i64 B, const T* p, const T* q, const T* m,
-                                              const T* r) {
+                                              i64 B, const T* pqmr) {
   typedef BnVec<T, W> V;
   constexpr int U = SAME ? BnUnroll<T, W>::affine : BnUnroll<T, W>::affine2;
   const i64 bv = B / W, nv = n / W;
@@ -440,25 +442,24 @@ __device__ __forceinline__ void affine_planes(const T* u, const T* w, T* out, i6
     }
     c = cc >= Cc ? cc - Cc : cc;
   };
+  const BnVec<T, 4>* prm = reinterpret_cast<const BnVec<T, 4>*>(pqmr);
   struct Item {
     V a, z;
-    T p, q, m, r;
+    BnVec<T, 4> k;  // p, q, m, r of the item's channel
   };
   auto load = [&]() {
     Item it;
     it.a = uv[i];
     if (!SAME) it.z = wv[i];
-    it.p = p[c];
-    it.q = q[c];
-    it.m = m[c];
-    it.r = r[c];
+    it.k = prm[c];
     return it;
   };
   auto apply = [&](i64 j, const Item& it) {
+    const T* k = it.k.v;
     V o;
 #pragma unroll
     for (int e = 0; e < W; ++e)
-      o.v[e] = affine1(it.p, it.a.v[e], it.q, SAME ? it.a.v[e] : it.z.v[e], it.m, it.r);
+      o.v[e] = affine1(k[0], it.a.v[e], k[1], SAME ? it.a.v[e] : it.z.v[e], k[2], k[3]);
     ov[j] = o;
   };
 #pragma unroll 1
@@ -487,8 +488,7 @@ __device__ __forceinline__ void affine_planes(const T* u, const T* w, T* out, i6
 // grid covers the array.
 template <typename T, int W, bool SAME>
 __device__ __forceinline__ void affine_rows(const T* u, const T* w, T* out, i64 A, i64 C,
-                                            int tx_n, const T* p, const T* q, const T* m,
-                                            const T* r) {
+                                            int tx_n, const T* pqmr) {
   typedef BnVec<T, W> V;
   constexpr int U = SAME ? BnUnroll<T, W>::affine_rows : BnUnroll<T, W>::affine2;
   const i64 cvs = C / W, end = A * cvs;
@@ -507,11 +507,11 @@ __device__ __forceinline__ void affine_rows(const T* u, const T* w, T* out, i64 
     T pc[W], qc[W], mc[W], rc[W];
 #pragma unroll
     for (int e = 0; e < W; ++e) {
-      const i64 ch = rw.cv * W + e;
-      pc[e] = p[ch];
-      qc[e] = q[ch];
-      mc[e] = m[ch];
-      rc[e] = r[ch];
+      const BnVec<T, 4> k = reinterpret_cast<const BnVec<T, 4>*>(pqmr)[rw.cv * W + e];
+      pc[e] = k.v[0];
+      qc[e] = k.v[1];
+      mc[e] = k.v[2];
+      rc[e] = k.v[3];
     }
     auto one = [&](i64 j, const V& a, const V& z) {
       V o;
@@ -586,40 +586,39 @@ __device__ __forceinline__ void sums_partial(const T* dy, const T* x, const doub
 
 template <typename T, int W>
 __device__ __forceinline__ void affine_layout(const T* u, const T* w, T* out, i64 n, i64 C,
-                                              i64 B, int tx, const T* p, const T* q,
-                                              const T* m, const T* r) {
+                                              i64 B, int tx, const T* pqmr) {
   if (B > 1) {
     if (B > kMaxCol || C > kMaxCol) {
-      affine_planes<T, 1, false, i64>(u, w, out, n, C, B, p, q, m, r);
+      affine_planes<T, 1, false, i64>(u, w, out, n, C, B, pqmr);
     } else if (u == w) {
-      affine_planes<T, W, true, unsigned>(u, w, out, n, C, B, p, q, m, r);
+      affine_planes<T, W, true, unsigned>(u, w, out, n, C, B, pqmr);
     } else {
-      affine_planes<T, W, false, unsigned>(u, w, out, n, C, B, p, q, m, r);
+      affine_planes<T, W, false, unsigned>(u, w, out, n, C, B, pqmr);
     }
   } else {
     if (u == w)
-      affine_rows<T, W, true>(u, w, out, n / C, C, tx, p, q, m, r);
+      affine_rows<T, W, true>(u, w, out, n / C, C, tx, pqmr);
     else
-      affine_rows<T, W, false>(u, w, out, n / C, C, tx, p, q, m, r);
+      affine_rows<T, W, false>(u, w, out, n / C, C, tx, pqmr);
   }
 }
 
 template <typename T>
 __device__ __forceinline__ void affine(const T* u, const T* w, T* out, i64 n, i64 C, i64 B,
-                                       int vw, int tx, const T* p, const T* q, const T* m,
-                                       const T* r) {
+                                       int vw, int tx, const T* pqmr) {
   constexpr int P = 16 / sizeof(T);
   if (vw == P)
-    affine_layout<T, P>(u, w, out, n, C, B, tx, p, q, m, r);
+    affine_layout<T, P>(u, w, out, n, C, B, tx, pqmr);
   else
-    affine_layout<T, 1>(u, w, out, n, C, B, tx, p, q, m, r);
+    affine_layout<T, 1>(u, w, out, n, C, B, tx, pqmr);
 }
 
 }  // namespace gpugd
 
-// w: elements per access (1, or 16 / sizeof(T) where the host found the alignment); tx:
-// channel vectors per rows tile (B = 1). partial: 2 doubles per (channel, tile). One
-// shared buffer per kernel: the rows tree's 2·256·w doubles, or block_sum's scratch.
+// w, vw: elements per access (1, or 16 / sizeof(T) where the host found the alignment);
+// tx: channel vectors per rows tile (B = 1). partial: 2 doubles per (channel, tile); pqmr:
+// row c = p[c], q[c], m[c], r[c] (a (C, 4) array: one 16-byte load for float). One shared
+// buffer per kernel: the rows tree's 2·256·w doubles, or block_sum's scratch.
 #define GPUGD_BATCHNORM_KERNELS(T, SFX)                                                       \
   extern "C" __global__ void gpugd_batchnorm_stats_partial_##SFX(                             \
       const T* x, i64 A, i64 C, i64 B, i64 rows, i64 tiles, int w, int tx, double* partial) { \
@@ -633,9 +632,8 @@ __device__ __forceinline__ void affine(const T* u, const T* w, T* out, i64 n, i6
     gpugd::sums_partial<T>(dy, x, mean, A, C, B, rows, tiles, w, tx, partial, smem);          \
   }                                                                                           \
   extern "C" __global__ void gpugd_batchnorm_affine_##SFX(                                    \
-      const T* u, const T* w, T* out, i64 n, i64 C, i64 B, int vw, int tx, const T* p,        \
-      const T* q, const T* m, const T* r) {                                                   \
-    gpugd::affine<T>(u, w, out, n, C, B, vw, tx, p, q, m, r);                                 \
+      const T* u, const T* w, T* out, i64 n, i64 C, i64 B, int vw, int tx, const T* pqmr) {   \
+    gpugd::affine<T>(u, w, out, n, C, B, vw, tx, pqmr);                                       \
   }
 
 GPUGD_BATCHNORM_KERNELS(float, f32)

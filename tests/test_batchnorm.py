@@ -230,9 +230,11 @@ def test_cpu_statistics_do_not_depend_on_the_thread_count(layout, shape):
 # exactly or fewer than 256 vectors a plane, or one element at a time (B odd); rows (B = 1,
 # channels contiguous) in vectors when C is a multiple of the width, else scalars; one or
 # several channel tiles (C = 132 f32: 33 vectors in tiles of 17 and 16), several row tiles,
-# one-sample batches, grids with fewer blocks than channel tiles (C = 8192).
+# one-sample batches, grids with fewer blocks than channel tiles (C = 8192), more tiles a
+# channel than the merge has lanes.
 PATH_CASES = [
     ("NCHW", (8, 3, 64, 64)),  # f32 1024 vectors a plane, 2 row tiles a channel
+    ("NCHW", (40, 1, 128, 128)),  # 40 tiles of one plane: the merge's lanes take 2 each
     ("NCHW", (6, 5, 32, 32)),  # f32 256 vectors a plane
     ("NCHW", (7, 4, 6, 4)),  # 6 (f32) / 12 (f64) vectors a plane
     ("NCHW", (5, 3, 7, 7)),  # B = 49: scalars
