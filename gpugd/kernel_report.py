@@ -8,7 +8,8 @@ kernel the report gives what decides its speed before it ever runs:
 - resident blocks per multiprocessor at the launch's 256 threads, from the occupancy rules
   of the architecture (register file, warps, blocks, shared memory), and the occupancy;
 - global accesses by width (``LDG``/``STG`` of 1…16 bytes) and local ones (``LDL``/``STL``);
-- the main loop (the backward branch whose body moves the most global bytes): its SASS
+- the main loop (the innermost loop with the widest global accesses and the most bytes;
+  a vectorized kernel's pack loop, not its scalar tail): its SASS
   instructions, the bytes it loads and stores per iteration, the loads issued before the
   first use of a loaded value (bytes in flight per thread), and from these the
   instructions per element and the bytes in flight per multiprocessor.
@@ -89,6 +90,13 @@ class Loop:
     in_flight: int
     load_widths: tuple[int, ...]  # the distinct global load widths in the loop, bytes
     store_widths: tuple[int, ...]
+    wide_bytes: int  # of load_bytes + store_bytes, those moved by 128-bit accesses
+
+    @property
+    def wide_share(self) -> float:
+        """The share of the loop's global bytes moved 16 bytes at a time."""
+        total = self.load_bytes + self.store_bytes
+        return self.wide_bytes / total if total else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +115,7 @@ class KernelStats:
     stores: dict[int, int]
     local_accesses: int  # LDL + STL instructions
     loop: Loop | None
+    loops: tuple[Loop, ...] = ()  # every innermost loop moving global bytes
 
     @property
     def blocks_per_sm(self) -> int:
@@ -386,37 +395,47 @@ def _backward_branches(insns: list[_Insn]) -> list[tuple[int, int]]:
     return loops
 
 
+def inner_loops(insns: list[_Insn]) -> list[Loop]:
+    """Every innermost loop that moves global bytes, in address order."""
+    loops = _backward_branches(insns)
+    out = []
+    for a, b in loops:
+        if any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops):
+            continue
+        loop = _loop(insns[a : b + 1])
+        if loop is not None:
+            out.append(loop)
+    return out
+
+
+def _loop(body: list[_Insn]) -> Loop | None:
+    loads = [b for b in body if _is_global_load(b)]
+    stores = [b for b in body if _is_global_store(b)]
+    if not loads and not stores:
+        return None
+    return Loop(
+        instructions=len(body),
+        load_bytes=sum(_width(b.op) for b in loads),
+        store_bytes=sum(_width(b.op) for b in stores),
+        in_flight=_in_flight(body),
+        load_widths=tuple(sorted({_width(b.op) for b in loads})),
+        store_widths=tuple(sorted({_width(b.op) for b in stores})),
+        wide_bytes=sum(16 for b in loads + stores if _width(b.op) == 16),
+    )
+
+
 def main_loop(insns: list[_Insn]) -> Loop | None:
     """The innermost loop (a backward branch and the code it jumps back over, holding no other
-    loop) whose body loads the most global bytes per iteration, then stores the most; among
-    equals, the shortest."""
-    loops = _backward_branches(insns)
-    inner = [
-        (a, b)
-        for a, b in loops
-        if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)
-    ]
-    best: tuple[int, int, int, Loop] | None = None
-    for first, last in inner:
-        body = insns[first : last + 1]
-        loads = [b for b in body if _is_global_load(b)]
-        stores = [b for b in body if _is_global_store(b)]
-        lb = sum(_width(b.op) for b in loads)
-        sb = sum(_width(b.op) for b in stores)
-        if lb + sb == 0:
-            continue
-        loop = Loop(
-            instructions=len(body),
-            load_bytes=lb,
-            store_bytes=sb,
-            in_flight=_in_flight(body),
-            load_widths=tuple(sorted({_width(b.op) for b in loads})),
-            store_widths=tuple(sorted({_width(b.op) for b in stores})),
-        )
-        key = (lb, sb, -len(body))
-        if best is None or key > best[:3]:
-            best = (*key, loop)
-    return None if best is None else best[3]
+    loop) with the widest global accesses, then the most bytes moved by them, then the most
+    loaded, then stored; among equals, the shortest. (A vectorized kernel's pack loop, not
+    its tail; of several specializations, the widest.)"""
+
+    def key(lp: Loop) -> tuple:
+        widest = max((*lp.load_widths, *lp.store_widths))
+        return (widest, lp.wide_bytes, lp.load_bytes, lp.store_bytes, -lp.instructions)
+
+    loops = inner_loops(insns)
+    return max(loops, key=key) if loops else None
 
 
 def _kernel_stats(name: str, family: str, arch: str, info: dict, insns: list[_Insn]) -> KernelStats:
@@ -443,6 +462,7 @@ def _kernel_stats(name: str, family: str, arch: str, info: dict, insns: list[_In
         stores=dict(sorted(stores.items())),
         local_accesses=local,
         loop=main_loop(insns),
+        loops=tuple(inner_loops(insns)),
     )
 
 
@@ -531,7 +551,7 @@ def format_table(stats: list[KernelStats]) -> str:
     head = (
         f"{'kernel':46} {'arch':5} {'regs':>4} {'stack':>5} {'spill':>5} {'smem':>5} "
         f"{'blk/SM':>6} {'occ':>4} {'loop insn':>9} {'insn/el':>7} {'ld/st B':>8} "
-        f"{'in flight/thr':>13} {'KB/SM':>6}  global loads | stores"
+        f"{'in flight/thr':>13} {'KB/SM':>6} {'128b':>4}  global loads | stores"
     )
     lines = [head, "-" * len(head)]
     for k in stats:
@@ -544,7 +564,8 @@ def format_table(stats: list[KernelStats]) -> str:
             f"{f'{ipe:.1f}' if ipe is not None else '-':>7} "
             f"{f'{lp.load_bytes}/{lp.store_bytes}' if lp else '-':>8} "
             f"{f'{lp.in_flight} B' if lp else '-':>13} "
-            f"{f'{k.in_flight_per_sm / 1024:.0f}' if lp else '-':>6}  "
+            f"{f'{k.in_flight_per_sm / 1024:.0f}' if lp else '-':>6} "
+            f"{f'{lp.wide_share:.0%}' if lp else '-':>4}  "
             f"{_widths(k.loads)} | {_widths(k.stores)}"
             + (f"  LOCAL×{k.local_accesses}" if k.local_accesses else "")
         )

@@ -1,0 +1,241 @@
+"""The static performance check: every CUDA kernel, as NVRTC and ptxas build it for sm_80 and
+sm_90, read without a GPU (gpugd.kernel_report; `gpugd info --kernels` prints the table).
+
+Asserted per kernel: no spills; no local memory; resident blocks per multiprocessor at or
+above its family's floor (registers within budget); in the streaming kernels, a main loop
+whose global bytes move mostly in 128-bit accesses and which keeps enough loads in flight
+for an H200 (~26–36 KB per multiprocessor to stream at full rate). The parser itself is tested on
+hand-written SASS first.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gpugd import kernel_report as kr
+
+try:
+    kr.ptxas(), kr.cuobjdump()
+    from gpugd import _nvrtc
+
+    _nvrtc.nvrtc_version()
+    _TOOLS = None
+except (kr.ToolUnavailableError, _nvrtc.NvrtcUnavailableError) as exc:  # pragma: no cover
+    _TOOLS = str(exc)
+
+needs_tools = pytest.mark.skipif(_TOOLS is not None, reason=f"static check tools: {_TOOLS}")
+
+# ---- the parser and the occupancy rule, on known inputs
+
+
+def test_occupancy_rule_matches_the_cuda_calculator():
+    """Register tiers at 256 threads on sm_90 (CUDA occupancy calculator: registers are
+    allocated per warp in units of 256, the file split over 4 schedulers), then the warp,
+    block and shared-memory limits."""
+    a = kr.ARCHS["sm_90"]
+    tiers = {16: 8, 32: 8, 33: 6, 40: 6, 41: 5, 48: 5, 56: 4, 64: 4, 72: 3, 80: 3, 96: 2}
+    tiers.update({128: 2, 168: 1, 255: 1})
+    for regs, blocks in tiers.items():
+        assert kr.blocks_per_sm(a, regs, 0) == blocks, regs
+    assert kr.blocks_per_sm(a, 16, 0, threads=64) == 32  # the 32-block limit
+    assert kr.blocks_per_sm(a, 16, 0, threads=1024) == 2  # the 64-warp limit
+    assert kr.blocks_per_sm(a, 16, 48 * 1024) == 4  # 49 KiB per block of 228 KiB
+    assert kr.blocks_per_sm(kr.ARCHS["sm_80"], 16, 48 * 1024) == 3  # of 164 KiB
+
+
+_SASS = """
+        Function : k_stream
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;
+        /*0020*/                   LDG.E.128 R8, desc[UR4][R2.64+0x10] ;
+        /*0030*/                   LDG.E R12, desc[UR4][R14.64] ;
+        /*0040*/                   FMUL R4, R4, R0 ;
+        /*0050*/                   STG.E.128 desc[UR4][R2.64], R4 ;
+        /*0060*/                   STG.E.128 desc[UR4][R2.64+0x10], R8 ;
+        /*0070*/               @P0 BRA 0x10 ;
+        /*0080*/                   LDL R3, [R1] ;
+        /*0090*/                   STG.E.U8 desc[UR4][R2.64], R3 ;
+        /*00a0*/                   EXIT ;
+        Function : k_nested
+        /*0000*/                   LDG.E.64 R4, desc[UR4][R2.64] ;
+        /*0010*/                   LDG.E.64 R6, desc[UR4][R8.64] ;
+        /*0020*/                   DADD R10, R4, R6 ;
+        /*0030*/              @!P1 BRA 0x10 ;
+        /*0040*/                   STG.E.64 desc[UR4][R2.64], R10 ;
+        /*0050*/                   BRA 0x0 ;
+"""
+
+
+def test_sass_parser_finds_the_main_loop_widths_and_loads_in_flight():
+    funcs = kr.parse_sass(_SASS)
+    assert set(funcs) == {"k_stream", "k_nested"}
+    loop = kr.main_loop(funcs["k_stream"])
+    # 0x10..0x70: three loads (16 + 16 + 4 B) issued before FMUL reads R4
+    assert loop == kr.Loop(
+        instructions=7,
+        load_bytes=36,
+        store_bytes=32,
+        in_flight=36,
+        load_widths=(4, 16),
+        store_widths=(16,),
+        wide_bytes=64,
+    )
+    assert loop.wide_share == 64 / 68
+    st = kr._kernel_stats("k_stream", "x", "sm_90", dict.fromkeys(_INFO, 0), funcs["k_stream"])
+    assert st.loads == {4: 1, 16: 2} and st.stores == {1: 1, 16: 2} and st.local_accesses == 1
+    nested = kr.main_loop(funcs["k_nested"])  # the inner loop, 0x10..0x30, not the outer one
+    assert (nested.instructions, nested.load_bytes, nested.in_flight) == (3, 8, 8)
+
+
+_INFO = ("registers", "stack", "spill_stores", "spill_loads", "smem")
+
+
+def test_ptxas_log_parser():
+    log = """ptxas info    : Compiling entry function 'gpugd_a' for 'sm_90'
+ptxas info    : Function properties for gpugd_a
+    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 256 bytes smem
+ptxas info    : Compiling entry function 'gpugd_b' for 'sm_90'
+ptxas info    : Function properties for gpugd_b
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 18 registers"""
+    assert kr.parse_ptxas(log) == {
+        "gpugd_a": {"registers": 40, "stack": 8, "spill_stores": 4, "spill_loads": 4, "smem": 256},
+        "gpugd_b": {"registers": 18, "stack": 0, "spill_stores": 0, "spill_loads": 0, "smem": 0},
+    }
+
+
+def test_bytes_per_element_of_the_default_configurations():
+    assert kr.bytes_per_element("gpugd_vector_axpy_f32") == 12
+    assert kr.bytes_per_element("gpugd_optim_adam_f32") == 28  # p g m v read, p m v written
+    assert kr.bytes_per_element("gpugd_optim_sgd_multi_f64") == 40
+    # float16 p, g; float32 m, v; fp32 master read and written; the half p written only
+    assert kr.bytes_per_element("gpugd_optim_adam_multi_f16p_f32s_master") == 2 + 2 + 16 + 8
+    assert kr.bytes_per_element("gpugd_optim_adam_multi_f16p_f32s") == 2 + 2 + 2 + 16
+    assert kr.bytes_per_element("gpugd_reduce_average_f32") is None  # k inputs: per launch
+
+
+# ---- the kernels themselves
+
+# family floors of resident 256-thread blocks per SM on sm_90 (registers within budget)
+_FLOORS = [
+    (r"^gpugd_(vector|dropout|reduce_stats_partial|reduce_average)_", 6),
+    (r"^gpugd_activations_", 4),
+    (r"^gpugd_optim_\w+_(multi|graph)_", 2),
+    (r"^gpugd_optim_\w+_(f32|f64)$", 4),
+    (r"^gpugd_batchnorm_(stats|sums)_partial_|^gpugd_batchnorm_affine_", 2),
+    (r".", 1),
+]
+# streaming kernels: a main loop of mostly 128-bit accesses, and loads in flight per SM
+_STREAMING = re.compile(
+    r"^gpugd_(vector_(axpy|scale|sum_of_squares_partial|scale_sum_of_squares_partial)"
+    r"|activations_(forward|backward)|dropout_apply|reduce_stats_partial"
+    r"|optim_(sgd|adagrad|rmsprop|adam|nadam)(_multi|_graph)?|batchnorm_affine)_(f32|f64)$"
+)
+_PER_CHANNEL = re.compile(r"^gpugd_batchnorm_affine_")
+IN_FLIGHT_PER_SM = 32 * 1024  # bytes of loads in flight an H200 multiprocessor needs
+WIDE_SHARE = 0.75  # of the main loop's bytes, moved in 128-bit accesses (per-channel or
+# per-tensor scalars beside the packs are the rest)
+
+
+@pytest.fixture(scope="module")
+def table():
+    if _TOOLS is not None:
+        pytest.skip(f"static check tools: {_TOOLS}")
+    return kr.report(["sm_80", "sm_90"])
+
+
+@needs_tools
+def test_every_kernel_is_in_the_report(table):
+    from gpugd import _kernels, _nvrtc
+
+    for family, path in _kernels.kernel_sources().items():
+        entries = set(_nvrtc.ptx_entries(_nvrtc.compile_file(path, "compute_90")))
+        for arch in ("sm_80", "sm_90"):
+            got = {k.name for k in table if k.family == family and k.arch == arch}
+            assert got == entries, (family, arch)
+    assert sum(1 for k in table if k.arch == "sm_90") >= 100
+
+
+@needs_tools
+def test_no_spills_and_no_local_memory(table):
+    bad = [
+        f"{k.name} {k.arch}: stack {k.stack} B, spills {k.spill_stores}/{k.spill_loads} B, "
+        f"{k.local_accesses} LDL/STL"
+        for k in table
+        if k.stack or k.spill_stores or k.spill_loads or k.local_accesses
+    ]
+    assert not bad, "\n".join(bad)
+
+
+@needs_tools
+def test_registers_leave_each_family_its_resident_blocks(table):
+    bad = []
+    for k in table:
+        if k.arch != "sm_90":
+            continue
+        floor = next(f for pat, f in _FLOORS if re.search(pat, k.name))
+        if k.blocks_per_sm < floor:
+            bad.append(f"{k.name}: {k.registers} registers → {k.blocks_per_sm} blocks/SM < {floor}")
+    assert not bad, "\n".join(bad)
+
+
+@needs_tools
+def test_streaming_kernels_move_128_bit_packs_with_enough_in_flight(table):
+    streaming = [k for k in table if k.arch == "sm_90" and _STREAMING.match(k.name)]
+    assert len(streaming) >= 38
+    bad = []
+    for k in streaming:
+        lp = k.loop
+        if lp is None:
+            bad.append(f"{k.name}: no main loop found")
+            continue
+        if _PER_CHANNEL.match(k.name):
+            # each item's channel parameters are scalar loads beside its 16-byte packs (L1
+            # hits: C values, not per-element traffic); the elements must move in packs
+            if 16 not in lp.load_widths or lp.store_widths != (16,):
+                bad.append(f"{k.name}: element loads {lp.load_widths}, stores {lp.store_widths}")
+        elif lp.wide_share < WIDE_SHARE:
+            bad.append(
+                f"{k.name}: main loop moves {lp.wide_share:.0%} of its bytes in 128-bit "
+                f"accesses (loads {lp.load_widths} B, stores {lp.store_widths} B)"
+            )
+        if k.in_flight_per_sm < IN_FLIGHT_PER_SM:
+            bad.append(
+                f"{k.name}: {lp.in_flight} B in flight per thread × {k.blocks_per_sm} blocks "
+                f"= {k.in_flight_per_sm // 1024} KB per SM < {IN_FLIGHT_PER_SM // 1024}"
+            )
+    assert not bad, "\n".join(bad)
+
+
+@needs_tools
+def test_average_has_a_128_bit_loop_per_input_count(table):
+    """average_ has a loop per input count k = 1..4 (addresses in registers) and one for any
+    k (addresses re-read per item, so one load waits on another: 8 B in flight): no single
+    main loop. Each k = 1..4 has an unrolled 128-bit pack loop with enough in flight (the
+    packs left after it go one at a time)."""
+    for k in table:
+        if k.arch != "sm_90" or not k.name.startswith("gpugd_reduce_average_"):
+            continue
+        fast = [
+            lp
+            for lp in k.loops
+            if lp.wide_share == 1.0
+            and lp.store_bytes
+            and lp.in_flight * kr.THREADS * k.blocks_per_sm >= IN_FLIGHT_PER_SM
+        ]
+        assert len(fast) >= 4, (k.name, k.loops)
+
+
+@needs_tools
+def test_gpugd_info_kernels_prints_the_table(capsys):
+    from gpugd import cli
+
+    assert cli.main(["info", "--kernels", "--family", "vector"]) == 0
+    out = capsys.readouterr().out
+    assert "ptxas:" in out and "blk/SM" in out
+    assert re.search(r"^gpugd_vector_axpy_f32\s+sm_90\s+\d+\s+0\s+0\s", out, re.M)
+    with pytest.raises(SystemExit, match="--family: expected one of"):
+        cli.main(["info", "--kernels", "--family", "nope"])
