@@ -230,6 +230,17 @@ def test_average_has_a_128_bit_loop_per_input_count(table):
 
 
 @needs_tools
+def test_the_committed_h200_prediction_is_the_kernels_own(table):
+    """benchmarks/predicted-h200.md is what `python -m benchmarks.gpu_model` writes for the
+    kernels as they are: a kernel change without the table rewritten fails here."""
+    from benchmarks import gpu_model
+
+    assert gpu_model.TABLE.read_text() == gpu_model.render(), (
+        "benchmarks/predicted-h200.md is stale: run `python -m benchmarks.gpu_model`"
+    )
+
+
+@needs_tools
 def test_gpugd_info_kernels_prints_the_table(capsys):
     from gpugd import cli
 
