@@ -34,7 +34,7 @@ echo "== gpugd info"
 python3 -m gpugd.cli info | tee "$dest/gpu-info-$stamp.txt" || status=1
 
 echo "== GPU tests (must run, not skip; at most ${TESTS_S:-240} s)"
-timeout "${TESTS_S:-240}" python3 -m pytest -q -m cuda -rs -p no:cacheprovider tests 2>&1 \
+GPUGD_EMULATE=0 timeout "${TESTS_S:-240}" python3 -m pytest -q -m cuda -rs -p no:cacheprovider tests 2>&1 \
   | tee "$dest/gpu-tests-$stamp.txt"
 rc=${PIPESTATUS[0]}
 echo

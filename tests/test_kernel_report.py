@@ -14,12 +14,11 @@ import re
 
 import pytest
 
+from gpugd import _nvrtc
 from gpugd import kernel_report as kr
 
 try:
     kr.ptxas(), kr.cuobjdump()
-    from gpugd import _nvrtc
-
     _nvrtc.nvrtc_version()
     _TOOLS = None
 except (kr.ToolUnavailableError, _nvrtc.NvrtcUnavailableError) as exc:  # pragma: no cover
