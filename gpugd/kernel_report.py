@@ -17,13 +17,15 @@ kernel the report gives what decides its speed before it ever runs:
 The tools come from the ``nvidia-cuda-nvcc-cu12`` (ptxas) and ``nvidia-cuda-cuobjdump`` +
 ``nvidia-cuda-nvdisasm`` wheels of the ``test`` extra, else from ``$GPUGD_PTXAS`` /
 ``$GPUGD_CUOBJDUMP``, else from ``PATH``. Results are cached on disk by a hash of the
-source, the architecture and the tools (``$GPUGD_KERNEL_REPORT_CACHE``, default
-``~/.cache/gpugd-kernel-report``). ``gpugd info --kernels`` prints the table.
+source, the architecture, NVRTC's options and the tools' ``--version`` output
+(``$GPUGD_KERNEL_REPORT_CACHE``, default ``~/.cache/gpugd-kernel-report``).
+``gpugd info --kernels`` prints the table.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -57,23 +59,51 @@ class Arch:
     smem_per_sm: int = 233472  # bytes usable by blocks (228 KiB on sm_90)
     smem_reserved: int = 1024  # per block, reserved by the system
     smem_unit: int = 128
+    smem_per_block: int = 232448  # the most one block may use (227 KiB on sm_90, opt-in)
 
 
 ARCHS = {
-    "sm_80": Arch("sm_80", "A100", sms=108, smem_per_sm=167936),
+    "sm_80": Arch("sm_80", "A100", sms=108, smem_per_sm=167936, smem_per_block=166912),
     "sm_90": Arch("sm_90", "H100/H200", sms=132),
 }
 
 
+def _count(name: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name}: expected {lo}..{hi}, got {value}")
+    return value
+
+
 def blocks_per_sm(arch: Arch, registers: int, smem: int, threads: int = THREADS) -> int:
     """Resident blocks per multiprocessor for a kernel of ``registers`` per thread and
-    ``smem`` bytes of static shared memory, launched with ``threads`` per block:
-    min over the warp, block, register and shared-memory limits."""
+    ``smem`` bytes of shared memory (static + dynamic), launched with ``threads`` per block,
+    as ``cudaOccupancy.h`` computes it: min over
+
+    - warps: max_warps // w, with w = ceil(threads / 32);
+    - registers: r = ceil(registers·32 / reg_unit)·reg_unit per warp, allocated within each
+      of the 4 sub-partitions: ((regs_per_sm / 4) // r)·4 // w (0 if r·roundup(w, 4) or
+      r·w exceeds the 64 K a block may hold);
+    - shared memory: smem_per_sm // roundup(smem + 1 KiB reserved, 128) (0 above the most
+      one block may use);
+    - blocks: max_blocks."""
+    if not isinstance(arch, Arch):
+        raise TypeError(f"arch: expected a kernel_report.Arch, got {type(arch).__name__}")
+    registers = _count("registers", registers, 0, 255)
+    smem = _count("smem", smem, 0, 1 << 40)
+    threads = _count("threads", threads, 1, 1024)
     warps = -(-threads // 32)
     by_warps = arch.max_warps // warps
     regs_per_warp = -(-max(registers, 1) * 32 // arch.reg_unit) * arch.reg_unit
+    per_block_limit = arch.regs_per_sm  # regsPerBlock: 64 K on sm_80 and sm_90
+    assumed = regs_per_warp * -(-warps // arch.subpartitions) * arch.subpartitions
+    if max(assumed, regs_per_warp * warps) > per_block_limit:
+        return 0
     warps_per_sub = (arch.regs_per_sm // arch.subpartitions) // regs_per_warp
     by_regs = (warps_per_sub * arch.subpartitions) // warps
+    if smem > arch.smem_per_block:
+        return 0
     need = -(-(smem + arch.smem_reserved) // arch.smem_unit) * arch.smem_unit
     by_smem = arch.smem_per_sm // need
     return max(0, min(arch.max_blocks, by_warps, by_regs, by_smem))
@@ -257,9 +287,16 @@ def cuobjdump() -> Path:
     )
 
 
-def _version(tool: Path) -> str:
+@functools.cache
+def _version_text(tool: Path) -> str:
+    """All of ``tool --version``'s output (cached per path for the process)."""
     out = subprocess.run([str(tool), "--version"], capture_output=True, text=True)
-    lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
+    return (out.stdout + out.stderr).strip()
+
+
+def _version(tool: Path) -> str:
+    """The last line of ``tool --version`` (its build), or "unknown"."""
+    lines = [ln for ln in _version_text(tool).splitlines() if ln.strip()]
     return lines[-1] if lines else "unknown"
 
 
@@ -271,35 +308,52 @@ def tool_versions() -> dict[str, str]:
     }
 
 
+def cache_key(source: str, arch: str, px: Path, cx: Path | None) -> str:
+    """The report cache's key: the source, the architecture, NVRTC's options and what the
+    tools say they are (``ptxas --version``, ``cuobjdump --version``; not where they are),
+    so an upgraded tool at the same path recompiles and a copy elsewhere reuses the cache.
+    ``cx`` None: a ptxas-only report (no SASS)."""
+    tools = [_version_text(px), _version_text(cx) if cx is not None else "no-sass"]
+    parts = [source, arch, *NVRTC_OPTIONS, *tools, "v2"]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
 # ---- parsing ptxas -v and the SASS
 
-_FUNC = re.compile(r"Function properties for (\w+)")
+_ENTRY = re.compile(r"Compiling entry function '(\w+)'")
+_PROPS = re.compile(r"Function properties for (\w+)")
 _STACK = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
 
 
 def parse_ptxas(log: str) -> dict[str, dict[str, int]]:
-    """Per kernel: registers, stack, spill_stores, spill_loads, smem (from ``ptxas -v``)."""
-    out: dict[str, dict[str, int]] = {}
-    entry = None
+    """Per entry kernel: registers, stack, spill_stores, spill_loads, smem (``ptxas -v``).
+
+    A "Function properties for F" block (its stack and spill line) belongs to F, which may be
+    a non-inlined callee printed inside or between entries: it is kept apart and only an
+    entry's own block gives the entry's figures. "Used N registers" belongs to the entry
+    whose "Compiling entry function" came last."""
+    entries: dict[str, dict[str, int]] = {}
+    props: dict[str, dict[str, int]] = {}
+    entry = block = None
     for line in log.splitlines():
-        m = re.search(r"Compiling entry function '(\w+)'", line)
-        if m:
-            entry = m[1]
-            out[entry] = {"registers": 0, "stack": 0, "spill_stores": 0, "spill_loads": 0}
-            out[entry]["smem"] = 0
-            continue
-        if entry is None:
-            continue
-        m = _STACK.search(line)
-        if m:
-            out[entry].update(stack=int(m[1]), spill_stores=int(m[2]), spill_loads=int(m[3]))
-        m = re.search(r"Used (\d+) registers", line)
-        if m:
-            out[entry]["registers"] = int(m[1])
+        if m := _ENTRY.search(line):
+            entry = block = m[1]
+            entries[entry] = {"registers": 0, "smem": 0}
+        elif m := _PROPS.search(line):
+            block = m[1]
+        elif (m := _STACK.search(line)) and block is not None:
+            props[block] = {"stack": int(m[1]), "spill_stores": int(m[2])}
+            props[block]["spill_loads"] = int(m[3])
+        elif (m := _USED.search(line)) and entry is not None:
             s = _SMEM.search(line)
-            out[entry]["smem"] = int(s[1]) if s else 0
-    return out
+            entries[entry].update(registers=int(m[1]), smem=int(s[1]) if s else 0)
+    zero = {"stack": 0, "spill_stores": 0, "spill_loads": 0}
+    return {
+        name: {"registers": e["registers"], **props.get(name, zero), "smem": e["smem"]}
+        for name, e in entries.items()
+    }
 
 
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P[T\d]+\s+)?([A-Z][A-Z0-9_.]*)\s*([^;]*);")
@@ -314,12 +368,14 @@ def _width(op: str) -> int:
     return 4
 
 
-def _regs(text: str) -> set[int]:
+def _regs(text: str, pair: bool = False) -> set[int]:
+    """The registers an operand text names; ``R4.64`` (or any ``Rn`` with ``pair``) is the
+    pair n, n + 1."""
     regs = set()
     for m in _REG.finditer(text):
         r = int(m[1])
         regs.add(r)
-        if m[0].endswith(".64"):
+        if pair or m[0].endswith(".64"):
             regs.add(r + 1)
     return regs
 
@@ -333,6 +389,42 @@ class _Insn:
     @property
     def base(self) -> str:
         return self.op.split(".")[0]
+
+
+_DOUBLE_OPS = {"DADD", "DMUL", "DFMA", "DSETP", "DSET", "DMNMX", "DMMA"}  # Rn means Rn:Rn+1
+_WIDE_TYPES = {"F64", "S64", "U64"}
+_TYPES = _WIDE_TYPES | {"F32", "F16", "S32", "U32", "S16", "U16"}
+_CONVERT_OPS = {"F2F", "I2F", "F2I", "I2I"}
+_MEMORY_OPS = {"STG", "ST", "RED", "ATOMG", "ATOM"}
+
+
+def _span(text: str, n: int) -> set[int]:
+    """The registers of an operand, each register ``Rk`` taken as Rk … Rk + n - 1."""
+    return {r + j for r in _regs(text) for j in range(n)}
+
+
+def _operand_regs(i: _Insn) -> set[int]:
+    """Every register instruction ``i`` reads or writes, 64-bit operands as pairs: all of a
+    double-precision op's (DADD R10, R4, R6 is R10:R11 = R4:R5 + R6:R7); IMAD.WIDE's
+    destination and addend; a conversion's side whose type is 64-bit (F2F.F64.F32: the
+    destination; one 64-bit type alone: both sides); a store's, RED's or ATOM's address
+    (``[R2.64]``) and its data registers, as many as its width (STG.E.128 R4: R4…R7)."""
+    ops = i.args.split(",")
+    mods = set(i.op.split(".")[1:])
+    if i.base in _MEMORY_OPS:
+        n = max(_width(i.op), 8 if mods & _WIDE_TYPES else 4) // 4
+        return {r for o in ops for r in (_regs(o) if "[" in o else _span(o, n))}
+    wide: set[int] = set()
+    if i.base in _DOUBLE_OPS:
+        wide = set(range(len(ops)))
+    elif i.base == "IMAD" and "WIDE" in mods:
+        wide = {0, 3}
+    elif i.base in _CONVERT_OPS and mods & _WIDE_TYPES:
+        types = [m for m in i.op.split(".")[1:] if m in _TYPES]
+        wide = set(range(len(ops)))
+        if len(types) >= 2:  # destination type, then source type
+            wide = {k for k in wide if types[min(k, 1)] in _WIDE_TYPES}
+    return {r for k, o in enumerate(ops) for r in _regs(o, pair=k in wide)}
 
 
 def parse_sass(text: str) -> dict[str, list[_Insn]]:
@@ -359,26 +451,23 @@ def _is_global_store(i: _Insn) -> bool:
 
 
 def _in_flight(body: list[_Insn]) -> int:
-    """Bytes of global loads issued before the first instruction reading a loaded register."""
+    """Bytes of global loads issued before the first instruction that touches a register a
+    load is still filling: reads it (as data or as an address, of a store, RED or ATOM
+    too), or writes it (the write waits for the load); 64-bit operands count as pairs."""
     pending: set[int] = set()
     total = 0
     for i in body:
         if _is_global_load(i):
             dest, _, addr = i.args.partition(",")
-            if pending & _regs(addr):
-                return total
             w = _width(i.op)
             first = _regs(dest)
-            total += w
-            pending |= {r for f in first for r in range(f, f + max(1, w // 4))}
-        elif pending:
-            if i.base in ("STG", "ST"):
-                srcs = _regs(i.args)
-            else:
-                _, _, srcs_text = i.args.partition(",")
-                srcs = _regs(srcs_text)
-            if pending & srcs:
+            filled = {r for f in first for r in range(f, f + max(1, w // 4))}
+            if pending & (_regs(addr) | filled):
                 return total
+            total += w
+            pending |= filled
+        elif pending & _operand_regs(i):
+            return total
     return total
 
 
@@ -482,15 +571,17 @@ def _run(cmd: list[str], what: str, env: dict | None = None) -> subprocess.Compl
     return r
 
 
-def source_report(source: str, family: str, arch: str = "sm_90") -> list[KernelStats]:
-    """The figures of every kernel in ``source`` (a resolved kernels/*.cu text) for ``arch``."""
+def source_report(
+    source: str, family: str, arch: str = "sm_90", *, sass: bool = True
+) -> list[KernelStats]:
+    """The figures of every kernel in ``source`` (a resolved kernels/*.cu text) for ``arch``.
+    ``sass=False``: ptxas's figures only (registers, stack, spills, shared memory; no
+    accesses, no loops), without cuobjdump/nvdisasm."""
     if arch not in ARCHS:
         raise ValueError(f"arch: expected one of {sorted(ARCHS)}, got {arch!r}")
-    px, cx = ptxas(), cuobjdump()
-    key = hashlib.sha256(
-        "\0".join([source, arch, *NVRTC_OPTIONS, str(px), str(cx), "v1"]).encode()
-    ).hexdigest()[:20]
-    cached = _cache_dir() / f"{family}-{arch}-{key}.json"
+    px = ptxas()
+    cx = cuobjdump() if sass else None
+    cached = _cache_dir() / f"{family}-{arch}-{cache_key(source, arch, px, cx)}.json"
     if cached.is_file():
         raw = json.loads(cached.read_text())
     else:
@@ -503,10 +594,12 @@ def source_report(source: str, family: str, arch: str = "sm_90") -> list[KernelS
             log = _run(
                 [str(px), f"-arch={arch}", "-v", "-o", str(cubin), str(ptx_path)], f"ptxas {family}"
             ).stderr
-            env = dict(os.environ)
-            env["PATH"] = f"{cx.parent}{os.pathsep}{env.get('PATH', '')}"
-            sass = _run([str(cx), "-sass", str(cubin)], f"cuobjdump {family}", env).stdout
-        raw = {"ptxas": parse_ptxas(log), "sass": sass}
+            listing = ""
+            if cx is not None:
+                env = dict(os.environ)
+                env["PATH"] = f"{cx.parent}{os.pathsep}{env.get('PATH', '')}"
+                listing = _run([str(cx), "-sass", str(cubin)], f"cuobjdump {family}", env).stdout
+        raw = {"log": log, "sass": listing}
         cached.parent.mkdir(parents=True, exist_ok=True)
         fd, staged = tempfile.mkstemp(dir=cached.parent, suffix=".part")
         with os.fdopen(fd, "w") as f:
@@ -515,7 +608,7 @@ def source_report(source: str, family: str, arch: str = "sm_90") -> list[KernelS
     funcs = parse_sass(raw["sass"])
     return [
         _kernel_stats(name, family, arch, info, funcs.get(name, []))
-        for name, info in sorted(raw["ptxas"].items())
+        for name, info in sorted(parse_ptxas(raw["log"]).items())
     ]
 
 

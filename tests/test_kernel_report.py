@@ -42,6 +42,37 @@ def test_occupancy_rule_matches_the_cuda_calculator():
     assert kr.blocks_per_sm(a, 16, 0, threads=1024) == 2  # the 64-warp limit
     assert kr.blocks_per_sm(a, 16, 48 * 1024) == 4  # 49 KiB per block of 228 KiB
     assert kr.blocks_per_sm(kr.ARCHS["sm_80"], 16, 48 * 1024) == 3  # of 164 KiB
+    # the sub-partition rule: 40 registers × 32 = 1280 per warp; 16384 // 1280 = 12 warps in
+    # each of 4 sub-partitions, 48 warps = 24 blocks of 2 warps (the whole file, 65536 //
+    # 1280 = 51 warps, would give 25)
+    assert kr.blocks_per_sm(a, 40, 0, threads=64) == 24
+    # the 1 KiB reserved per block: (57600 + 1024) rounded to 128 = 58624 B; 233472 // 58624
+    # = 3 blocks (without the reservation, 233472 // 57600 = 4)
+    assert kr.blocks_per_sm(a, 16, 57600) == 3
+    assert kr.blocks_per_sm(a, 16, 227 * 1024) == 1  # the most one block may use
+    assert kr.blocks_per_sm(a, 16, 227 * 1024 + 1) == 0
+    assert kr.blocks_per_sm(a, 255, 0, threads=1024) == 0  # 255 × 1024 > 64 K per block
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [
+        (("sm_90", 32, 0), TypeError, "arch: expected a kernel_report.Arch"),
+        ((None, 32.0, 0), TypeError, "registers: expected an int, got float"),
+        ((None, True, 0), TypeError, "registers: expected an int, got bool"),
+        ((None, 256, 0), ValueError, r"registers: expected 0\.\.255, got 256"),
+        ((None, -1, 0), ValueError, "registers: expected 0"),
+        ((None, 32, "0"), TypeError, "smem: expected an int, got str"),
+        ((None, 32, -4), ValueError, "smem: expected 0"),
+        ((None, 32, 0, 0), ValueError, r"threads: expected 1\.\.1024, got 0"),
+        ((None, 32, 0, 2048), ValueError, "threads: expected 1"),
+        ((None, 32, 0, 256.0), TypeError, "threads: expected an int, got float"),
+    ],
+)
+def test_occupancy_rule_refuses_bad_arguments(args, error, match):
+    arch, *rest = args
+    with pytest.raises(error, match=match):
+        kr.blocks_per_sm(kr.ARCHS["sm_90"] if arch is None else arch, *rest)
 
 
 _SASS = """
@@ -65,6 +96,53 @@ _SASS = """
         /*0040*/                   STG.E.64 desc[UR4][R2.64], R10 ;
         /*0050*/                   BRA 0x0 ;
 """
+
+
+# loads waited on by instructions that name only part of the loaded registers
+_SASS_PAIRS = """
+        Function : k_double
+        /*0000*/                   LDG.E.64 R8, desc[UR4][R2.64] ;
+        /*0010*/                   LDG.E R5, desc[UR4][R2.64+0x10] ;
+        /*0020*/                   DADD R10, R4, R6 ;
+        /*0030*/                   LDG.E.64 R12, desc[UR4][R2.64+0x20] ;
+        /*0040*/                   STG.E.64 desc[UR4][R2.64], R10 ;
+        /*0050*/               @P0 BRA 0x0 ;
+        Function : k_dwrite
+        /*0000*/                   LDG.E R11, desc[UR4][R2.64] ;
+        /*0010*/                   DMUL R10, R6, R6 ;
+        /*0020*/                   LDG.E.64 R12, desc[UR4][R2.64+0x10] ;
+        /*0030*/                   STG.E.64 desc[UR4][R2.64], R10 ;
+        /*0040*/               @P0 BRA 0x0 ;
+        Function : k_red
+        /*0000*/                   LDG.E.64 R6, desc[UR4][R2.64] ;
+        /*0010*/                   LDG.E R9, desc[UR4][R2.64+0x10] ;
+        /*0020*/                   RED.E.ADD.F32.FTZ.RN.STRONG.GPU desc[UR4][R6.64], R0 ;
+        /*0030*/                   LDG.E R10, desc[UR4][R2.64+0x20] ;
+        /*0040*/               @P0 BRA 0x0 ;
+        Function : k_atom
+        /*0000*/                   LDG.E R13, desc[UR4][R2.64] ;
+        /*0010*/                   ATOMG.E.ADD.F64.RN.STRONG.GPU PT, R0, desc[UR4][R4.64], R12 ;
+        /*0020*/                   LDG.E.128 R16, desc[UR4][R2.64+0x10] ;
+        /*0030*/               @P0 BRA 0x0 ;
+        Function : k_stg_wide
+        /*0000*/                   LDG.E R6, desc[UR4][R2.64] ;
+        /*0010*/                   LDG.E R9, desc[UR4][R2.64+0x10] ;
+        /*0020*/                   STG.E.128 desc[UR4][R14.64], R4 ;
+        /*0030*/                   LDG.E R10, desc[UR4][R2.64+0x20] ;
+        /*0040*/               @P0 BRA 0x0 ;
+"""
+
+
+def test_in_flight_counts_64_bit_pairs_and_red_atom_addresses():
+    """DADD R10, R4, R6 reads R4:R5 (R5 still loading: 8 + 4 B in flight, not 20); DMUL
+    writes R10:R11 (R11 loading: 4 B); RED's address R6.64 is a loaded pair; a 64-bit ATOM's
+    data R12 is R12:R13; STG.E.128 R4 reads R4…R7."""
+    funcs = kr.parse_sass(_SASS_PAIRS)
+    got = {name: kr.main_loop(body).in_flight for name, body in funcs.items()}
+    assert got == {"k_double": 12, "k_dwrite": 4, "k_red": 12, "k_atom": 4, "k_stg_wide": 8}
+    insn = kr._Insn(0, "F2F.F64.F32", "R4, R9")
+    assert kr._operand_regs(insn) == {4, 5, 9}
+    assert kr._operand_regs(kr._Insn(0, "IMAD.WIDE", "R2, R7, 0x4, R2")) == {2, 3, 7}
 
 
 def test_sass_parser_finds_the_main_loop_widths_and_loads_in_flight():
@@ -104,6 +182,52 @@ ptxas info    : Used 18 registers"""
         "gpugd_a": {"registers": 40, "stack": 8, "spill_stores": 4, "spill_loads": 4, "smem": 256},
         "gpugd_b": {"registers": 18, "stack": 0, "spill_stores": 0, "spill_loads": 0, "smem": 0},
     }
+
+
+def test_ptxas_log_parser_keeps_a_callees_block_apart():
+    """A non-inlined callee's "Function properties" block, printed after its entry's own
+    and before the entry's "Used" line (and one before any entry), gives the entry none of
+    its stack or spills."""
+    log = """ptxas info    : 0 bytes gmem
+ptxas info    : Function properties for _Z6helperPKdi
+    24 bytes stack frame, 16 bytes spill stores, 16 bytes spill loads
+ptxas info    : Compiling entry function 'gpugd_a' for 'sm_90'
+ptxas info    : Function properties for gpugd_a
+    8 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Function properties for _Z4walkPfl
+    48 bytes stack frame, 40 bytes spill stores, 40 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 256 bytes smem
+ptxas info    : Compiling entry function 'gpugd_b' for 'sm_90'
+ptxas info    : Function properties for gpugd_b
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 18 registers"""
+    assert kr.parse_ptxas(log) == {
+        "gpugd_a": {"registers": 40, "stack": 8, "spill_stores": 0, "spill_loads": 0, "smem": 256},
+        "gpugd_b": {"registers": 18, "stack": 0, "spill_stores": 0, "spill_loads": 0, "smem": 0},
+    }
+
+
+def test_cache_key_is_the_tools_versions_not_their_paths(tmp_path):
+    """Two copies of one tool at different paths share a key; a new version at the same
+    path (an upgrade in place) does not."""
+
+    def tool(name: str, version: str):
+        p = tmp_path / name
+        p.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {version}'\n")
+        p.chmod(0o755)
+        return p
+
+    kr._version_text.cache_clear()
+    a, b, c = tool("a", "12.9"), tool("b", "12.9"), tool("c", "12.9")
+    key = kr.cache_key("src", "sm_90", a, c)
+    assert kr.cache_key("src", "sm_90", b, c) == key
+    assert kr.cache_key("src", "sm_80", a, c) != key
+    assert kr.cache_key("src2", "sm_90", a, c) != key
+    assert kr.cache_key("src", "sm_90", a, None) != key  # ptxas only
+    tool("b", "13.0")
+    kr._version_text.cache_clear()
+    assert kr.cache_key("src", "sm_90", b, c) != key
+    kr._version_text.cache_clear()
 
 
 def test_bytes_per_element_of_the_default_configurations():
