@@ -112,15 +112,28 @@ def _world_size() -> int:
 
 
 def _ints(text: str) -> tuple[int, ...]:
+    """``--hidden``: comma-separated widths ≥ 1; an empty item (``64,,64``) is refused."""
+    items = text.replace(" ", "").split(",")
     try:
-        out = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+        out = tuple(int(t) for t in items)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated layer widths such as 64,64, got {text!r}"
         ) from None
-    if not out or min(out) < 1:
+    if min(out) < 1:
         raise argparse.ArgumentTypeError(f"expected widths ≥ 1, got {text!r}")
     return out
+
+
+def _positive_int(text: str) -> int:
+    """An integer ≥ 1 (``--epochs 0`` is refused, not read as the default)."""
+    try:
+        val = int(text)
+    except ValueError:
+        val = 0
+    if val < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+    return val
 
 
 def _add_train_args(t: argparse.ArgumentParser) -> None:
@@ -142,12 +155,17 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
     )
     t.add_argument(
         "--n-samples",
-        type=int,
+        type=_positive_int,
         default=d.n_samples,
         help="examples to generate (embedded data sets)",
     )
     t.add_argument("--noise", type=float, default=d.noise, help="noise of the generator")
-    t.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        default=d.val_fraction,
+        help="share of the examples held out for validation, in [0, 1)",
+    )
     t.add_argument(
         "--no-standardize",
         dest="standardize",
@@ -155,14 +173,20 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
         help="keep the features as they are (default: train-set mean 0, std 1)",
     )
     t.add_argument("--hidden", type=_ints, default=d.hidden, help="hidden widths, e.g. 64,64")
-    t.add_argument("--activation", choices=ACTIVATIONS, default=d.activation)
-    t.add_argument("--init", choices=INITIALIZERS, default=d.init)
-    t.add_argument("--batch-norm", action="store_true")
+    t.add_argument(
+        "--activation", choices=ACTIVATIONS, default=d.activation, help="hidden activation"
+    )
+    t.add_argument("--init", choices=INITIALIZERS, default=d.init, help="weight initialization")
+    t.add_argument(
+        "--batch-norm", action="store_true", help="batch normalization after each hidden Dense"
+    )
     t.add_argument("--dropout", type=float, default=d.dropout, help="drop probability")
     t.add_argument(
         "--residual", action="store_true", help="x + layer(x) around hidden layers of equal width"
     )
-    t.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default=d.optimizer)
+    t.add_argument(
+        "--optimizer", choices=tuple(OPTIMIZERS), default=d.optimizer, help="gpugd.optim class"
+    )
     t.add_argument(
         "--lr",
         type=float,
@@ -171,7 +195,12 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--momentum", type=float, default=d.momentum, help="sgd, rmsprop")
     t.add_argument("--nesterov", action="store_true", help="sgd with momentum")
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument(
+        "--weight-decay",
+        type=float,
+        default=d.weight_decay,
+        help="the optimizer's weight_decay (L2 in the gradient; decoupled for adamw)",
+    )
     t.add_argument(
         "--schedule",
         choices=SCHEDULES,
@@ -184,11 +213,13 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
         default=d.gd,
         help="batch: whole training set per step; sgd: one example; minibatch",
     )
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--epochs", type=int, default=None, help="default 50 (vanishing: 100)")
+    t.add_argument(
+        "--batch-size", type=_positive_int, default=d.batch_size, help="with --gd minibatch"
+    )
+    t.add_argument("--epochs", type=_positive_int, default=None, help="default 50 (vanishing: 100)")
     t.add_argument(
         "--patience",
-        type=int,
+        type=_positive_int,
         default=None,
         help="early stopping after this many epochs without a better val loss",
     )
@@ -200,13 +231,15 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--max-grad-norm", type=float, default=None, help="global-norm clipping")
     t.add_argument("--clip-value", type=float, default=None, help="elementwise clipping")
-    t.add_argument("--l1", type=float, default=d.l1)
-    t.add_argument("--l2", type=float, default=d.l2)
+    t.add_argument("--l1", type=float, default=d.l1, help="L1 penalty on Dense weights")
+    t.add_argument("--l2", type=float, default=d.l2, help="L2 penalty on Dense weights")
     t.add_argument("--seed", type=int, default=None, help="default 0 (vanishing: 42)")
-    t.add_argument("--dtype", choices=("float32", "float64"), default=d.dtype)
+    t.add_argument(
+        "--dtype", choices=("float32", "float64"), default=d.dtype, help="parameter dtype"
+    )
     t.add_argument(
         "--monitor-every",
-        type=int,
+        type=_positive_int,
         default=d.monitor_every,
         help="record gradient health every k-th step",
     )
@@ -222,7 +255,12 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
         help="where checkpoints, metrics and plots go (default runs/<time>)",
     )
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    t.add_argument("--no-plots", dest="plots", action="store_false")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a --run-dir that holds a previous run (its files are replaced)",
+    )
+    t.add_argument("--no-plots", dest="plots", action="store_false", help="write no PNG plots")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -239,14 +277,22 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume and args.run_dir is None:
         print("gpugd train: --resume needs --run-dir (the run to continue)", file=sys.stderr)
         return 2
+    if args.resume and args.overwrite:
+        print("gpugd train: --resume and --overwrite exclude each other", file=sys.stderr)
+        return 2
     run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        print(
+            f"gpugd train: --run-dir: expected a directory, {run_dir!r} is a file", file=sys.stderr
+        )
+        return 2
     progress = None if args.quiet else sys.stderr
     if args.preset == "vanishing":
         from . import vanishing
 
         try:
             res = vanishing.experiment(
-                epochs=args.epochs or 100,
+                epochs=100 if args.epochs is None else args.epochs,
                 seed=42 if args.seed is None else args.seed,
                 backend=be.name,
                 dtype=args.dtype,
@@ -282,7 +328,7 @@ def _train(args: argparse.Namespace) -> int:
         schedule=args.schedule,
         gd=args.gd,
         batch_size=args.batch_size,
-        epochs=args.epochs or 50,
+        epochs=50 if args.epochs is None else args.epochs,
         patience=args.patience,
         restore_best=args.restore_best,
         max_grad_norm=args.max_grad_norm,
@@ -303,14 +349,31 @@ def _train(args: argparse.Namespace) -> int:
             cfg,
             run_dir,
             resume=args.resume,
+            overwrite=args.overwrite,
             backend=be.name,
             progress=progress,
             comm=comm,
             plots=args.plots,
         )
+    except tr.RunDirError as exc:
+        if exc.found:
+            exc = ValueError(
+                f"--run-dir {run_dir} already holds a run ({', '.join(exc.found)}): add "
+                "--resume to continue it, or --overwrite to start over"
+            )
+        print(f"gpugd train: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError) as exc:  # bad configuration, data or checkpoint
         print(f"gpugd train: {exc}", file=sys.stderr)
         return 2
+    except tr.TrainingInterrupted as exc:
+        where = (
+            f"; {exc.run_dir} holds epoch {exc.epoch}: continue it with the same flags and --resume"
+            if exc.run_dir is not None and exc.epoch
+            else ""
+        )
+        print(f"gpugd train: interrupted{where}", file=sys.stderr)
+        return 130
     if comm is None or comm.rank == 0:
         print(tr.summary_table(res))
         if args.plots and not res.get("plots"):
@@ -342,16 +405,27 @@ def _kernel_table(args: Any) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="gpugd", description=__doc__)
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The ``gpugd`` parser and its commands' parsers; none accepts abbreviated flags
+    (``--epoch`` is not ``--epochs``)."""
+    p = argparse.ArgumentParser(prog="gpugd", description=__doc__, allow_abbrev=False)
     p.add_argument("--version", action="version", version=f"gpugd {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", metavar="{train,bench,info}")
     t = sub.add_parser(
-        "train", help="train an MLP on gpugd's kernels (default: two moons, under a minute)"
+        "train",
+        help="train an MLP on gpugd's kernels (default: two moons, under a minute)",
+        description="Train an MLP on gpugd's kernels; writes checkpoints, metrics.json, "
+        "gradients.csv and plots into --run-dir. Ctrl-C stops after the last whole "
+        "checkpoint (exit 130); --resume continues.",
+        allow_abbrev=False,
     )
     _add_train_args(t)
     i = sub.add_parser(
-        "info", help="backend, device, versions, threads, NVRTC and MPI availability"
+        "info",
+        help="backend, device, versions, threads, NVRTC and MPI availability",
+        description="What gpugd sees: backend, device, versions, threads, NVRTC, MPI; "
+        "--kernels: the static table of the CUDA kernels.",
+        allow_abbrev=False,
     )
     i.add_argument(
         "--kernels",
@@ -369,7 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         "--family", action="append", help="with --kernels: kernels/<FAMILY>.cu only (repeatable)"
     )
     i.add_argument("--json", metavar="PATH", help="with --kernels: also write the rows as JSON")
-    b = sub.add_parser("bench", help="kernel throughput against the measured bandwidth ceilings")
+    b = sub.add_parser(
+        "bench",
+        help="kernel throughput against the measured bandwidth ceilings",
+        description="Kernel throughput against ceilings measured in the same run, peers "
+        "beside; one table per suite (methodology: benchmarks/README.md).",
+        allow_abbrev=False,
+    )
     b.add_argument(
         "--backend",
         choices=("auto", "cpu", "cuda"),
@@ -377,25 +457,39 @@ def main(argv: list[str] | None = None) -> int:
         help=f"default: ${BACKEND_ENV} or auto",
     )
     b.add_argument("--suite", default="all", help="suite to run (default all)")
-    b.add_argument("--quick", action="store_true", help="fewer repeats and dtypes (under a minute)")
+    b.add_argument("--quick", action="store_true", help="fewer repeats and dtypes (a few minutes)")
     b.add_argument(
         "--numel",
-        type=int,
+        type=_positive_int,
         default=None,
         help="elements per array (default 2^25 on the CPU, 2^28 on the GPU)",
     )
     b.add_argument("--json", metavar="PATH", default=None, help="write rows as JSON to PATH")
-    args: Any = p.parse_args(argv)
-    if args.command == "info":
-        if args.kernels:
-            return _kernel_table(args)
-        if args.arch or args.family or args.json:
-            p.error("info: --arch, --family and --json go with --kernels")
-        print("\n".join(info_lines()))
-        return 0
-    if args.command == "train":
-        return _train(args)
-    return _bench(args)
+    return p, {"train": t, "info": i, "bench": b}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``gpugd ...``: the exit status (0 ok, 2 bad input, 130 interrupted by Ctrl-C)."""
+    p, commands = _parser()
+    args, extra = p.parse_known_args(argv)
+    if extra:  # named before "missing command": gpugd --nope is about --nope
+        commands.get(args.command, p).error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command is None:
+        p.error("expected a command: train, bench or info (gpugd COMMAND --help)")
+    try:
+        if args.command == "info":
+            if args.kernels:
+                return _kernel_table(args)
+            if args.arch or args.family or args.json:
+                commands["info"].error("--arch, --family and --json go with --kernels")
+            print("\n".join(info_lines()))
+            return 0
+        if args.command == "train":
+            return _train(args)
+        return _bench(args)
+    except KeyboardInterrupt:
+        print(f"gpugd {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -17,13 +17,16 @@ every rank takes its share of each mini-batch and the gradients are averaged
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -68,8 +71,73 @@ _LOOP_STATE = (
 )
 
 
+SHOW_FLAGS = 3  # monitor flags the summary table lists
+KEEP_FLAGS = 10_000  # monitor flags kept in metrics.json and trainer.npz (the rest counted)
+# the files a run writes into its directory (what --overwrite replaces)
+RUN_FILES = ("checkpoint.npz", "trainer.npz", "metrics.json", "gradients.csv")
+
+
 class ResumeError(ValueError):
     """A run directory whose checkpoint does not fit the configuration; nothing changed."""
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot take this run (a file, or a previous run's files without
+    ``resume``/``overwrite``: then ``found`` names them); raised before any training,
+    nothing changed."""
+
+    def __init__(self, message: str, found: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.found = found
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``run``: ``epoch`` is the last epoch whose checkpoint pair
+    (checkpoint.npz + trainer.npz) was written whole in ``run_dir`` (0: none)."""
+
+    def __init__(self, epoch: int, run_dir: Path | None):
+        super().__init__(epoch, run_dir)
+        self.epoch, self.run_dir = epoch, run_dir
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt: the two
+    checkpoint files are written as a pair or not at all. Main thread only (elsewhere
+    Python delivers no signals), and only over Python's default handler."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    hit: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: hit.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hit:
+        raise KeyboardInterrupt
+
+
+def check_run_dir(run_dir: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse, before training, a ``run_dir`` that is a file (or under one) or that holds a
+    previous run's files while neither ``resume`` nor ``overwrite`` is set; create it."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run_dir: expected a directory, {str(run_dir)!r} is a file")
+    if not resume and not overwrite and run_dir.is_dir():
+        found = [f for f in RUN_FILES if (run_dir / f).exists()]
+        if found:
+            raise RunDirError(
+                f"run_dir: {str(run_dir)!r} already holds a run ({', '.join(found)}); "
+                "pass resume=True to continue it or overwrite=True to start over",
+                tuple(found),
+            )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent is a file, no permission, ...
+        raise RunDirError(f"run_dir: cannot create {str(run_dir)!r} ({exc})") from None
 
 
 @dataclass
@@ -365,6 +433,7 @@ def load_data(cfg: TrainConfig) -> tuple[_data.Dataset, _data.Dataset]:
 
 
 def batch_size_of(cfg: TrainConfig, n_train: int) -> int:
+    """Rows per step: the whole training set (gd="batch"), 1 (gd="sgd") or batch_size."""
     return {"batch": n_train, "sgd": 1}.get(cfg.gd, cfg.batch_size)
 
 
@@ -372,45 +441,56 @@ def batch_size_of(cfg: TrainConfig, n_train: int) -> int:
 
 
 class _Progress:
-    """A progress bar on a terminal, one line per few epochs elsewhere (logs, CI)."""
+    """Progress of a run: on a terminal a tqdm bar over the run's steps (rate and ETA) with
+    a line every tenth of the epochs above it; elsewhere (logs, CI) only those plain lines.
 
-    def __init__(self, stream: TextIO | None, epochs: int):
+    ``steps`` is the run's remaining step count (the bar's total)."""
+
+    def __init__(self, stream: TextIO | None, epochs: int, steps: int = 0):
         self.stream, self.epochs = stream, epochs
         self.tty = bool(stream is not None and hasattr(stream, "isatty") and stream.isatty())
-        self.every = 1 if self.tty else max(1, epochs // 10)
-        self._last = 0.0
+        self.every = max(1, epochs // 10)
+        self.bar: Any = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=steps or None, file=stream, unit="step", dynamic_ncols=True, leave=False
+            )
 
     def batch(self, epoch: int, k: int, n: int) -> None:
-        if not self.tty or self.stream is None:
-            return
-        now = time.perf_counter()
-        if k < n and now - self._last < 0.1:
-            return
-        self._last = now
-        width = 24
-        done = int(width * k / max(n, 1))
-        self.stream.write(
-            f"\repoch {epoch}/{self.epochs} [{'#' * done}{'.' * (width - done)}] {k}/{n}"
-        )
-        self.stream.flush()
+        """Step ``k`` of ``n`` of ``epoch`` is done."""
+        if self.bar is not None:
+            self.bar.set_description(f"epoch {epoch}/{self.epochs}", refresh=False)
+            self.bar.update(1)
 
     def epoch(self, epoch: int, row: dict[str, float]) -> None:
+        """``epoch`` is done: its line every ``every`` epochs and at the last one."""
         if self.stream is None:
             return
-        if not self.tty and epoch % self.every and epoch != self.epochs:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{row['train_loss']:.4f}", refresh=False)
+        if epoch % self.every and epoch != self.epochs:
             return
         val = (
             ""
             if math.isnan(row["val_loss"])
             else (f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.3f}")
         )
-        self.stream.write(
-            ("\r" if self.tty else "")
-            + f"epoch {epoch:>4}/{self.epochs}  loss {row['train_loss']:.4f}  "
-            f"acc {row['train_acc']:.3f}{val}  lr {row['lr']:.3g}  "
-            f"{row['time_s']:.2f}s\n"
+        line = (
+            f"epoch {epoch:>4}/{self.epochs}  loss {row['train_loss']:.4f}  "
+            f"acc {row['train_acc']:.3f}{val}  lr {row['lr']:.3g}  {row['time_s']:.2f}s"
         )
-        self.stream.flush()
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def _trainer_state(run: dict[str, Any], model: nn.Sequential) -> dict[str, np.ndarray]:
@@ -419,7 +499,10 @@ def _trainer_state(run: dict[str, Any], model: nn.Sequential) -> dict[str, np.nd
         arrays["best/params"] = run["best_params"]
         for k, b in run["best_buffers"].items():
             arrays[f"best/buffer/{k}"] = b
-    meta = {k: run[k] for k in ("format", "config", "rng", *_LOOP_STATE)}
+    meta = {
+        k: run[k]
+        for k in ("format", "config", "rng", "monitor_flags", "monitor_flags_total", *_LOOP_STATE)
+    }
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     return arrays
 
@@ -465,10 +548,22 @@ def _load_trainer_state(
     return {**meta, "files": files}
 
 
+def _flag_epochs(history: dict[str, Any], flags: list[dict[str, Any]]) -> list[int]:
+    """The epoch of each flag's optimizer step (from the steps each epoch took)."""
+    ends = np.cumsum(history["steps"])  # the history starts at epoch 1, also when resumed
+    idx = np.searchsorted(ends, [f["step"] for f in flags], side="left")
+    return [int(history["epoch"][min(i, len(ends) - 1)]) for i in idx]
+
+
 def _plot_run(
-    history: dict[str, Any], weight_names: list[str], run_dir: Path, title: str
+    history: dict[str, Any],
+    weight_names: list[str],
+    run_dir: Path,
+    title: str,
+    flags: list[dict[str, Any]] | None = None,
 ) -> list[Path]:
-    """loss/accuracy curves and per-layer gradient norms over epochs (PNG)."""
+    """loss/accuracy curves and per-layer gradient norms over epochs (PNG); on the latter
+    the monitor's flags on Dense weights are marked at their epoch (red x)."""
     try:
         import matplotlib
 
@@ -509,6 +604,18 @@ def _plot_run(
                 color=cmap(i / max(n - 1, 1)),
                 label=w.removesuffix(".weight"),
             )
+        flags = flags or []
+        marked = [(f, e) for f, e in zip(flags, _flag_epochs(history, flags), strict=True)]
+        marked = [(f, e) for f, e in marked if f["tensor"] in weight_names]
+        if marked:
+            xs = [e for _, e in marked]
+            ys = [
+                history[f"grad/{f['tensor']}"][ep.index(e)] if e in ep else np.nan
+                for f, e in marked
+            ]
+            ax.scatter(
+                xs, ys, marker="x", color="red", zorder=3, label=f"monitor flag ({len(flags)})"
+            )
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean ‖∂L/∂W‖₂ over the epoch's steps")
@@ -520,6 +627,38 @@ def _plot_run(
         plt.close(fig)
         out.append(grads)
     return out
+
+
+def _flags(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The monitor's events as JSON rows: step, tensor, kind, value (and its detail)."""
+    out = []
+    for e in events:
+        v = e["value"]
+        row = {
+            "step": int(e["step"]),
+            "tensor": e["tensor"],
+            "kind": e["kind"],
+            "value": int(v) if e["kind"] == "nonfinite" else float(v),
+        }
+        if "detail" in e:
+            row["detail"] = e["detail"]
+        out.append(row)
+    return out
+
+
+def _warm_up(cfg: TrainConfig, train: _data.Dataset, batch_size: int, xp: Any) -> float:
+    """Seconds for one training step and one evaluation on a throw-away model and optimizer
+    of the same configuration: Numba compiles (or loads from its cache) every kernel the
+    run uses here, so the epochs' steps/s measure the steps alone. The run's own model,
+    optimizer and random streams are not touched."""
+    t0 = time.perf_counter()
+    model, opt, sched = build(cfg, train.X.shape[1], train.n_classes, xp)
+    trainer = Trainer(model, opt, schedule=sched, monitor=GradientMonitor(opt))
+    n = min(len(train.X), max(batch_size, 2))
+    X, y = train.X[:n], train.y[:n]
+    trainer.train_epoch(X, y, n, np.random.default_rng(0))
+    trainer.evaluate(X, y)
+    return time.perf_counter() - t0
 
 
 def _write_grad_csv(history: dict[str, Any], weight_names: list[str], path: Path) -> None:
@@ -542,25 +681,34 @@ def run(
     comm: Any = None,
     plots: bool = True,
     stop_after: int | None = None,
+    overwrite: bool = False,
+    warm_up: bool = True,
 ) -> dict[str, Any]:
     """Train per ``cfg``; with ``run_dir`` write checkpoints, metrics.json, gradients.csv
     and plots there (rank 0 only). ``resume`` continues from the run directory's last
-    checkpoint. ``stop_after=k`` ends this call after k epochs (the run is resumable: an
-    interrupted run). Returns the metrics (config, history, summary)."""
+    checkpoint; a directory holding a previous run is refused unless ``resume`` or
+    ``overwrite`` (which replaces that run's files). ``stop_after=k`` ends this call after
+    k epochs (the run is resumable: an interrupted run). ``warm_up`` first takes one step on
+    a throw-away copy of the model, so that Numba's compilation is timed apart
+    (``summary["warm_up_s"]``) and not in the steps/s. Ctrl-C raises
+    :class:`TrainingInterrupted` with the last epoch whose checkpoints are whole.
+    Returns the metrics (config, history, summary, monitor_flags)."""
     cfg.validate()
+    rd = Path(run_dir) if run_dir is not None else None
+    rank0 = comm is None or comm.rank == 0
+    if rd is not None and rank0:
+        check_run_dir(rd, resume=resume, overwrite=overwrite)
     xp = _xp(backend)
     train, val = load_data(cfg)
     model, opt, sched = build(cfg, train.X.shape[1], train.n_classes, xp)
     monitor = GradientMonitor(opt, every=cfg.monitor_every)
     trainer = Trainer(model, opt, schedule=sched, monitor=monitor, l1=cfg.l1, l2=cfg.l2, comm=comm)
-    rank0 = comm is None or comm.rank == 0
     bs = batch_size_of(cfg, len(train.X))
     if cfg.batch_norm and (len(train.X) < 2 or (cfg.gd == "sgd")):
         raise ValueError(
             "batch_norm: needs mini-batches of at least 2 examples "
             "(gd='sgd' takes one example per step)"
         )
-    rd = Path(run_dir) if run_dir is not None else None
     weights = model.weight_names()
     history: dict[str, list] = {
         k: []
@@ -590,6 +738,8 @@ def run(
         "stopped_early": False,
         "best_params": None,
         "best_buffers": {},
+        "monitor_flags": [],
+        "monitor_flags_total": 0,
     }
     rng = np.random.default_rng(cfg.seed + 1)
     if resume:
@@ -621,61 +771,81 @@ def run(
             }
         for k in _LOOP_STATE:
             state[k] = saved[k]
+        state["monitor_flags"] = saved.get("monitor_flags", [])
+        state["monitor_flags_total"] = saved.get("monitor_flags_total", 0)
         history = state["history"]
         rng.bit_generator.state = saved["rng"]
     if trainer.comm is not None:  # same layout everywhere (raises on every rank if not), rank
         from .parallel import broadcast_parameters  # 0's parameters and optimizer state
 
         broadcast_parameters(trainer.comm, model.flat, optimizer=opt)
-    bar = _Progress(progress if rank0 else None, cfg.epochs)
+    if not resume and rd is not None and rank0 and overwrite:
+        for f in RUN_FILES:  # the previous run's files: none of them pairs with this run
+            (rd / f).unlink(missing_ok=True)
+    warm_up_s = _warm_up(cfg, train, bs, xp) if warm_up else 0.0
     start_epoch = state["epoch"]
-    t_start = time.perf_counter()
     last = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
-    for epoch in range(start_epoch + 1, last + 1):
-        if state["stopped_early"]:
-            break
-        t0 = time.perf_counter()
-        lr = opt.param_groups[0]["lr"]
-        tr = trainer.train_epoch(
-            train.X, train.y, bs, rng, on_batch=lambda k, n, e=epoch: bar.batch(e, k, n)
-        )
-        ev = trainer.evaluate(val.X, val.y)
-        if sched is not None:
-            if isinstance(sched, schedules.ReduceLROnPlateau):
-                sched.step(ev["loss"] if len(val.X) else tr["loss"])
+    per_epoch = max(1, -(-len(train.X) // bs))
+    bar = _Progress(progress if rank0 else None, cfg.epochs, (last - start_epoch) * per_epoch)
+    t_start = time.perf_counter()
+    n_flags, saved_epoch = 0, start_epoch
+    try:
+        for epoch in range(start_epoch + 1, last + 1):
+            if state["stopped_early"]:
+                break
+            t0 = time.perf_counter()
+            lr = opt.param_groups[0]["lr"]
+            tr = trainer.train_epoch(
+                train.X, train.y, bs, rng, on_batch=lambda k, n, e=epoch: bar.batch(e, k, n)
+            )
+            ev = trainer.evaluate(val.X, val.y)
+            if sched is not None:
+                if isinstance(sched, schedules.ReduceLROnPlateau):
+                    sched.step(ev["loss"] if len(val.X) else tr["loss"])
+                else:
+                    sched.step()
+            row = {
+                "epoch": epoch,
+                "train_loss": tr["loss"],
+                "train_acc": tr["acc"],
+                "val_loss": ev["loss"],
+                "val_acc": ev["acc"],
+                "lr": lr,
+                "time_s": time.perf_counter() - t0,
+                "steps": int(tr["steps"]),
+            }
+            for k, val_ in row.items():
+                history[k].append(val_)
+            for w in weights:
+                history[f"grad/{w}"].append(tr.get(f"grad/{w}", math.nan))
+            metric = ev["loss"] if len(val.X) else tr["loss"]
+            if metric < state["best_metric"]:
+                state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
+                if cfg.patience is not None and cfg.restore_best:
+                    state["best_params"] = _host(model.flat.data).copy()
+                    state["best_buffers"] = {
+                        k: _host(b).copy() for k, b in model.buffers_dict().items()
+                    }
             else:
-                sched.step()
-        row = {
-            "epoch": epoch,
-            "train_loss": tr["loss"],
-            "train_acc": tr["acc"],
-            "val_loss": ev["loss"],
-            "val_acc": ev["acc"],
-            "lr": lr,
-            "time_s": time.perf_counter() - t0,
-            "steps": int(tr["steps"]),
-        }
-        for k, val_ in row.items():
-            history[k].append(val_)
-        for w in weights:
-            history[f"grad/{w}"].append(tr.get(f"grad/{w}", math.nan))
-        metric = ev["loss"] if len(val.X) else tr["loss"]
-        if metric < state["best_metric"]:
-            state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
-            if cfg.patience is not None and cfg.restore_best:
-                state["best_params"] = _host(model.flat.data).copy()
-                state["best_buffers"] = {
-                    k: _host(b).copy() for k, b in model.buffers_dict().items()
-                }
-        else:
-            state["bad_epochs"] += 1
-        if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
-            state["stopped_early"] = True
-        state.update(epoch=epoch, opt_step=opt.step_count, rng=rng.bit_generator.state)
-        bar.epoch(epoch, row)
-        if rd is not None and rank0:
-            opt.save(rd / "checkpoint.npz")
-            atomic_savez(rd / "trainer.npz", _trainer_state(state, model))
+                state["bad_epochs"] += 1
+            if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
+                state["stopped_early"] = True
+            state.update(epoch=epoch, opt_step=opt.step_count, rng=rng.bit_generator.state)
+            bar.epoch(epoch, row)
+            new = monitor.events[n_flags:]
+            room = KEEP_FLAGS - len(state["monitor_flags"])
+            state["monitor_flags"].extend(_flags(new[: max(room, 0)]))
+            state["monitor_flags_total"] += len(new)
+            n_flags = len(monitor.events)
+            if rd is not None and rank0:
+                with _sigint_deferred():  # the pair is written whole, or the last pair stays
+                    opt.save(rd / "checkpoint.npz")
+                    atomic_savez(rd / "trainer.npz", _trainer_state(state, model))
+                saved_epoch = epoch
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(saved_epoch if rd is not None else 0, rd) from None
+    finally:
+        bar.close()
     train_time = time.perf_counter() - t_start
     restored = False
     if state["stopped_early"] and cfg.restore_best and state["best_params"] is not None:
@@ -705,7 +875,8 @@ def run(
         "steps_per_s": steps / max(sum(history["time_s"]), 1e-12),
         "this_process_s": train_time,
         "n_params": int(sum(model.flat[n].size for n in model.flat)),
-        "monitor_events": len(monitor.events),
+        "monitor_events": state["monitor_flags_total"],
+        "warm_up_s": warm_up_s,
         "ranks": 1 if comm is None else comm.size,
     }
     if weights and history[f"grad/{weights[0]}"]:
@@ -724,6 +895,7 @@ def run(
         "n_val": len(val.X),
         "history": history,
         "summary": summary,
+        "monitor_flags": state["monitor_flags"],
         "run_dir": None if rd is None else str(rd),
     }
     if rd is not None and rank0:
@@ -731,7 +903,10 @@ def run(
         _write_grad_csv(history, weights, rd / "gradients.csv")
         if plots:
             result["plots"] = [
-                str(p) for p in _plot_run(history, weights, rd, f"gpugd train: {train.name}")
+                str(p)
+                for p in _plot_run(
+                    history, weights, rd, f"gpugd train: {train.name}", state["monitor_flags"]
+                )
             ]
     return result
 
@@ -770,11 +945,6 @@ def summary_table(result: dict[str, Any]) -> str:
             "val loss / acc",
             "-" if math.isnan(s["val_loss"]) else f"{s['val_loss']:.4f} / {s['val_acc']:.3f}",
         ),
-        (
-            "steps",
-            f"{s['steps']} in {s['time_s']:.2f} s ({s['steps_per_s']:.0f} steps/s, "
-            f"{s['ranks']} rank(s), backend {result['backend']})",
-        ),
     ]
     if "grad_ratio_first_last" in s:
         rows.append(
@@ -784,7 +954,22 @@ def summary_table(result: dict[str, Any]) -> str:
                 f"(ratio {s['grad_ratio_first_last']:.3g})",
             )
         )
-    rows.append(("skipped steps / monitor flags", f"{s['skipped_steps']} / {s['monitor_events']}"))
+    rows.append(
+        (
+            "steps",
+            f"{s['steps']} in {s['time_s']:.2f} s ({s['steps_per_s']:.0f} steps/s, "
+            f"{s['ranks']} rank(s), backend {result['backend']})",
+        )
+    )
+    if s.get("warm_up_s"):
+        rows.append(("warm-up", f"{s['warm_up_s']:.2f} s (Numba compile/cache load, not timed)"))
+    flags, n = result.get("monitor_flags", []), s["monitor_events"]
+    rows.append(("skipped steps / monitor flags", f"{s['skipped_steps']} / {n}"))
+    for f in flags[:SHOW_FLAGS]:
+        rows.append(("", f"step {f['step']} {f['tensor']} {f['kind']} {f['value']:.3g}"))
+    if n > SHOW_FLAGS:
+        kept = f"first {len(flags)} " if len(flags) < n else ""
+        rows.append(("", f"... {n - SHOW_FLAGS} more ({kept}in metrics.json: monitor_flags)"))
     if result.get("run_dir"):
         rows.append(("run directory", result["run_dir"]))
     w = max(len(k) for k, _ in rows)
@@ -796,10 +981,13 @@ __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
     "ResumeError",
+    "RunDirError",
     "TrainConfig",
     "Trainer",
+    "TrainingInterrupted",
     "batch_size_of",
     "build",
+    "check_run_dir",
     "load_data",
     "run",
     "summary_table",
