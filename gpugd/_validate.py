@@ -1,17 +1,28 @@
 """Argument checks shared by every public op. They run before any kernel, so a rejected
-call changes nothing; each error names the argument and what was expected."""
+call changes nothing; each error names the argument and what was expected.
+
+Which arrays a kernel may take: ``array_kind``, the one gate, run by ``array_backend`` on
+every array argument of every op before any other check. Accepted: an exact
+``numpy.ndarray`` or ``numpy.memmap`` (views of either included: a view is one of them)
+or an exact ``cupy.ndarray``, its data aligned to its element size. Subclasses are
+refused, ``np.matrix`` and masked arrays among them: a subclass may report a shape,
+flags or address (``reshape``, ``flags``, ``__array_interface__``) other than the memory
+the kernel is handed, and the kernels trust all three. For the accepted types these are
+the array object's own C fields, so the shape, strides, writability and address the
+checks read are the ones the kernels use (``np.memmap`` overrides none of them).
+"""
 
 from __future__ import annotations
 
 import numbers
+import sys
 from typing import Any
 
 import numpy as np
 
-from .backend import array_backend
-
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 HALF_NAMES = ("float16", "bfloat16")  # bfloat16: ml_dtypes' dtype (NumPy and CuPy ≥ 14)
+_NUMPY_TYPES = (np.ndarray, np.memmap)
 
 
 def dtype_name(dtype: np.dtype) -> str:
@@ -21,9 +32,72 @@ def dtype_name(dtype: np.dtype) -> str:
     return dtype.type.__name__
 
 
+def _type_name(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def array_kind(name: str, a: Any) -> str:
+    """ "numpy" or "cupy" for an array a kernel may be handed (see the module docstring):
+    an accepted type, its data aligned to its element size. A ``TypeError`` naming
+    ``name`` for any other object (subclasses included), a ``ValueError`` when unaligned."""
+    t = type(a)
+    if t in _NUMPY_TYPES:
+        if not a.flags.aligned:
+            _unaligned(name, a)
+        return "numpy"
+    cupy = sys.modules.get("cupy")
+    if cupy is not None and t is getattr(cupy, "ndarray", None):
+        if a.size and a.data.ptr % a.dtype.itemsize:  # CuPy's flags have no ``aligned``
+            _unaligned(name, a)
+        return "cupy"
+    if isinstance(a, np.ndarray) or (cupy is not None and isinstance(a, cupy.ndarray)):
+        lib = "numpy" if isinstance(a, np.ndarray) else "cupy"
+        raise TypeError(
+            f"{name}: expected a {lib}.ndarray, got its subclass {_type_name(t)} (a subclass "
+            f"may report a shape or address other than its memory); pass {lib}.asarray({name})"
+        )
+    raise TypeError(f"{name}: expected a numpy.ndarray or cupy.ndarray, got {_type_name(t)}")
+
+
+def _unaligned(name: str, a: Any) -> None:
+    raise ValueError(
+        f"{name}: the data is not aligned to its {a.dtype.itemsize}-byte elements; pass a "
+        f"copy ({name}.copy())"
+    )
+
+
+def _library(name: str, a: Any) -> str:
+    """ "numpy" or "cupy" by the object's type alone (for the mixing message), else the
+    ``TypeError`` of a non-array."""
+    if isinstance(a, np.ndarray):
+        return "numpy"
+    if (type(a).__module__ or "").split(".", 1)[0] == "cupy":
+        return "cupy"
+    raise TypeError(f"{name}: expected a numpy.ndarray or cupy.ndarray, got {_type_name(type(a))}")
+
+
+def array_backend(**arrays: Any) -> str:
+    """Backend name ("cpu"/"cuda") shared by the named arrays: a ``TypeError`` naming both
+    sides when NumPy and CuPy arrays mix, then each checked by ``array_kind``."""
+    seen: dict[str, str] = {}
+    for arg, a in arrays.items():
+        seen.setdefault(_library(arg, a), arg)
+    if len(seen) > 1:
+        raise TypeError(
+            f"mixed array libraries: {seen['numpy']} is a numpy.ndarray but "
+            f"{seen['cupy']} is a cupy.ndarray; move them to one device first"
+        )
+    if not seen:
+        raise TypeError("no array argument given")
+    for arg, a in arrays.items():
+        array_kind(arg, a)
+    return "cuda" if "cupy" in seen else "cpu"
+
+
 def float_array(name: str, a: Any, *, writable: bool = False, half: bool = False) -> None:
     """``a`` is a C-contiguous float32/float64 array — or float16/bfloat16 with ``half`` —
-    writable when asked."""
+    writable when asked. Its type is ``array_backend``'s check, which every op runs on
+    every array argument first."""
     if a.dtype not in FLOAT_DTYPES and not (half and dtype_name(a.dtype) in HALF_NAMES):
         kinds = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
         raise TypeError(f"{name}: expected dtype {kinds}, got {a.dtype}")
@@ -37,6 +111,21 @@ def float_array(name: str, a: Any, *, writable: bool = False, half: bool = False
         raise ValueError(f"{name}: the array is read-only but the op writes into it")
 
 
+def flag(name: str, value: Any) -> bool:
+    """A bool option: ``True``/``False`` or a NumPy bool (not a string, number or array,
+    whose truth would be taken silently: ``"False"`` is true)."""
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+
+
+def choice(name: str, value: Any, options: tuple[str, ...]) -> str:
+    """One of the string ``options``."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name}: expected one of {options}, got {value!r}")
+    return value
+
+
 def same_layout(name_a: str, a: Any, name_b: str, b: Any) -> None:
     """``a`` and ``b`` share shape and dtype."""
     if a.shape != b.shape:
@@ -45,17 +134,49 @@ def same_layout(name_a: str, a: Any, name_b: str, b: Any) -> None:
         raise TypeError(f"{name_b}: dtype {b.dtype} does not match {name_a}'s {a.dtype}")
 
 
-def no_partial_overlap(name_a: str, a: Any, name_b: str, b: Any, xp: Any) -> None:
-    """``a`` and ``b`` are the same memory or disjoint (a shifted alias would race)."""
+def address(a: Any) -> int:
+    """The first byte of an array ``float_array`` accepted (its own pointer field)."""
+    return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
+
+
+def _span(a: Any) -> tuple[int, int]:
+    """[start, end) bytes of a C-contiguous array (empty: start = end)."""
+    start = address(a)
+    return start, start + (a.nbytes if a.size else 0)
+
+
+def no_partial_overlap(name_a: str, a: Any, name_b: str, b: Any, xp: Any = None) -> None:
+    """``a`` and ``b`` (C-contiguous) are the same memory or disjoint (a shifted alias
+    would race). ``xp`` is unused (kept for callers that pass it)."""
     if a.size == 0 or b.size == 0:
         return
-    same = (
-        a.data.ptr == b.data.ptr
-        if xp is not np
-        else (a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
-    )
-    if not same and xp.may_share_memory(a, b):
+    (sa, ea), (sb, eb) = _span(a), _span(b)
+    if (sa, ea) != (sb, eb) and sa < eb and sb < ea:
         raise ValueError(f"{name_b} partially overlaps {name_a}; pass disjoint arrays")
+
+
+def disjoint(arrays: dict[str, Any]) -> None:
+    """No byte is shared by two of the named (C-contiguous) arrays, the same array twice
+    included: sort the [start, end) ranges and compare neighbours."""
+    spans = sorted((*_span(a), k, n) for k, (n, a) in enumerate(arrays.items()) if a.size)
+    reach, owner = -1, ""
+    for start, end, _, name in spans:
+        if start < reach:
+            raise ValueError(f"{name} shares memory with {owner}; pass separate arrays")
+        if end > reach:
+            reach, owner = end, name
+
+
+def disjoint_from(name: str, a: Any, others: dict[str, Any]) -> None:
+    """``a`` (an array the op writes) shares no byte with any of ``others`` (None: absent)."""
+    if a is None or not a.size:
+        return
+    sa, ea = _span(a)
+    for other, b in others.items():
+        if b is not None and b.size:
+            sb, eb = _span(b)
+            if sa < eb and sb < ea:
+                raise ValueError(f"{name} shares memory with {other}; pass separate arrays")
 
 
 def output(out: Any, like_name: str, like: Any, inputs: dict[str, Any]) -> Any:
@@ -63,18 +184,18 @@ def output(out: Any, like_name: str, like: Any, inputs: dict[str, Any]) -> Any:
     None, else ``out`` checked — the inputs' backend, a writable float array of like's
     shape and dtype, and either the very memory of an input (in place) or disjoint from it."""
     be = array_backend(**inputs)
-    if be == "cpu":
-        xp = np
-    else:
-        import cupy as xp
     if out is None:
-        return xp.empty_like(like)
+        if be == "cpu":  # a plain ndarray, also for a memmap input (no file behind it)
+            return np.empty(like.shape, like.dtype)
+        import cupy
+
+        return cupy.empty_like(like)
     if array_backend(**inputs, out=out) != be:
         raise TypeError("out: must be on the same backend as the inputs")
     float_array("out", out, writable=True)
     same_layout(like_name, like, "out", out)
     for name, a in inputs.items():
-        no_partial_overlap(name, a, "out", out, xp)
+        no_partial_overlap(name, a, "out", out)
     return out
 
 
@@ -88,8 +209,14 @@ def real_scalar(name: str, v: Any) -> float:
 
 
 __all__ = [
+    "address",
     "array_backend",
+    "array_kind",
+    "choice",
+    "disjoint",
+    "disjoint_from",
     "dtype_name",
+    "flag",
     "float_array",
     "no_partial_overlap",
     "output",

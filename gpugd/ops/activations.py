@@ -150,7 +150,7 @@ def selu_backward(grad_out: Any, x: Any, *, out: Any = None) -> Any:
 
 
 def _gelu_kind(approximate: str) -> str:
-    if approximate not in ("none", "tanh"):
+    if not isinstance(approximate, str) or approximate not in ("none", "tanh"):
         raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
     return "gelu" if approximate == "none" else "gelu_tanh"
 

@@ -45,7 +45,7 @@ class BatchNormOutput(NamedTuple):
 
 def _layout(layout: Any, x: Any, name: str = "x") -> tuple[int, int, int]:
     """(A, C, B) of the canonical view; element (a, c, b) at (a·C + c)·B + b."""
-    if layout not in LAYOUTS:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {sorted(LAYOUTS)}, got {layout!r}")
     if x.ndim != LAYOUTS[layout]:
         raise ValueError(
@@ -80,6 +80,10 @@ def _channel_array(name: str, a: Any, c: int, x: Any, be: str, *, writable: bool
     if a.dtype != x.dtype:
         raise TypeError(f"{name}: dtype {a.dtype} does not match x's {x.dtype}")
     return a
+
+
+def _others(args: dict[str, Any], name: str) -> dict[str, Any]:
+    return {k: a for k, a in args.items() if k != name}
 
 
 def _eps(eps: Any) -> float:
@@ -146,10 +150,11 @@ def batch_norm_forward(
     running_mean = _channel_array("running_mean", running_mean, C, x, be, writable=True)
     running_var = _channel_array("running_var", running_var, C, x, be, writable=True)
     eps = _eps(eps)
+    training = v.flag("training", training)
     m = v.real_scalar("momentum", momentum)
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum: expected a value in [0, 1], got {momentum!r}")
-    if momentum_convention not in CONVENTIONS:
+    if not isinstance(momentum_convention, str) or momentum_convention not in CONVENTIONS:
         raise ValueError(
             f"momentum_convention: expected one of {CONVENTIONS}, got {momentum_convention!r}"
         )
@@ -163,6 +168,13 @@ def batch_norm_forward(
         )
     xp = _xp(be)
     out = v.output(out, "x", x, {"x": x})
+    # the arrays written (out, the running statistics) share no byte with another argument
+    # (out may still be x itself: the statistics are read before it is written)
+    args = {"x": x, "weight": weight, "bias": bias}
+    args |= {"running_mean": running_mean, "running_var": running_var}
+    for name in ("running_mean", "running_var"):
+        v.disjoint_from(name, args[name], {**_others(args, name), "out": out})
+    v.disjoint_from("out", out, _others(args, "x"))
     x3 = x.reshape(A, C, B)
     if training:
         mean, var = _stats64(x3, be)
@@ -209,8 +221,10 @@ def batch_norm_backward(
     invstd = _channel_array("invstd", invstd, C, x, be)
     if mean is None or invstd is None:
         raise ValueError("mean, invstd: required (the forward returns them)")
+    training = v.flag("training", training)
     xp = _xp(be)
     out = v.output(out, "x", x, {"x": x, "grad_out": grad_out})
+    v.disjoint_from("out", out, {"weight": weight, "mean": mean, "invstd": invstd})
     x3, dy3 = x.reshape(A, C, B), grad_out.reshape(A, C, B)
     mean64, inv64 = mean.astype(xp.float64), invstd.astype(xp.float64)
     if be == "cpu":

@@ -77,6 +77,8 @@ def dropout_mask(n: int, p: float = 0.5, *, seed: int, offset: int = 0, xp: Any 
     """The keep mask (bool, length n) that ``dropout`` with these arguments applies."""
     p = _p(p)
     seed, offset, n = _uint("seed", seed), _uint("offset", offset), _uint("n", n)
+    if xp is not np and getattr(xp, "__name__", None) != "cupy":
+        raise TypeError(f"xp: expected the numpy or cupy module, got {xp!r}")
     key_of = cpu("dropout").key_of
     key, thr = key_of(seed), _threshold(p)
     if xp is np:

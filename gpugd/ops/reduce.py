@@ -82,7 +82,7 @@ class Reduction:
         else:
             if self._prepared is None:
                 self._prepared = (
-                    layout.build([self.arrays], cpu("optim").address),
+                    layout.build([self.arrays], v.address),
                     layout.tasks(self.sizes, k.CHUNK),
                     cpu("precision").kernel_view(np.zeros(1, self.arrays[0].dtype)),
                 )
@@ -182,9 +182,17 @@ def _max_norm(name: str, x: Any) -> float:
 
 
 def _writable_list(grads: Any) -> list:
-    arrays = list(grads) if isinstance(grads, list | tuple) else [grads]
-    for i, a in enumerate(arrays):
-        v.float_array(f"grads[{i}]", a, writable=True)
+    """The gradients a clipping op rewrites: accepted arrays (``_validate.array_kind``) on
+    one backend, writable float arrays, no two sharing a byte (a tensor listed twice, or
+    two overlapping views, would be scaled twice)."""
+    multi = isinstance(grads, list | tuple)
+    arrays = list(grads) if multi else [grads]
+    labelled = {(f"grads[{i}]" if multi else "grads"): a for i, a in enumerate(arrays)}
+    if labelled:
+        v.array_backend(**labelled)
+    for label, a in labelled.items():
+        v.float_array(label, a, writable=True)
+    v.disjoint(labelled)
     return arrays
 
 
@@ -202,6 +210,7 @@ def clip_by_global_norm_(grads: Any, max_norm: float, *, error_if_nonfinite: boo
     written. The fused alternative that never rewrites gradients: the optimizers'
     ``max_grad_norm=``."""
     max_norm = _max_norm("max_norm", max_norm)
+    error_if_nonfinite = v.flag("error_if_nonfinite", error_if_nonfinite)
     arrays = _writable_list(grads)
     norm = float(Reduction(arrays, "grads").run(zeros=False).norm)
     if error_if_nonfinite and not math.isfinite(norm):
@@ -238,26 +247,35 @@ def clip_by_value_(grads: Any, clip_value: float) -> None:
 def average_(out: Any, buffers: list) -> Any:
     """out ← (b₀ + … + b_{K−1})/K in one pass over memory: the mean of K local gradient
     buffers (a worker that split its batch into micro-batches). ``out`` may be one of the
-    buffers; same shape and dtype for all, one backend. Returns ``out``."""
-    if not isinstance(buffers, list | tuple) or not buffers:
+    buffers, once or more (each place counts its value before the call); same shape and
+    dtype for all, one backend. Returns ``out``."""
+    if not isinstance(buffers, list | tuple):
+        raise TypeError(f"buffers: expected a list of arrays, got {type(buffers).__name__}")
+    if not buffers:
         raise ValueError("buffers: expected a non-empty list of arrays")
     be = v.array_backend(out=out, **{f"buffers[{i}]": b for i, b in enumerate(buffers)})
     v.float_array("out", out, writable=True)
     for i, b in enumerate(buffers):
         v.float_array(f"buffers[{i}]", b)
         v.same_layout("out", out, f"buffers[{i}]", b)
-    xp = np if be == "cpu" else __import__("cupy")
     for i, b in enumerate(buffers):
-        v.no_partial_overlap(f"buffers[{i}]", b, "out", out, xp)
+        v.no_partial_overlap(f"buffers[{i}]", b, "out", out)
     if out.size == 0:
         return out
     flat = [b.reshape(-1) for b in buffers]
     if be == "cpu":
         k = cpu("reduce")
-        address = cpu("optim").address
-        # an input that is out itself goes first: the kernel writes out from the first input
-        same = [i for i, b in enumerate(flat) if address(b) == address(out)]
-        if same:
+        address = v.address
+        at = address(out)
+        same = [i for i, b in enumerate(flat) if address(b) == at]
+        if len(same) > 1:
+            # The Numba kernel accumulates into out, so a second read of out would see the
+            # partial sum: read the places of out from a copy of its values (the CUDA
+            # kernel loads every input of an element before storing it and needs none).
+            before = out.reshape(-1).copy()
+            flat = [before if i in same else b for i, b in enumerate(flat)]
+        elif same:
+            # an input that is out itself goes first: the kernel writes out from the first
             j = same[0]
             flat = [flat[j], *flat[:j], *flat[j + 1 :]]
         k.average(out.reshape(-1), flat, address)

@@ -35,17 +35,14 @@ def axpy_(x: Any, a: float, y: Any) -> Any:
     v.float_array("x", x, writable=True)
     v.float_array("y", y)
     v.same_layout("x", x, "y", y)
+    v.no_partial_overlap("x", x, "y", y)
     if be == "cpu":
-        v.no_partial_overlap("x", x, "y", y, np)
         k = cpu("vector")
         if x.size:
             k.axpy(x.reshape(-1), x.dtype.type(a), y.reshape(-1))
     else:
-        import cupy
-
         from .. import _cuda
 
-        v.no_partial_overlap("x", x, "y", y, cupy)
         if x.size:
             name = f"gpugd_vector_axpy_{_cuda.dtype_suffix(x.dtype)}"
             _cuda.launch("vector", name, x.size, (x, x.dtype.type(a), y, np.int64(x.size)))
