@@ -74,11 +74,47 @@ class LossScaler:
             raise TypeError(f"enabled: expected a bool, got {enabled!r}")
         self.growth_interval = int(growth_interval)
         self.enabled = enabled
-        self.scale_value = self.init_scale if enabled else 1.0
-        self.growth_tracker = 0  # consecutive steps without overflow since the last change
-        self.skipped_steps = 0
         self.optimizer = optimizer
+        self._scale_value = self.init_scale if enabled else 1.0
+        self._growth_tracker = 0  # consecutive steps without overflow since the last change
+        self._skipped_steps = 0
         optimizer.loss_scaler = self
+
+    # ---- the state, settled first when the optimizer's last CUDA step is still pending
+    # (its overflow check is on the device until read: gpugd.optim.Optimizer.step)
+
+    @property
+    def scale_value(self) -> float:
+        """S (reading it settles a pending CUDA step of the optimizer)."""
+        self.optimizer._resolve()
+        return self._scale_value
+
+    @scale_value.setter
+    def scale_value(self, value: float) -> None:
+        self.optimizer._resolve()
+        self._scale_value = value
+
+    @property
+    def growth_tracker(self) -> int:
+        """Consecutive steps without overflow since the scale last changed."""
+        self.optimizer._resolve()
+        return self._growth_tracker
+
+    @growth_tracker.setter
+    def growth_tracker(self, value: int) -> None:
+        self.optimizer._resolve()
+        self._growth_tracker = value
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for overflow."""
+        self.optimizer._resolve()
+        return self._skipped_steps
+
+    @skipped_steps.setter
+    def skipped_steps(self, value: int) -> None:
+        self.optimizer._resolve()
+        self._skipped_steps = value
 
     # ---- the training-loop API
 
@@ -105,14 +141,14 @@ class LossScaler:
         if not self.enabled:
             return
         if found_inf:
-            self.scale_value *= self.backoff_factor
-            self.growth_tracker = 0
-            self.skipped_steps += 1
+            self._scale_value *= self.backoff_factor
+            self._growth_tracker = 0
+            self._skipped_steps += 1
             return
-        self.growth_tracker += 1
-        if self.growth_tracker == self.growth_interval:
-            self.scale_value *= self.growth_factor
-            self.growth_tracker = 0
+        self._growth_tracker += 1
+        if self._growth_tracker == self.growth_interval:
+            self._scale_value *= self.growth_factor
+            self._growth_tracker = 0
 
     # ---- state
 

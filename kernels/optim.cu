@@ -344,23 +344,33 @@ struct MixedRange {
 // amsgrad): not read from which state addresses are null, since a zero-size tensor has a
 // null address too (CuPy gives an empty array the pointer 0), and a list starting with one
 // would have switched the state off for every tensor. A non-zero *skip returns before any
-// access.
+// access. A non-null dev_scale replaces grad_scale by *dev_scale rounded once to T: the
+// multiplier (grad_scale · clip coefficient, in float64) that gpugd_optim_step_decide wrote
+// on the device, so an eager step with clipping reads nothing back to the host.
+namespace gpugd {
+template <typename T>
+__device__ __forceinline__ T scale_of(T grad_scale, const double* dev_scale) {
+  return dev_scale != nullptr ? static_cast<T>(*dev_scale) : grad_scale;
+}
+}  // namespace gpugd
 
 #define GPUGD_OPTIM_ENTRIES(NAME, T, SFX, RULE, ...)                                           \
   extern "C" __global__ void gpugd_optim_##NAME##_##SFX(T* p, const T* g, T* s0, T* s1, T* s2,  \
                                                         i64 n, __VA_ARGS__, T grad_scale,       \
-                                                        T clip, const int* skip) {              \
+                                                        T clip, const int* skip,                \
+                                                        const double* dev_scale) {              \
     if (skip != nullptr && *skip != 0) return;                                                  \
     const auto rule = RULE;                                                                     \
     gpugd::apply_range<T>(p, g, s0, s1, s2, n, gpugd::grid_start(), gpugd::grid_stride(),       \
-                          grad_scale, clip, rule);                                              \
+                          gpugd::scale_of<T>(grad_scale, dev_scale), clip, rule);               \
   }                                                                                             \
   extern "C" __global__ void gpugd_optim_##NAME##_multi_##SFX(                                  \
       const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, __VA_ARGS__,   \
-      T grad_scale, T clip, const int* skip, double* chunk_stats) {                             \
+      T grad_scale, T clip, const int* skip, const double* dev_scale, double* chunk_stats) {    \
     if (skip != nullptr && *skip != 0) return;                                                  \
     const auto rule = RULE;                                                                     \
-    const gpugd::PlainRange<T, decltype(rule)> range{rule, grad_scale, clip};                   \
+    const gpugd::PlainRange<T, decltype(rule)> range{                                           \
+        rule, gpugd::scale_of<T>(grad_scale, dev_scale), clip};                                 \
     gpugd::apply_table(table, ntensors, chunks, nchunks, chunk, range, chunk_stats);            \
   }
 
@@ -410,12 +420,13 @@ typedef Policy<bf16_t, bf16_t, true> Policy_bf16p_bf16s_master;
   extern "C" __global__ void gpugd_optim_##NAME##_multi_##SFX(                                  \
       const i64* table, i64 ntensors, const i64* chunks, i64 nchunks, i64 chunk, __VA_ARGS__,   \
       T grad_scale, T clip, unsigned key, int stochastic, const int* skip,                      \
-      double* chunk_stats) {                                                                    \
+      const double* dev_scale, double* chunk_stats) {                                           \
     if (skip != nullptr && *skip != 0) return;                                                  \
     const auto rule = RULE;                                                                     \
     typedef gpugd::Policy_##SFX Pol;                                                            \
     const gpugd::MixedRange<Pol::P, Pol::S, Pol::master, decltype(rule)> range{                 \
-        rule, grad_scale, clip, gpugd::Rounding{key, stochastic}};                              \
+        rule, gpugd::scale_of<T>(grad_scale, dev_scale), clip,                                  \
+        gpugd::Rounding{key, stochastic}};                                                      \
     gpugd::apply_table(table, ntensors, chunks, nchunks, chunk, range, chunk_stats);            \
   }
 
@@ -450,7 +461,44 @@ __device__ __forceinline__ u64 splitmix64(u64 z) {
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
   return z ^ (z >> 31);
 }
+
+// torch's clip_grad_norm_ factor min(1, max_norm / (norm + 1e-6)), NaN for a NaN norm, 0 for
+// an infinite one (gpugd.ops.reduce.clip_coefficient); max_norm <= 0: no clipping, 1.
+__device__ __forceinline__ double clip_coefficient(double norm, double max_norm) {
+  if (!(max_norm > 0.0)) return 1.0;
+  const double c = max_norm / (norm + 1e-6);
+  return (c < 1.0 || c != c) ? c : 1.0;
+}
 }  // namespace gpugd
+
+// gpugd_optim_step_decide (one thread) runs between the gradients' norm pass and an eager
+// step's update kernels, so that the host reads nothing back before the update (the optimizer
+// copies `out` to the host asynchronously and reads it when asked: Optimizer.last_report):
+//   norm = √Σg² · |grad_scale|, coef = clip_coefficient(norm, max_norm),
+//   out = [√Σg² (as the pass gives it), coef, grad_scale · coef, non-finite count, outcome]
+// outcome 0: update; 1: skipped for non-finite gradients (skip_nonfinite); 2: skipped by the
+// caller's flag (skip_if, may be null). total may be null (no norm pass: a step with only a
+// skip_if): then out[0] = 0 and coef = 1. skip[0] = outcome != 0 is the update kernels' skip
+// flag. The formulas and their order are the host path's (gpugd.optim.Optimizer.step), so
+// the update gets the same bits either way.
+extern "C" __global__ void gpugd_optim_step_decide(const double* total, double grad_scale,
+                                                   double max_norm, int skip_nonfinite,
+                                                   const int* skip_if, double* out, int* skip) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  const double raw = total != nullptr ? sqrt(total[0]) : 0.0;
+  const double nonfinite = total != nullptr ? total[1] : 0.0;
+  const double coef = total != nullptr ? gpugd::clip_coefficient(raw * fabs(grad_scale), max_norm)
+                                       : 1.0;
+  const int outcome = (skip_nonfinite && nonfinite > 0.0)     ? 1
+                      : (skip_if != nullptr && *skip_if != 0) ? 2
+                                                              : 0;
+  out[0] = raw;
+  out[1] = coef;
+  out[2] = grad_scale * coef;
+  out[3] = nonfinite;
+  out[4] = outcome;
+  skip[0] = outcome != 0;
+}
 
 extern "C" __global__ void gpugd_optim_adam_prepare(
     const double* total, double* state, int ngroups, const double* hyper, double max_norm,
@@ -477,10 +525,7 @@ extern "C" __global__ void gpugd_optim_adam_prepare(
   if (total != nullptr) {
     const double norm = sqrt(total[0]) * fabs(inv_scale);
     state[4] = norm;
-    if (max_norm > 0.0) {
-      const double c = max_norm / (norm + 1e-6);
-      coef = (c < 1.0 || c != c) ? c : 1.0;
-    }
+    coef = gpugd::clip_coefficient(norm, max_norm);
   }
   state[5] = coef;
   const float grad_scale = static_cast<float>(inv_scale * coef);

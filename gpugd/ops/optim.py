@@ -192,22 +192,28 @@ class Tensors:
         skip_if: Any,
         stats: bool = False,
         key: int | None = None,
+        dev_scale: Any = None,
     ) -> Any:
         """Run ``rule`` over every tensor: one kernel launch (or one parallel region). With
         ``stats`` (lists only) return per tensor [Σ p_new², Σ (p_new − p_old)²] (float64,
         shape (T, 2), on the arrays' backend), summed in the same pass; else None. ``key``:
-        a 32-bit seed for stochastic rounding of bfloat16 parameters (None: to nearest)."""
+        a 32-bit seed for stochastic rounding of bfloat16 parameters (None: to nearest).
+        ``dev_scale`` (CUDA only): a float64 device scalar that replaces the grad_scale
+        scalar, rounded once to the compute dtype in the kernel (the clip coefficient decided
+        on the device, ``gpugd_optim_step_decide``)."""
         if stats and not self.multi:
             raise ValueError("stats: update statistics need the multi-tensor (list) path")
         if not sum(self.sizes):
             return self._zero_stats() if stats else None
         t = self.compute.type
         if self.backend == "cpu":
+            if dev_scale is not None:
+                raise ValueError("dev_scale: a device-side grad scale is for CuPy arrays")
             if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
                 return None
             return self._launch_cpu(rule, tuple(_cpu_value(x, t) for x in scalars), stats, key)
         return self._launch_cuda(
-            rule, tuple(_cuda_value(x, t) for x in scalars), skip_if, stats, key
+            rule, tuple(_cuda_value(x, t) for x in scalars), skip_if, stats, key, dev_scale
         )
 
     def _zero_stats(self) -> Any:
@@ -275,17 +281,24 @@ class Tensors:
         return self._prepared
 
     def _launch_cuda(
-        self, rule: str, scalars: tuple, skip_if: Any, stats: bool, key: int | None
+        self,
+        rule: str,
+        scalars: tuple,
+        skip_if: Any,
+        stats: bool,
+        key: int | None,
+        dev_scale: Any = None,
     ) -> Any:
         from .. import _cuda
 
         null = np.uint64(0)
         skip = skip_if if skip_if is not None else null
+        scale = dev_scale if dev_scale is not None else null
         if not self.multi and not self.half:
             sfx = _cuda.dtype_suffix(self.dtype)
             p, g, *states = (r[0] if r is not None else null for r in self.rows)
             states += [null] * (3 - len(states))
-            args = (p, g, *states, np.int64(p.size), *scalars, skip)
+            args = (p, g, *states, np.int64(p.size), *scalars, skip, scale)
             _cuda.launch("optim", f"gpugd_optim_{rule}_{sfx}", p.size, args)
             return None
         import cupy
@@ -303,6 +316,7 @@ class Tensors:
             *scalars,
             *rounding,
             skip,
+            scale,
             chunk_stats if stats else null,
         )
         name = f"gpugd_optim_{rule}_multi_{self.policy}"
@@ -437,12 +451,14 @@ class Kernel(NamedTuple):
             )
         return tensors
 
-    def launch(self, tensors: Tensors, skip_if: Any = None, stats: bool = False) -> Any:
+    def launch(
+        self, tensors: Tensors, skip_if: Any = None, stats: bool = False, dev_scale: Any = None
+    ) -> Any:
         """Run on ``tensors``; with ``stats`` return their per-tensor update statistics
-        (``Tensors.launch``)."""
+        (``Tensors.launch``); ``dev_scale`` as there (the optimizers' device-decided step)."""
         skip_if = _skip_flag(skip_if, tensors.backend)
         tail = (self.grad_scale, self.clip)
-        return tensors.launch(self.rule, self.scalars + tail, skip_if, stats, self.key)
+        return tensors.launch(self.rule, self.scalars + tail, skip_if, stats, self.key, dev_scale)
 
 
 ROUNDINGS = ("nearest", "stochastic")

@@ -526,14 +526,21 @@ class ndarray:
         raise TypeError(_IMPLICIT)
 
     def get(self, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True):
-        """A NumPy copy on the host (a synchronization: refused while capturing)."""
-        _stream._refuse_sync("cupy.ndarray.get()")
+        """A NumPy copy on the host: a synchronization (refused while capturing), unless
+        ``blocking=False`` with ``out``: then an asynchronous copy into ``out`` on the
+        stream (CuPy >= 13; the caller orders it, e.g. with an event), recorded in a capture
+        like any other stream work. Everything here has run, so the copy is immediate."""
+        if not blocking and out is None:
+            raise ValueError("stand-in: get(blocking=False) needs out= (a pinned host array)")
+        if blocking:
+            _stream._refuse_sync("cupy.ndarray.get()")
         if out is not None:
             if not isinstance(out, np.ndarray):
                 raise TypeError("Only numpy.ndarray can be obtained from cupy.ndarray")
             if out.shape != self.shape or out.dtype != self.dtype:
                 raise ValueError("Shape or dtype mismatch")
-            np.copyto(out, self._a)
+            src = self._a
+            _stream.record_or_run("device-to-host copy", lambda: np.copyto(out, src))
             return out
         return np.array(self._a, order="F" if order in ("F", "f") else "C", copy=True)
 

@@ -137,6 +137,23 @@ def _on(stream: Any, name: str, fn) -> None:
         fn()
 
 
+class PinnedMemoryPointer(bytearray):
+    """``cupy.cuda.alloc_pinned_memory``'s result: host memory with the buffer protocol
+    (``numpy.frombuffer(mem, dtype, count)``); here plain host bytes, zero-filled."""
+
+    @property
+    def ptr(self) -> int:
+        return ctypes.addressof(ctypes.c_char.from_buffer(self)) if len(self) else 0
+
+
+def alloc_pinned_memory(size: int) -> PinnedMemoryPointer:
+    """``cupy.cuda.alloc_pinned_memory``: ``size`` bytes of (page-locked, on a GPU) host
+    memory."""
+    if int(size) < 0:
+        raise ValueError(f"size: expected >= 0, got {size}")
+    return PinnedMemoryPointer(int(size))
+
+
 def alloc(size: int) -> MemoryPointer:
     """``cupy.cuda.alloc``: a guarded allocation of ``size`` bytes (garbage-filled)."""
     return MemoryPointer(Memory(size), 0)

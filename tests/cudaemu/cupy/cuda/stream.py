@@ -28,6 +28,7 @@ synchronizing call (``get()``, ``float()``, ``synchronize()``) raises as CUDA's
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 import threading
 import time
 from collections.abc import Callable
@@ -120,7 +121,7 @@ class Event:
             self._stamp()
 
     def synchronize(self) -> None:
-        pass
+        _refuse_sync("cupy.cuda.Event.synchronize()")
 
     def __repr__(self) -> str:
         return f"<Event {self.ptr:#x}>"
@@ -205,6 +206,7 @@ class _BaseStream:
 
     def synchronize(self) -> None:
         """Nothing is pending (one synchronous host queue); refused while capturing."""
+        HOST_SYNCS["cupy.cuda.Stream.synchronize()"] += 1
         if self._capture is not None:
             raise CaptureSyncError(
                 f"stand-in: {self!r}.synchronize() while it captures "
@@ -304,9 +306,16 @@ def refuse_capture(op: str) -> None:
         )
 
 
+# Every host synchronization the stand-in saw (a blocking device-to-host copy, a stream,
+# event or device synchronize), by operation: what a test reads to assert that a code path
+# never makes the host wait for the device. Not part of CuPy.
+HOST_SYNCS: Counter[str] = Counter()
+
+
 def _refuse_sync(op: str) -> None:
-    """A synchronizing call while a stream captures: CUDA's
-    cudaErrorStreamCaptureUnsupported (and the capture is invalidated)."""
+    """A synchronizing call: counted in ``HOST_SYNCS``; refused while a stream captures
+    (CUDA's cudaErrorStreamCaptureUnsupported, and the capture is invalidated)."""
+    HOST_SYNCS[op] += 1
     s = capturing()
     if s is not None:
         raise CaptureSyncError(
