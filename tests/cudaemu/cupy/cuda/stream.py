@@ -28,9 +28,9 @@ synchronizing call (``get()``, ``float()``, ``synchronize()``) raises as CUDA's
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
