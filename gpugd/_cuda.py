@@ -17,6 +17,7 @@ scalars of the parameter's exact type; the emulated suite refuses anything else.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import cupy
@@ -49,23 +50,29 @@ def _kernel(family: str, name: str, device_id: int) -> cupy.RawKernel:
 
 
 _launches = [0]
+_launches_lock = threading.Lock()  # gpugd may launch from several host threads
 
 
 class CountedKernel:
-    """A ``cupy.RawKernel`` whose calls are counted (``launch_count``); every other attribute
-    is the kernel's."""
+    """A ``cupy.RawKernel`` whose calls are counted (``launch_count``, under a lock); every
+    other attribute, read or set, is the kernel's (``k.max_dynamic_shared_size_bytes = n``
+    sets the kernel's)."""
 
     __slots__ = ("raw",)
 
     def __init__(self, raw: cupy.RawKernel):
-        self.raw = raw
+        object.__setattr__(self, "raw", raw)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        _launches[0] += 1
+        with _launches_lock:
+            _launches[0] += 1
         return self.raw(*args, **kwargs)
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.raw, attr)
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        setattr(self.raw, attr, value)
 
 
 @functools.cache

@@ -99,3 +99,43 @@ def test_backend_reports_the_device():
     be = get_backend("cuda")
     assert be.name == "cuda" and "device" in be.device_name
     be.synchronize()
+
+
+def test_counted_kernel_forwards_attribute_writes_to_the_kernel(cuda):
+    import types
+
+    raw = types.SimpleNamespace(max_dynamic_shared_size_bytes=0)
+    k = cuda.CountedKernel(raw)
+    k.max_dynamic_shared_size_bytes = 4096
+    assert raw.max_dynamic_shared_size_bytes == 4096 and k.max_dynamic_shared_size_bytes == 4096
+    k.preferred_shared_memory_carveout = 50
+    assert raw.preferred_shared_memory_carveout == 50
+    assert k.raw is raw
+
+
+def test_launch_count_is_exact_across_threads(cuda, monkeypatch):
+    """Eight threads, 200 launches each: none lost. The counter's read-modify-write is
+    widened (a read that yields) so that an unlocked increment would lose some."""
+    import threading
+    import time
+
+    class Yielding(list):
+        def __getitem__(self, i):
+            v = super().__getitem__(i)
+            time.sleep(0)
+            return v
+
+    monkeypatch.setattr(cuda, "_launches", Yielding([0]))
+    k = cuda.CountedKernel(lambda *a, **kw: None)
+    before = cuda.launch_count()
+
+    def work():
+        for _ in range(200):
+            k((1,), (1,), ())
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cuda.launch_count() - before == 8 * 200
