@@ -98,7 +98,9 @@ def float_array(name: str, a: Any, *, writable: bool = False, half: bool = False
     """``a`` is a C-contiguous float32/float64 array — or float16/bfloat16 with ``half`` —
     writable when asked. Its type is ``array_backend``'s check, which every op runs on
     every array argument first."""
-    if a.dtype not in FLOAT_DTYPES and not (half and dtype_name(a.dtype) in HALF_NAMES):
+    if a.dtype not in FLOAT_DTYPES and not (
+        half and a.dtype.isnative and dtype_name(a.dtype) in HALF_NAMES
+    ):
         kinds = "float32, float64, float16 or bfloat16" if half else "float32 or float64"
         raise TypeError(f"{name}: expected dtype {kinds}, got {a.dtype}")
     if not a.flags.c_contiguous:

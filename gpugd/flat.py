@@ -143,9 +143,9 @@ class FlatParams(Mapping):
         """Copy existing arrays into a new arena; use ``flat[name]`` views from then on."""
         if not arrays:
             raise ValueError("arrays: expected at least one named array")
-        from .backend import array_backend
+        from ._validate import array_backend
 
-        be = array_backend(**{str(k): a for k, a in arrays.items()})
+        be = array_backend(**{f"arrays[{k!r}]": a for k, a in arrays.items()})
         xp = np if be == "cpu" else __import__("cupy")
         if dtype is None:
             dtypes = {np.dtype(a.dtype) for a in arrays.values()}

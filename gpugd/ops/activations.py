@@ -46,7 +46,9 @@ def _launch(kind: str, direction: str, arrays: list, a: float, b: float) -> None
     kid = KIND_IDS[kind]
     if isinstance(arrays[0], np.ndarray):
         k = cpu("activations")
-        flat = [x.reshape(-1) for x in arrays]
+        # The Numba kernels are typed for writable arrays (their in-place variants write an
+        # input): a read-only input, never the output, is passed as a copy.
+        flat = [x.reshape(-1) if x.flags.writeable else x.ravel().copy() for x in arrays]
         getattr(k, direction)(kid, *flat, t(a), t(b))
         return
     from .. import _cuda
