@@ -29,10 +29,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpugd import _grid
+
 COPY_GBPS = 4300.0  # H200 device-to-device copy, GB/s (read + write bytes over time)
 LAUNCH_S = 4e-6  # per dependent kernel launch on the GPU timeline (assumed; checked on a GPU)
 H200_SMS = 132
-THREADS = 256
+THREADS = _grid.THREADS
 SIZES = (1 << 16, 1 << 20, 1 << 24, 1 << 28)
 TABLE = Path(__file__).resolve().parent / "predicted-h200.md"
 
@@ -67,10 +69,8 @@ def kernel_rows(stats: list[Any], sizes: tuple[int, ...] = SIZES) -> list[dict[s
         per_iter = None  # elements a thread handles per grid-stride iteration of the loop
         if k.loop is not None and k.loop.load_bytes + k.loop.store_bytes:
             per_iter = (k.loop.load_bytes + k.loop.store_bytes) / b
-        tiled = k.family == "batchnorm"  # a block per tile of the shape, not grid-stride
         for n in sizes:
-            need = -(-n // (THREADS * 4))
-            grid = None if tiled else max(1, min(need, wave))
+            grid = _grid.kernel_blocks(k.name, n, wave)  # the library's own launch policy
             t = predicted_s(n * b, 1)
             rows.append(
                 {
@@ -114,6 +114,9 @@ def format_rows(rows: list[dict[str, Any]]) -> str:
 def render() -> str:
     """The text of ``predicted-h200.md`` for the kernels as they are now."""
     from gpugd import kernel_report
+    from gpugd.ops.optim import CUDA_CHUNK
+    from gpugd.ops.reduce import CHUNK
+    from gpugd.ops.vector import _SSQ_BLOCKS_MAX
 
     stats = kernel_report.report(["sm_90"])
     head = [
@@ -126,7 +129,12 @@ def render() -> str:
         f"Model: time = fewest bytes / {COPY_GBPS:.0f} GB/s (the H200's device-to-device "
         f"copy) + {LAUNCH_S * 1e6:.0f} µs per launch. Bytes per element are each kernel's "
         "default configuration (`gpugd.kernel_report.bytes_per_element`: SGD with momentum, "
-        "Adam/NAdam without AMSGrad, …). Grid: blocks to cover the elements at 4 per thread, "
+        "Adam/NAdam without AMSGrad, …). Grid: the library's launch policy "
+        "(`gpugd._grid.kernel_blocks`): blocks to cover the elements at "
+        f"{_grid.PER_THREAD} per thread (the sums of squares' stage 1: "
+        f"{_grid.SSQ_PER_THREAD}, at most {_SSQ_BLOCKS_MAX} blocks), a block per "
+        f"chunk for the chunked kernels ({CHUNK:,} elements for `stats_partial`, "
+        f"{CUDA_CHUNK:,} for the `_multi`/`_graph` optimizers), "
         f"at most one wave ({H200_SMS} SMs × the kernel's resident 256-thread blocks, from "
         "ptxas's registers). Iterations per thread: of the main loop, over the grid. In "
         "flight: bytes of loads issued before the first use, per thread × resident threads "

@@ -22,9 +22,10 @@ from typing import Any
 
 import cupy
 
+from . import _grid
 from ._kernels import NVRTC_OPTIONS, kernel_sources, resolved_source
 
-THREADS = 256  # threads per block of every gpugd launch
+THREADS = _grid.THREADS  # threads per block of every gpugd launch
 
 _DTYPE_SUFFIX = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
 
@@ -129,14 +130,22 @@ def max_blocks(family: str, name: str, threads: int = THREADS) -> int:
     return sm_count() * resident_blocks(family, name, threads)
 
 
-def grid_for(family: str, name: str, n: int, threads: int = THREADS, per_thread: int = 4) -> int:
+def grid_for(
+    family: str, name: str, n: int, threads: int = THREADS, per_thread: int = _grid.PER_THREAD
+) -> int:
     """Blocks for a grid-stride launch of kernel ``name`` over ``n`` items: enough to cover
-    ``n`` with ``per_thread`` items per thread, at most one full wave (``max_blocks``)."""
-    need = -(-max(n, 1) // (threads * per_thread))
-    return max(1, min(need, max_blocks(family, name, threads)))
+    ``n`` with ``per_thread`` items per thread, at most one full wave (``max_blocks``;
+    ``gpugd._grid.stride_blocks``)."""
+    return _grid.stride_blocks(n, max_blocks(family, name, threads), threads, per_thread)
 
 
-def launch(family: str, name: str, n: int, args: tuple, per_thread: int = 4) -> int:
+def chunk_grid(family: str, name: str, nchunks: int) -> int:
+    """Blocks for a chunked launch of kernel ``name`` over ``nchunks`` block-tasks: one per
+    chunk, at most one full wave (``gpugd._grid.chunk_blocks``)."""
+    return _grid.chunk_blocks(nchunks, max_blocks(family, name))
+
+
+def launch(family: str, name: str, n: int, args: tuple, per_thread: int = _grid.PER_THREAD) -> int:
     """Launch ``name`` with a grid-stride grid sized for ``n`` items; return the block count."""
     blocks = grid_for(family, name, n, THREADS, per_thread)
     get_kernel(family, name)((blocks,), (THREADS,), args)

@@ -38,6 +38,69 @@ def test_kernel_rows_grid_waves_and_in_flight():
     assert "| gpugd_vector_axpy_f32 | 2^28 |" in gpu_model.format_rows(rows)
 
 
+def _stats(name: str, family: str, registers: int = 30) -> kr.KernelStats:
+    loop = kr.Loop(30, 64, 32, 64, (16,), (16,), 96)
+    return kr.KernelStats(name, family, "sm_90", registers, 0, 0, 0, 0, {16: 6}, {16: 3}, 0, loop)
+
+
+def test_kernel_rows_take_each_kernels_launch_policy():
+    """The chunked kernels launch a block per 65,536-element chunk, the sums of squares 8
+    elements per thread up to 1024 blocks, the rest 4 per thread; one wave at most."""
+    names = [
+        ("gpugd_optim_adam_multi_f32", "optim"),
+        ("gpugd_optim_sgd_graph_f32", "optim"),
+        ("gpugd_reduce_stats_partial_f32", "reduce"),
+        ("gpugd_vector_sum_of_squares_partial_f32", "vector"),
+        ("gpugd_vector_scale_f32", "vector"),
+        ("gpugd_batchnorm_affine_f32", "batchnorm"),
+    ]
+    sizes = (1 << 16, 1 << 20, 1 << 28)
+    rows = gpu_model.kernel_rows([_stats(n, f) for n, f in names], sizes=sizes)
+    grid = {(r["kernel"], r["numel"]): r["grid"] for r in rows}
+    wave = 132 * 8
+    for name in names[:3]:
+        assert [grid[name[0], n] for n in sizes] == [1, 16, wave], name
+    assert [grid[names[3][0], n] for n in sizes] == [32, 512, 1024]
+    assert [grid[names[4][0], n] for n in sizes] == [64, 1024, wave]
+    assert [grid[names[5][0], n] for n in sizes] == [None] * 3
+
+
+@pytest.mark.cuda
+def test_model_grids_are_the_grids_the_library_launches(monkeypatch):
+    """On the emulated H200 (132 SMs, ptxas's occupancy) the grid each op launches is
+    gpugd._grid.kernel_blocks's for its kernel: the model predicts the launches it times."""
+    import cupy
+
+    from gpugd import _cuda, _grid, ops
+
+    seen: list[tuple[str, int]] = []
+    call = _cuda.CountedKernel.__call__
+
+    def record(self, grid, block, args, **kw):
+        seen.append((self.raw.name, int(grid[0])))
+        return call(self, grid, block, args, **kw)
+
+    monkeypatch.setattr(_cuda.CountedKernel, "__call__", record)
+    family = {"vector": "vector", "reduce": "reduce", "optim": "optim"}
+    for n in (3, (1 << 16) + 5, 1 << 18):
+        x = cupy.ones(n, cupy.float32)
+        y = cupy.ones(n, cupy.float32)
+        seen.clear()
+        ops.axpy_(y, 2.0, x)
+        ops.sum_of_squares(x)
+        ops.tensor_norms([x])
+        ops.sgd_([x], [y], [cupy.zeros_like(x)], lr=0.1, momentum=0.9)
+        checked = set()
+        for name, blocks in seen:
+            fam = family.get(name.split("_")[1])
+            want = _grid.kernel_blocks(name, n, _cuda.max_blocks(fam, name)) if fam else None
+            if want is None or "finish" in name or "tensors" in name or "partials" in name:
+                continue
+            assert blocks == want, (name, n, blocks, want)
+            checked.add(name.split("_")[2])
+        assert checked >= {"axpy", "sum", "stats", "sgd"}, (n, seen)
+
+
 @pytest.mark.cuda
 def test_cuda_bench_counts_launches_and_prints_measured_over_predicted(capsys):
     import benchmarks
