@@ -178,8 +178,17 @@ class LossScaler:
         scale, tracker = sd.get("scale"), sd.get("growth_tracker")
         if not isinstance(scale, int | float) or not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"loss scaler: scale must be finite and > 0, got {scale!r}")
-        if not isinstance(tracker, int) or not 0 <= tracker < self.growth_interval:
+        if (
+            isinstance(tracker, bool)
+            or not isinstance(tracker, int)
+            or not 0 <= tracker < self.growth_interval
+        ):
             raise ValueError(f"loss scaler: growth_tracker out of range: {tracker!r}")
+        skipped = sd.get("skipped_steps", 0)
+        if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
+            raise ValueError(f"loss scaler: skipped_steps must be an integer ≥ 0, got {skipped!r}")
+        if isinstance(scale, bool):
+            raise ValueError(f"loss scaler: scale must be a real number, got {scale!r}")
 
     def load_state_dict(self, sd: Any) -> None:
         self._check_state_dict(sd)

@@ -14,6 +14,8 @@ import csv
 import math
 import numbers
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple, TypeGuard
@@ -182,7 +184,10 @@ def _checked(
 
 def _load_npz(path: Path) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: a single .npy array, not an .npz archive of X and y")
+        with z:
             keys = list(z.files)
             xkey = "X" if "X" in keys else ("x" if "x" in keys else None)
             if xkey is None or "y" not in keys:
@@ -190,8 +195,9 @@ def _load_npz(path: Path) -> Dataset:
             X, y = z[xkey], z["y"]
     except DataError:
         raise
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # empty, truncated or damaged (CRC) archives raise EOFError/BadZipFile, not OSError
+        raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     if X.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
         raise DataError(f"{path}: X and y must be numeric, got {X.dtype} and {y.dtype}")
     return _checked(X, y, str(path), path.name)

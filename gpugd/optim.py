@@ -51,6 +51,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from . import _hostmem as hostmem
+from . import _validate
 from ._io import atomic_savez, load_npz
 from .flat import FlatParams
 from .ops import optim as _ops
@@ -233,6 +234,16 @@ class Optimizer:
         arenas = {id(g.flat) for g in groups if g.flat is not None}
         if len(arenas) > 1:
             raise ValueError("params: all FlatParams groups must share one arena")
+        # one tensor in two groups (an arena group and a list group viewing it, or two
+        # overlapping list views) would be updated twice per step
+        _validate.disjoint(
+            {
+                f"param_groups[{i}] tensor {n!r}": p
+                for i, g in enumerate(groups)
+                for n, p in zip(g.names, g.params, strict=True)
+                if isinstance(p, np.ndarray) or hasattr(p, "__cuda_array_interface__")
+            }
+        )
         self._groups = groups
         self._precision(master_weights, state_dtype, rounding, seed)
         self.param_groups: list[dict[str, Any]] = [
@@ -683,6 +694,15 @@ class Optimizer:
         step = sd["step"]
         if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
             raise CheckpointError(f"state dict: step must be a non-negative integer, got {step!r}")
+        skipped = sd.get("skipped_steps", 0)
+        if isinstance(skipped, bool) or not isinstance(skipped, int | np.integer) or skipped < 0:
+            raise CheckpointError(
+                f"state dict: skipped_steps must be a non-negative integer, got {skipped!r}"
+            )
+        if not isinstance(sd["layout"], Mapping) or not isinstance(sd["state"], Mapping):
+            raise CheckpointError("state dict: layout and state must be mappings")
+        if not isinstance(sd["param_groups"], list | tuple):
+            raise CheckpointError("state dict: param_groups must be a list")
         layout = sd["layout"]
         mine_names = [n for g in self._groups for n in g.names]
         if list(layout) != mine_names:
@@ -704,6 +724,8 @@ class Optimizer:
             )
         new_groups = []
         for gi, (gd, g) in enumerate(zip(groups, self._groups, strict=True)):
+            if not isinstance(gd, Mapping):
+                raise CheckpointError(f"state dict: param_groups[{gi}] is not a mapping")
             if list(gd.get("names", [])) != g.names:
                 raise CheckpointError(f"state dict: param_groups[{gi}] names differ")
             hyper = {k: val for k, val in gd.items() if k != "names"}
@@ -740,9 +762,12 @@ class Optimizer:
                         f"state dict: {n!r}.{k} is {b.dtype}{list(b.shape)}, expected "
                         f"{a.dtype}{list(a.shape)}"
                     )
+                _check_values(f"state dict: {n!r}.{k}", b, nonnegative=k in SQUARED_STATES)
         gstate = sd.get("group_state", [{} for _ in self._groups])
-        if len(gstate) != len(self._groups):
+        if not isinstance(gstate, list | tuple) or len(gstate) != len(self._groups):
             raise CheckpointError("state dict: group_state does not match the param groups")
+        for gi, extra in enumerate(gstate):
+            self._check_group_state(gi, extra)
         sched = sd.get("scheduler")
         if (sched is None) != (self.scheduler is None):
             have = "no schedule" if self.scheduler is None else type(self.scheduler).__name__
@@ -765,6 +790,26 @@ class Optimizer:
             except ValueError as exc:
                 raise CheckpointError(f"state dict: {exc}") from None
         return new_groups
+
+    GROUP_STATE: ClassVar[dict[str, tuple[float, float]]] = {}  # name -> [lo, hi]: NAdam's Π μ
+
+    def _check_group_state(self, gi: int, extra: Any) -> None:
+        """A group's scalars (``group_state``): known names, real, finite, in range."""
+        if not isinstance(extra, Mapping):
+            raise CheckpointError(f"state dict: group_state[{gi}] is not a mapping")
+        for k, val in extra.items():
+            if k not in self.GROUP_STATE:
+                raise CheckpointError(
+                    f"state dict: group_state[{gi}] has {k!r}; {type(self).__name__} keeps "
+                    f"{sorted(self.GROUP_STATE) or 'none'}"
+                )
+            lo, hi = self.GROUP_STATE[k]
+            ok = isinstance(val, int | float | np.floating) and not isinstance(val, bool)
+            if not ok or not (math.isfinite(val) and lo <= val <= hi):
+                raise CheckpointError(
+                    f"state dict: group_state[{gi}][{k!r}] must be a real in [{lo}, {hi}], "
+                    f"got {val!r}"
+                )
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         """Restore a ``state_dict()``; everything is checked first, so a state dict that does
@@ -811,12 +856,16 @@ class Optimizer:
             files = load_npz(path)
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: not a readable gpugd checkpoint ({exc})") from None
+        if not isinstance(files.get("meta"), np.ndarray) or files["meta"].dtype != np.uint8:
+            files.pop("meta", None)
         if "meta" not in files:
             raise CheckpointError(f"{path}: no 'meta' record; not a gpugd checkpoint")
         try:
             meta = json.loads(files.pop("meta").tobytes().decode())
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{path}: unreadable 'meta' record ({exc})") from None
+        if not isinstance(meta, dict):
+            raise CheckpointError(f"{path}: 'meta' is not a JSON object")
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
         state: dict[str, dict[str, np.ndarray]] = {n: {} for n in meta.get("layout", {})}
@@ -833,16 +882,43 @@ class Optimizer:
             self._check_state_dict(sd)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-        if meta.get("params"):
+        if not isinstance(meta.get("params"), bool):
+            raise CheckpointError(f"{path}: 'params' must be true or false in 'meta'")
+        if meta["params"]:
             for g in self._groups:
                 for n, p in zip(g.names, g.params, strict=True):
                     a = param_arrays.get(n)
                     if a is None or a.shape != p.shape or a.dtype != p.dtype:
                         raise CheckpointError(f"{path}: parameter {n!r} missing or mismatched")
+                    try:
+                        _check_values(f"parameter {n!r}", a)
+                    except CheckpointError as exc:
+                        raise CheckpointError(f"{path}: {exc}") from None
             for g in self._groups:
                 for n, p in zip(g.names, g.params, strict=True):
                     p[...] = _like(p, param_arrays[n])
         self.load_state_dict(sd)
+
+
+# states that are sums or averages of squares: never negative (a negative one would put a
+# NaN into the next step's square root)
+SQUARED_STATES = frozenset({"exp_avg_sq", "max_exp_avg_sq", "sum", "square_avg"})
+
+
+def _check_values(what: str, a: np.ndarray, nonnegative: bool = False) -> None:
+    """A loaded float array: finite (a checkpoint to resume from holds no NaN or Inf), and
+    ≥ 0 where ``nonnegative``."""
+    if a.dtype.kind not in "fV" and a.dtype.name != "bfloat16":
+        return
+    x = a.astype(np.float64, copy=False)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise CheckpointError(
+            f"{what} holds {int(bad.sum())} non-finite value(s) (first at flat index "
+            f"{int(np.flatnonzero(bad.ravel())[0])}); not a state to resume from"
+        )
+    if nonnegative and (x < 0).any():
+        raise CheckpointError(f"{what} holds negative values; it is a sum of squares")
 
 
 def _first_difference(a: list[str], b: list[str]) -> str:
@@ -901,8 +977,12 @@ class Adagrad(Optimizer):
 
     def _kernel(self, group, step, grad_scale, g):
         iav = group["initial_accumulator_value"]
-        if not isinstance(iav, int | float) or isinstance(iav, bool) or not iav >= 0:
-            raise ValueError(f"initial_accumulator_value: expected a value ≥ 0, got {iav!r}")
+        if not isinstance(iav, int | float | np.floating | np.integer) or isinstance(iav, bool):
+            raise TypeError(
+                f"initial_accumulator_value: expected a real number, got {type(iav).__name__}"
+            )
+        if not (math.isfinite(iav) and iav >= 0):
+            raise ValueError(f"initial_accumulator_value: expected a finite value ≥ 0, got {iav!r}")
         h = {k: group[k] for k in self.DEFAULTS if k != "initial_accumulator_value"}
         return _ops.adagrad_kernel(**h, step=step, grad_scale=grad_scale)
 
@@ -978,6 +1058,8 @@ class NAdam(Optimizer):
             mu_product=g.extra.get("mu_product", 1.0),
             grad_scale=grad_scale,
         )
+
+    GROUP_STATE: ClassVar[dict[str, tuple[float, float]]] = {"mu_product": (0.0, 1.0)}
 
     def _after_step(self, t):
         for group, g in zip(self.param_groups, self._groups, strict=True):

@@ -113,6 +113,17 @@ class Schedule:
         k = sd.get("last_step")
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise CheckpointError(f"schedule: last_step must be an integer ≥ 0, got {k!r}")
+        for i, b in enumerate(sd["base_lrs"]):
+            _loaded_real(f"schedule: base_lrs[{i}]", b, positive=True)
+        for name, now in self._extra_state().items():
+            val = sd.get(name)
+            if isinstance(now, int) and not isinstance(now, bool):
+                if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+                    raise CheckpointError(f"schedule: {name} must be an integer ≥ 0, got {val!r}")
+            else:  # a float: ±inf allowed (ReduceLROnPlateau's best before any metric)
+                ok = isinstance(val, int | float) and not isinstance(val, bool)
+                if not ok or val != val:
+                    raise CheckpointError(f"schedule: {name} must be a real number, got {val!r}")
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         self._check_state_dict(sd)
@@ -120,6 +131,15 @@ class Schedule:
         self.last_step = int(sd["last_step"])
         for k in self._extra_state():
             setattr(self, k, sd[k])
+
+
+def _loaded_real(what: str, x: Any, positive: bool) -> None:
+    """A learning rate read from a state dict: a finite real, > 0 (``positive``) or ≥ 0."""
+    ok = isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    if not ok or x < 0 or (positive and x == 0):
+        raise CheckpointError(
+            f"{what} must be a finite real {'> 0' if positive else '≥ 0'}, got {x!r}"
+        )
 
 
 class StepLR(Schedule):
@@ -305,6 +325,8 @@ class ReduceLROnPlateau(Schedule):
         super()._check_state_dict(sd)
         if len(sd.get("lrs", [])) != len(self.base_lrs):
             raise CheckpointError("schedule: lrs do not match the param groups")
+        for i, lr in enumerate(sd["lrs"]):
+            _loaded_real(f"schedule: lrs[{i}]", lr, positive=False)
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         super().load_state_dict(sd)
