@@ -421,3 +421,99 @@ def test_cuda_elementwise_pass_in_place(layout, shape):
     np.testing.assert_array_equal(x.get(), y.get())
     np.testing.assert_array_equal(dy.get(), dx.get())
     assert not np.array_equal(x0, x.get())  # it did write in place
+
+
+# ------------------------------------------------- aliasing among the arguments (issue 20)
+
+
+def _bn_arrays(xp):
+    """x (N, C) = (6, 4) and a (6, 4) buffer whose rows can stand in for every channel array."""
+    rng = np.random.default_rng(20)
+    x = xp.asarray(rng.standard_normal((6, 4)).astype(np.float32))
+    spare = xp.asarray((np.abs(rng.standard_normal((6, 4))) + 0.5).astype(np.float32))
+    return x, spare
+
+
+@pytest.mark.parametrize(
+    ("alias", "match"),
+    [
+        ("running_mean=x", "running_mean shares memory with x"),
+        ("running_var=x", "running_var shares memory with x"),
+        ("running_mean=running_var", "running_mean shares memory with running_var"),
+        ("running_mean=weight", "running_mean shares memory with weight"),
+        ("running_var=bias", "running_var shares memory with bias"),
+        ("running_mean=out", "running_mean shares memory with out"),
+        ("running_var=out", "running_var shares memory with out"),
+        ("weight=out", "out shares memory with weight"),
+        ("bias=out", "out shares memory with bias"),
+    ],
+)
+def test_forward_refuses_written_arrays_aliasing_another_argument(xp, alias, match):
+    # The running statistics are written before y: aliasing x rewrote the input, aliasing
+    # out (or each other) lost the update; nothing may be written when refused.
+    x, spare = _bn_arrays(xp)
+    out = xp.zeros((6, 4), np.float32)
+    args = {
+        "weight": spare[0],
+        "bias": spare[1],
+        "running_mean": spare[2],
+        "running_var": spare[3],
+    }
+    target, source = alias.split("=")
+    args[target] = {"x": x[0], "out": out[1], **args}[source]
+    x0, spare0, out0 = to_numpy(x).copy(), to_numpy(spare).copy(), to_numpy(out).copy()
+    with pytest.raises(ValueError, match=match):
+        ops.batch_norm_forward(x, **args, layout="NC", out=out)
+    np.testing.assert_array_equal(to_numpy(x), x0)
+    np.testing.assert_array_equal(to_numpy(spare), spare0)
+    np.testing.assert_array_equal(to_numpy(out), out0)
+
+
+def test_forward_in_place_over_x_with_running_statistics_still_works(xp):
+    x, spare = _bn_arrays(xp)
+    host = to_numpy(x).astype(np.float64)
+    rm, rv = spare[2], spare[3]
+    rm0, rv0 = to_numpy(rm).astype(np.float64), to_numpy(rv).astype(np.float64)
+    res = ops.batch_norm_forward(x, running_mean=rm, running_var=rv, layout="NC", out=x)
+    assert res.y is x
+    mean, var = host.mean(0), host.var(0)
+    assert_rel_close(x, (host - mean) / np.sqrt(var + 1e-5), 1e-6, "y")
+    assert_rel_close(rm, 0.9 * rm0 + 0.1 * mean, 1e-6, "running_mean")
+    assert_rel_close(rv, 0.9 * rv0 + 0.1 * var * 6 / 5, 1e-6, "running_var")
+
+
+@pytest.mark.parametrize("name", ["weight", "mean", "invstd"])
+def test_backward_refuses_out_over_a_channel_array(xp, name):
+    x, spare = _bn_arrays(xp)
+    dy = xp.asarray(np.ones((6, 4), np.float32))
+    out = xp.zeros((6, 4), np.float32)
+    args = {"weight": spare[0], "mean": spare[1], "invstd": spare[2], name: out[3]}
+    with pytest.raises(ValueError, match=f"out shares memory with {name}"):
+        ops.batch_norm_backward(
+            dy, x, args["weight"], args["mean"], args["invstd"], layout="NC", out=out
+        )
+    np.testing.assert_array_equal(to_numpy(out), 0)
+
+
+@pytest.mark.parametrize("value", ["False", 0, 1.0, np.array([True, False]), None])
+def test_training_must_be_a_bool(value):
+    x = np.arange(12.0, dtype=np.float32).reshape(4, 3)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    with pytest.raises(TypeError, match="training: expected True or False"):
+        ops.batch_norm_forward(x, running_mean=rm, running_var=rv, training=value, layout="NC")
+    with pytest.raises(TypeError, match="training: expected True or False"):
+        ops.batch_norm_backward(x, x, None, rm, rv, training=value, layout="NC")
+    assert (rm == 0).all() and (rv == 1).all()
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"layout": ["NC"]}, "layout: expected one of"),
+        ({"layout": "NC", "momentum_convention": ["torch"]}, "momentum_convention"),
+    ],
+)
+def test_unhashable_options_are_named(kw, match):
+    x = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=match):
+        ops.batch_norm_forward(x, **kw)

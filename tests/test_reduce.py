@@ -270,3 +270,93 @@ def test_cuda_norm_pass_every_path(monkeypatch, dtype, offset):
         np.testing.assert_array_equal(to_numpy(st.zero_counts), to_numpy(cpu.zero_counts))
         np.testing.assert_array_equal(to_numpy(st.nonfinite_counts), to_numpy(cpu.nonfinite_counts))
         np.testing.assert_allclose(to_numpy(st.norms), to_numpy(cpu.norms), rtol=1e-13)
+
+
+# ------------------------------------------------- aliasing among the arguments (issue 20)
+
+
+@pytest.mark.parametrize(
+    "places",
+    [(0, 2), (0, 1, 2), (1, 3), (2, 3), (0, 1, 2, 3)],  # where out stands among 4 inputs
+)
+def test_average_with_out_listed_more_than_once_is_the_mean(xp, places):
+    # Each place of out counts out's value before the call: a = 1, b = 4 and
+    # average_(a, [a, b, a]) is 2 (the Numba kernel accumulated into out and re-read it:
+    # 3.33). On the GPU every input of an element is loaded before it is stored.
+    rng = np.random.default_rng(len(places))
+    n = 1029
+    host = [rng.standard_normal(n).astype(np.float32) for _ in range(4)]
+    out_host = rng.standard_normal(n).astype(np.float32)
+    out = xp.asarray(out_host)
+    bufs = [out if i in places else xp.asarray(h) for i, h in enumerate(host)]
+    values = [out_host if i in places else h for i, h in enumerate(host)]
+    want = sum(v.astype(np.float64) for v in values) / 4
+    ops.average_(out, bufs)
+    assert_rel_close(out, want, 1e-6, "average_ with out repeated")
+
+
+def test_average_of_the_reported_case():
+    a, b = np.ones(5, np.float32), np.full(5, 4.0, np.float32)
+    ops.average_(a, [a, b, a])
+    np.testing.assert_array_equal(a, 2.0)
+
+
+def test_average_refuses_a_non_list():
+    with pytest.raises(TypeError, match="buffers: expected a list of arrays, got ndarray"):
+        ops.average_(np.zeros(3), np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("clip", ["global", "norm", "value"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda a: [a, a],  # the same tensor twice
+        lambda a: [a[:6], a[4:]],  # overlapping views
+        lambda a: [a, a.reshape(2, 5)[1]],  # a view inside another
+    ],
+)
+def test_clipping_refuses_gradients_that_share_memory(xp, clip, make):
+    a = xp.asarray(np.arange(1.0, 11.0, dtype=np.float32))
+    grads = make(a)
+    call = {
+        "global": lambda: ops.clip_by_global_norm_(grads, 1.0),
+        "norm": lambda: ops.clip_by_norm_(grads, 1.0),
+        "value": lambda: ops.clip_by_value_(grads, 1.0),
+    }[clip]
+    with pytest.raises(ValueError, match=r"grads\[1\] shares memory with grads\[0\]"):
+        call()
+    np.testing.assert_array_equal(to_numpy(a), np.arange(1.0, 11.0))
+
+
+def test_clipping_disjoint_views_of_one_buffer_is_fine(xp):
+    buf = xp.asarray(np.full(10, 3.0, np.float32))
+    norm = ops.clip_by_global_norm_([buf[:5], buf[5:]], 1.0)
+    assert norm == pytest.approx(math.sqrt(90.0), rel=1e-6)
+    np.testing.assert_allclose(to_numpy(buf), 3.0 / (math.sqrt(90.0) + 1e-6), rtol=1e-6)
+
+
+@pytest.mark.parametrize("flag", ["False", 1, np.array([True, False]), None])
+def test_error_if_nonfinite_must_be_a_bool(flag):
+    a = np.full(4, np.inf, np.float32)
+    with pytest.raises(TypeError, match="error_if_nonfinite: expected True or False"):
+        ops.clip_by_global_norm_([a], 1.0, error_if_nonfinite=flag)
+    assert np.isinf(a).all()
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: ops.tensor_norms([[1.0, 2.0]]), r"xs\[0\]: expected a numpy.ndarray"),
+        (lambda: ops.global_norm(1.5), r"xs: expected a numpy.ndarray or cupy.ndarray"),
+        (lambda: ops.clip_by_norm_([[1.0]], 1.0), r"grads\[0\]: expected a numpy.ndarray"),
+        (lambda: ops.clip_by_value_(2.0, 1.0), r"grads: expected a numpy.ndarray"),
+        (lambda: ops.average_(np.zeros(2), [[0.0, 1.0]]), r"buffers\[0\]: expected"),
+        (
+            lambda: ops.global_norm(np.ones(3, np.float16).astype(">f2")),
+            r"xs: expected dtype .* got >f2",
+        ),
+    ],
+)
+def test_non_arrays_are_type_errors_naming_the_argument(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()

@@ -3,6 +3,10 @@ backends, odd sizes; bad input rejected before any kernel runs."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 from conftest import ODD_SIZES, TOLERANCE, assert_rel_close, to_numpy
@@ -257,3 +261,93 @@ def test_cuda_loops_match_numba_bitwise(monkeypatch, n, dtype, ox, oy):
     s_gpu = float(to_numpy(ops.scale_sum_of_squares_(dx[oy : oy + n], 0.25)))
     _same_bits(dx, hx, "scale_sum_of_squares_")
     assert s_gpu == pytest.approx(s_cpu, rel=1e-13, abs=0)
+
+
+# ------------------------------------------------- array types the kernels take (issue 20)
+
+# Each call crashed the process before the type gate (np.matrix stays 2-D through
+# reshape(-1), and the Numba loops indexed its rows out of bounds; a subclass reporting
+# another array's address had that array written): run in a subprocess, each must now be
+# a TypeError naming the argument, with nothing written.
+_CRASHERS = textwrap.dedent(
+    """
+    import numpy as np
+    from gpugd import ops
+
+    class Lying(np.ndarray):
+        @property
+        def __array_interface__(self):
+            d = dict(np.ndarray.__array_interface__.__get__(self))
+            d["data"] = (victim.__array_interface__["data"][0], False)
+            return d
+
+    victim = np.full(1000, 7.0, np.float32)
+    victim.flags.writeable = False
+    m = np.asmatrix(np.ones((1, 1000), np.float32))
+    lying = np.ones(1000, np.float32).view(Lying)
+    calls = {
+        "scale_(matrix)": lambda: ops.scale_(m, 2.0),
+        "axpy_(matrix)": lambda: ops.axpy_(m, 2.0, np.asarray(m).copy()),
+        "average_(matrix)": lambda: ops.average_(m, [np.asarray(m).copy()] * 2),
+        "scale_(lying)": lambda: ops.scale_(lying, 2.0),
+        "axpy_(y lying)": lambda: ops.axpy_(np.ones(1000, np.float32), 1.0, lying),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+            print(name, "accepted")
+        except TypeError as exc:
+            print(name, "TypeError", str(exc).split(":")[0])
+    print("unchanged", bool((m == 1).all() and (victim == 7).all()))
+    """
+)
+
+
+def test_subclasses_are_refused_not_crashing():
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASHERS], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}:\n{proc.stdout}{proc.stderr[-2000:]}"
+    assert proc.stdout.split("\n")[:-1] == [
+        "scale_(matrix) TypeError x",
+        "axpy_(matrix) TypeError x",
+        "average_(matrix) TypeError out",
+        "scale_(lying) TypeError x",
+        "axpy_(y lying) TypeError y",
+        "unchanged True",
+    ]
+
+
+def test_memmap_and_views_of_freed_bases_are_taken(tmp_path):
+    mm = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="w+", shape=(1001,))
+    mm[:] = np.arange(1001, dtype=np.float32)
+    ops.scale_(mm[1:], 2.0)  # a memmap view, one element in
+    mm.flush()
+    back = np.fromfile(tmp_path / "x.bin", np.float32)
+    np.testing.assert_array_equal(back, np.r_[0.0, 2.0 * np.arange(1.0, 1001.0)])
+    base = np.ones(1040, np.float32)
+    view = base[16:1016]
+    del base  # the view keeps its base alive
+    ops.axpy_(view, 3.0, np.ones(1000, np.float32))
+    np.testing.assert_array_equal(view, 4.0)
+
+
+@pytest.mark.parametrize(
+    ("make", "exc", "match"),
+    [
+        (lambda: np.frombuffer(bytes(4004), np.float32), ValueError, "x: the array is read-only"),
+        (
+            lambda: np.frombuffer(bytearray(4001), np.uint8)[1:].view(np.float32),
+            ValueError,
+            "x: the data is not aligned",
+        ),
+        (lambda: np.zeros(1000, ">f4"), TypeError, "x: expected dtype float32 or float64"),
+        (lambda: np.ma.masked_array(np.zeros(1000, np.float32)), TypeError, "x: expected a numpy"),
+    ],
+)
+def test_odd_numpy_arrays_are_refused_naming_the_argument(make, exc, match):
+    x = make()
+    before = np.asarray(x).tobytes()
+    with pytest.raises(exc, match=match):
+        ops.scale_(x, 2.0)
+    assert np.asarray(x).tobytes() == before
