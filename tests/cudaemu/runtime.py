@@ -34,6 +34,7 @@ import itertools
 import json
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -62,16 +63,29 @@ def kernel_at(handle: int) -> Any:
         raise EmulatorError(f"no emulated kernel has the handle {handle:#x}") from None
 
 
+# Occupancy without ptxas: the rule applied to this many registers and no static shared
+# memory (8 blocks of 256 threads per SM, gpugd's launches before they asked the driver)
+FALLBACK_REGISTERS = 32
+_warned: set[str] = set()
+
+
 @functools.cache
-def _static_rows(code: str, name: str) -> dict[str, Any]:
-    from gpugd import kernel_report
+def _static_rows(code: str, name: str) -> dict[str, Any] | str:
+    """The ptxas rows (sm_90, ``gpugd.kernel_report.source_report(sass=False)``: registers,
+    stack, shared memory; no cuobjdump/nvdisasm needed) of every kernel of ``code``, or why
+    there are none (ptxas or NVRTC missing: the message names the tool)."""
+    from gpugd import _nvrtc, kernel_report
     from gpugd._kernels import kernel_sources, resolved_source
 
     family = next(
         (f for f, p in kernel_sources().items() if resolved_source(p) == code),
         name.removesuffix(".cu"),
     )
-    return {k.name: k for k in kernel_report.source_report(code, family, "sm_90")}
+    try:
+        rows = kernel_report.source_report(code, family, "sm_90", sass=False)
+    except (kernel_report.ToolUnavailableError, _nvrtc.NvrtcUnavailableError) as exc:
+        return str(exc)
+    return {k.name: k for k in rows}
 
 
 _KINDS = ("pointer", "signed integer", "unsigned integer", "floating-point", "bool", "struct")
@@ -80,6 +94,10 @@ K_POINTER, K_SIGNED, K_UNSIGNED, K_FLOAT, K_BOOL = range(5)
 
 class EmulatorError(RuntimeError):
     """The emulator could not build or find a kernel."""
+
+
+class StaticFiguresUnavailable(EmulatorError):
+    """A kernel's registers and shared memory are unknown: ptxas (or NVRTC) is missing."""
 
 
 class LaunchError(EmulatorError):
@@ -229,21 +247,40 @@ class Kernel:
         _by_handle[self.ptr] = self
 
     def static(self) -> Any:
-        """This kernel's figures on the emulated device (an H200, sm_90): the
-        ``gpugd.kernel_report`` row of the same source, compiled by NVRTC and ptxas."""
+        """This kernel's figures on the emulated device (an H200, sm_90): the ptxas part of
+        the ``gpugd.kernel_report`` row of the same source (NVRTC + ptxas; cuobjdump and
+        nvdisasm are not needed). ``StaticFiguresUnavailable`` naming the missing tool
+        where ptxas or NVRTC is not installed."""
         rows = _static_rows(self.module.code, self.module.name)
+        if isinstance(rows, str):
+            raise StaticFiguresUnavailable(f"{self.name}: no ptxas figures: {rows}")
         if self.name not in rows:
             raise EmulatorError(f"{self.name}: not in ptxas's report of {self.module.name}")
         return rows[self.name]
 
     def max_active_blocks(self, block_size: int, dynamic_smem: int) -> int:
-        """``cuOccupancyMaxActiveBlocksPerMultiprocessor`` on the emulated H200: from the
-        registers and shared memory ptxas gives this kernel for sm_90."""
+        """``cuOccupancyMaxActiveBlocksPerMultiprocessor`` on the emulated H200: the sm_90
+        occupancy rule (``kernel_report.blocks_per_sm``) applied to the registers and shared
+        memory ptxas gives this kernel. Without ptxas, the same rule for
+        ``FALLBACK_REGISTERS`` = 32 registers and no static shared memory (8 blocks of 256
+        threads), with one ``RuntimeWarning`` per process naming the missing tool; tests
+        that check real figures skip there (``static()`` raises)."""
         from gpugd import kernel_report
 
-        st = self.static()
         arch = kernel_report.ARCHS["sm_90"]
-        return kernel_report.blocks_per_sm(arch, st.registers, st.smem + dynamic_smem, block_size)
+        try:
+            regs, smem = self.static().registers, self.static().smem
+        except StaticFiguresUnavailable as exc:
+            regs, smem = FALLBACK_REGISTERS, 0
+            if "occupancy" not in _warned:
+                _warned.add("occupancy")
+                warnings.warn(
+                    f"emulated occupancy: {exc}; answering as for {FALLBACK_REGISTERS} "
+                    "registers and no shared memory",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+        return kernel_report.blocks_per_sm(arch, regs, smem + dynamic_smem, block_size)
 
     def _refuse(self, p: Param, what: str) -> LaunchError:
         return LaunchError(f"{self.name}: parameter {p.index} `{p.decl}`: {what}")

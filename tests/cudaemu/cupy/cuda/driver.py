@@ -40,7 +40,10 @@ def occupancyMaxActiveBlocksPerMultiprocessor(
 ) -> int:
     """Resident blocks per multiprocessor of the kernel ``func`` (``RawKernel.kernel.ptr``)
     on the emulated H200: the occupancy rules of sm_90 applied to the registers and shared
-    memory ptxas gives the same source (``gpugd.kernel_report``)."""
+    memory ptxas gives the same source (``gpugd.kernel_report``, ptxas only: cuobjdump and
+    nvdisasm are not needed). Without ptxas or NVRTC: the rule for 32 registers and no
+    static shared memory (8 blocks of 256 threads), with one warning naming the missing
+    tool (``runtime.Kernel.max_active_blocks``)."""
     from .. import _EMULATOR_PACKAGE
 
     emu = importlib.import_module(_EMULATOR_PACKAGE + ".runtime")
