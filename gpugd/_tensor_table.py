@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ._validate import address
+
 ROWS = 7  # p, g, s0, s1, s2, sizes, out
 SIZE_ROW = 5
 OUT_ROW = 6
@@ -61,5 +63,5 @@ def on_device(
     chunks = tasks(sizes, chunk)
     counts = -(-np.asarray(sizes, np.int64) // chunk)
     first = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    table = build(rows, lambda a: a.data.ptr, out)
+    table = build(rows, address, out)
     return cupy.asarray(table), cupy.asarray(chunks), len(chunks), cupy.asarray(first)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import _hostmem as hostmem
+from ._validate import real_scalar
 
 ALIGN_BYTES = 64
 
@@ -52,6 +53,8 @@ class FlatParams(Mapping):
     def __init__(
         self, shapes: Mapping[str, tuple[int, ...]], dtype: Any = np.float32, xp: Any = np
     ):
+        if xp is not np and getattr(xp, "__name__", None) != "cupy":
+            raise TypeError(f"xp: expected the numpy or cupy module, got {xp!r}")
         dtype = np.dtype(dtype)
         if dtype.name not in ("float32", "float64", "float16", "bfloat16"):
             raise TypeError(
@@ -66,12 +69,12 @@ class FlatParams(Mapping):
         for name, shape in shapes.items():
             if not isinstance(name, str) or not name:
                 raise TypeError(f"shapes: parameter names must be non-empty strings, got {name!r}")
-            try:
-                shape = tuple(int(s) for s in shape)
-            except TypeError:
-                raise TypeError(
-                    f"shapes[{name!r}]: expected a tuple of ints, got {shape!r}"
-                ) from None
+            if not isinstance(shape, tuple | list) or not all(
+                isinstance(s, int | np.integer) and not isinstance(s, bool) for s in shape
+            ):
+                # int() would truncate 2.5 and parse "12": only integers are dimensions
+                raise TypeError(f"shapes[{name!r}]: expected a tuple of ints, got {shape!r}")
+            shape = tuple(int(s) for s in shape)
             if any(s < 0 for s in shape):
                 raise ValueError(f"shapes[{name!r}]: negative dimension in {shape}")
             self._slots[name] = (off, shape)
@@ -124,11 +127,25 @@ class FlatParams(Mapping):
     def __len__(self) -> int:
         return len(self._slots)
 
+    def __repr__(self) -> str:
+        """``FlatParams(3 tensors, 100480 float32 elements on cpu: w1 (784, 128), ...)``."""
+        backend = "cpu" if self.xp is np else "cuda"
+        shown = [f"{k} {s}" for k, (_, s) in list(self._slots.items())[:6]]
+        more = f", ... {len(self) - 6} more" if len(self) > 6 else ""
+        n = sum(math.prod(s) for _, s in self._slots.values())
+        return (
+            f"FlatParams({len(self)} tensors, {n} {self.dtype.name} elements on {backend}: "
+            + ", ".join(shown)
+            + more
+            + ")"
+        )
+
     # ---- states and gradients
 
     def new_state(self, fill: float = 0.0, dtype: Any = None) -> _Views:
         """A zero-initialized (or ``fill``) buffer with the same layout, as named views; of
         ``dtype`` when given (fp32 states or master weights beside half parameters)."""
+        fill = real_scalar("fill", fill)
         views = _Views(self, self._alloc(dtype))
         if fill:
             views.data.fill(fill)

@@ -18,6 +18,8 @@ import hostile
 import pytest
 from conftest import BACKENDS, emulated
 
+from gpugd.flat import FlatParams
+
 WORKER = Path(__file__).with_name("hostile.py")
 
 # Cases still wrong for a reason outside the ops, checked strictly (a case that starts to
@@ -69,3 +71,18 @@ def test_odd_arrays_give_the_plain_result_or_a_clean_error(group, backend):
         by_kind.setdefault(r["kind"], set()).add(r["verdict"])
     assert by_kind["plain"] == {"ok"}, "a plain array must always work (the control)"
     assert {"ok", "refused"} <= {r["verdict"] for r in rows}
+
+
+@pytest.mark.parametrize("shape", [(2.5, 3), ("12",), (True, 4), 7, None])
+def test_shapes_must_be_integers(shape):
+    # int() would have made (2.5, 3) a (2, 3) view and parsed "12"
+    with pytest.raises(TypeError, match=r"shapes\['w'\]: expected a tuple of ints"):
+        FlatParams({"w": shape})
+
+
+def test_fill_and_xp_are_checked():
+    flat = FlatParams({"w": (3,)})
+    with pytest.raises(TypeError, match="fill: expected a real scalar"):
+        flat.new_state(fill="1")
+    with pytest.raises(TypeError, match="xp: expected the numpy or cupy module"):
+        FlatParams({"w": (3,)}, xp=list)
