@@ -140,19 +140,6 @@ class FlatParams(Mapping):
             + ")"
         )
 
-    def __repr__(self) -> str:
-        """``FlatParams(3 tensors, 100480 float32 elements on cpu: w1 (784, 128), ...)``."""
-        backend = "cpu" if self.xp is np else "cuda"
-        shown = [f"{k} {s}" for k, (_, s) in list(self._slots.items())[:6]]
-        more = f", ... {len(self) - 6} more" if len(self) > 6 else ""
-        n = sum(math.prod(s) for _, s in self._slots.values())
-        return (
-            f"FlatParams({len(self)} tensors, {n} {self.dtype.name} elements on {backend}: "
-            + ", ".join(shown)
-            + more
-            + ")"
-        )
-
     # ---- states and gradients
 
     def new_state(self, fill: float = 0.0, dtype: Any = None) -> _Views:
