@@ -1,17 +1,24 @@
 """Data-parallel training under mpiexec (the mpich wheel's hydra launcher): equivalence of
 2- and 4-rank training (and of 2-rank training with local accumulation over micro-batches)
 with single-process training on the whole mini-batch, a layout mismatch raising on every
-rank, a failing rank ending the job in bounded time. Plus the single-process pieces
-(buckets, average_, micro_batches and DataParallel.no_sync on one rank)."""
+rank, a failing rank ending the job in bounded time; the faults of tests/mpi/faults.py each
+ending a 2-rank job with a non-zero exit and a message naming the rank and the call within
+a short deadline. Plus the single-process pieces (buckets, average_, micro_batches,
+DataParallel.no_sync, the deadline's settings, the wait loop and the NCCL watchdog with
+stand-in requests and events)."""
 
 from __future__ import annotations
 
 import itertools
+import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +29,9 @@ import gpugd
 from gpugd import parallel
 
 WORKER = Path(__file__).parent / "mpi" / "train_mlp.py"
+FAULTS = Path(__file__).parent / "mpi" / "faults.py"
+DEADLINE = 5  # seconds: GPUGD_COLLECTIVE_TIMEOUT of the fault tests
+HANG = 60  # a job still running after this long is taken as hung
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
 mpi_only = pytest.mark.skipif(MPIEXEC is None, reason="no mpiexec: pip install 'gpugd[mpi]'")
 
@@ -81,6 +91,208 @@ def test_a_failing_rank_ends_the_job_in_bounded_time(tmp_path):
     assert r.returncode != 0
     assert "rank 1 fails on purpose" in r.stderr
     assert elapsed < 60, f"the job took {elapsed:.0f} s to end"
+
+
+def _run_fault(mode: str, mpi4py: bool) -> tuple[int, str, float]:
+    """(exit status, stderr + stdout, seconds) of the 2-rank fault worker; a job past HANG
+    seconds is killed (its whole process group) and the test fails as hung."""
+    cmd = [MPIEXEC, "-n", "2", sys.executable, *(["-m", "mpi4py"] if mpi4py else []), str(FAULTS)]
+    env = dict(os.environ, GPUGD_COLLECTIVE_TIMEOUT=str(DEADLINE), NUMBA_NUM_THREADS="1")
+    env["OMP_NUM_THREADS"] = "1"
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [*cmd, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=HANG)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{mode}: the job hung (killed after {HANG} s):\n{err[-3000:]}")
+    return proc.returncode, err + out, time.monotonic() - start
+
+
+# mode, launcher (-m mpi4py or plain python), what the message must say
+FAULT_CASES = {
+    "fewer": (
+        False,
+        r"rank 0 of 2: MPI_Iallgather \(collective \d+, average_gradients call 6, step 5, "
+        rf"consistency check\) did not complete within the {DEADLINE} s deadline",
+    ),
+    "exit": (
+        False,
+        r"rank 0 of 2: MPI_Iallgather \(collective \d+, average_gradients call 3, step 2, "
+        rf"consistency check\) did not complete within the {DEADLINE} s deadline",
+    ),
+    "skip": (
+        False,
+        r"average_gradients call 3, step \d: ranks disagree on step: rank 0 has 2, rank 1 has 3",
+    ),
+    "raise": (
+        False,
+        r"rank 1 of 2: uncaught RuntimeError exception:\n(.|\n)*"
+        r"RuntimeError: rank 1 fails on purpose at step 2\n"
+        r"gpugd.parallel: rank 1 of 2: aborting the job",
+    ),
+    "raise-mpi4py": (
+        True,
+        r"rank 1 of 2: uncaught RuntimeError exception:\n(.|\n)*"
+        r"RuntimeError: rank 1 fails on purpose at step 2\n"
+        r"gpugd.parallel: rank 1 of 2: aborting the job",
+    ),
+    "thread": (
+        False,
+        r"rank 1 of 2: uncaught RuntimeError in thread 'loader':\n(.|\n)*"
+        r"RuntimeError: rank 1 fails on purpose in a thread",
+    ),
+    "reorder": (
+        False,
+        r"average_gradients call 1, step 0: ranks disagree on layout \(names, shapes, offsets, "
+        r"dtype\): rank 1 differs from rank 0 at tensor 0: rank 0 has \['w', \[3, 4\], 0, "
+        r"'float64'\], rank 1 has \['v', \[5\], 0, 'float64'\]",
+    ),
+    "micro": (
+        False,
+        r"average_gradients call 1, step 0: ranks disagree on micro_batches: "
+        r"rank 0 has 2, rank 1 has 3",
+    ),
+}
+
+
+@mpi_only
+@pytest.mark.parametrize("case", list(FAULT_CASES))
+def test_each_fault_ends_the_job_within_the_deadline_naming_rank_and_call(case):
+    mpi4py, expect = FAULT_CASES[case]
+    code, text, elapsed = _run_fault(case.removesuffix("-mpi4py"), mpi4py)
+    assert code != 0, text
+    assert re.search(expect, text), text
+    waits = "did not complete" in expect  # only these need the deadline itself
+    assert ("did not complete" in text) == waits, text
+    assert elapsed < (DEADLINE if waits else 0) + 20, f"{case}: ended after {elapsed:.1f} s"
+    if waits:  # the stall warning came first, at half the deadline
+        assert re.search(rf"still waiting after 2.\d s \(deadline {DEADLINE} s\)", text), text
+
+
+@mpi_only
+def test_the_fault_worker_runs_clean_without_a_fault():
+    code, text, _ = _run_fault("ok", mpi4py=False)
+    assert code == 0, text
+    assert "rank 0: ok: done" in text and "rank 1: ok: done" in text
+
+
+def test_the_deadline_defaults_to_120_s_and_is_configurable(monkeypatch):
+    monkeypatch.delenv("GPUGD_COLLECTIVE_TIMEOUT", raising=False)
+    assert parallel.collective_timeout() == parallel.DEFAULT_TIMEOUT == 120.0
+    assert parallel.collective_timeout(7) == 7.0
+    assert parallel.collective_timeout(math.inf) == math.inf
+    for text, want in (("30", 30.0), (" 0.5 ", 0.5), ("off", math.inf), ("INF", math.inf)):
+        monkeypatch.setenv("GPUGD_COLLECTIVE_TIMEOUT", text)
+        assert parallel.collective_timeout() == want
+    assert parallel.collective_timeout(3) == 3.0  # the argument wins
+    for bad in ("0", "-1", "soon", "nan"):
+        monkeypatch.setenv("GPUGD_COLLECTIVE_TIMEOUT", bad)
+        with pytest.raises(ValueError, match="GPUGD_COLLECTIVE_TIMEOUT: expected a positive"):
+            parallel.collective_timeout()
+    for bad in (0, -2.0, True, "5", math.nan):
+        with pytest.raises(ValueError, match="timeout: expected a positive number"):
+            parallel.collective_timeout(bad)
+
+
+class _NeverDone:
+    """A stand-in MPI request that never completes (and counts its polls)."""
+
+    polls = 0
+
+    def Test(self):
+        self.polls += 1
+        return False
+
+
+def test_a_collective_that_never_completes_warns_then_aborts(comm, capfd):
+    comm.timeout, comm.context = 0.2, "average_gradients call 4, step 3, bucket 1 of 2"
+    codes = []
+    comm._abort = codes.append  # instead of MPI_Abort
+    req = _NeverDone()
+    start = time.monotonic()
+    comm._start("MPI_Iallreduce", lambda: req)
+    elapsed = time.monotonic() - start
+    assert codes == [parallel.TIMEOUT_EXIT] and 0.2 <= elapsed < 2 and req.polls > 10
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 2, err  # one warning at half the deadline, one verdict
+    label = (
+        f"MPI_Iallreduce (collective {comm.collectives}, average_gradients call 4, step 3, "
+        "bucket 1 of 2)"
+    )
+    assert err[0].startswith(f"gpugd.parallel: rank 0 of 1: {label} still waiting after 0.1")
+    assert err[1].startswith(f"gpugd.parallel: rank 0 of 1: {label} did not complete within ")
+    assert "the 0.2 s deadline" in err[1] and "GPUGD_COLLECTIVE_TIMEOUT" in err[1]
+
+
+def test_real_collectives_count_and_pass_on_one_rank(comm):
+    n = comm.collectives
+    comm.barrier()
+    g = np.arange(4.0)
+    comm.allreduce_(g)
+    comm.broadcast_(g)
+    assert comm._bcast_object({"uid": b"x" * 200}) == {"uid": b"x" * 200}
+    assert comm._allgather_bytes(b"abc") == [b"abc"]
+    np.testing.assert_array_equal(g, np.arange(4.0))
+    assert comm.collectives == n + 3 + 2 + 2
+
+
+class _Event:
+    def __init__(self, done):
+        self.done = done
+
+
+@pytest.mark.parametrize("async_error", [False, True])
+def test_the_nccl_watchdog_fires_once_on_a_stuck_event(async_error):
+    fired = []
+
+    def broken():
+        raise RuntimeError("NCCL error: unhandled system error")
+
+    # a stand-in for cupy's NcclCommunicator (check_async_error raises on an async error)
+    nccl = types.SimpleNamespace(check_async_error=broken) if async_error else None
+    dog = parallel._Watchdog(0.3, lambda what, waited: fired.append((what, waited)), nccl)
+    dog.watch(_Event(True), "ncclAllReduce (collective 1)")
+    dog.watch(_Event(False), "ncclAllReduce (collective 2)")
+    start = time.monotonic()
+    while not fired and time.monotonic() - start < 5:
+        time.sleep(0.01)
+    time.sleep(0.1)  # no second verdict
+    assert len(fired) == 1, fired
+    what, waited = fired[0]
+    if async_error:
+        assert "asynchronous error" in what and "unhandled system error" in what
+    else:
+        assert what == "ncclAllReduce (collective 2)" and 0.3 < waited < 2
+
+
+def test_the_nccl_watchdog_stays_quiet_while_events_complete():
+    fired = []
+    dog = parallel._Watchdog(0.2, lambda *a: fired.append(a))
+    ev = _Event(False)
+    dog.watch(ev, "ncclBcast")
+    time.sleep(0.05)
+    ev.done = True
+    time.sleep(0.4)
+    assert fired == [] and not dog._pending
+
+
+@pytest.mark.parametrize("bad", [-1, True, 2.0, "3"])
+def test_step_must_be_a_non_negative_integer(comm, bad):
+    g = np.ones(4)
+    calls = comm.calls
+    with pytest.raises(ValueError, match="step: expected None or an integer >= 0"):
+        parallel.average_gradients(comm, g, step=bad)
+    assert comm.calls == calls  # rejected before counting or communicating
+    np.testing.assert_array_equal(g, 1.0)
 
 
 def test_buckets_cover_the_buffer_with_a_small_first_one():
