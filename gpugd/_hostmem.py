@@ -35,6 +35,8 @@ ALIGN = 64  # the least alignment of every buffer (16-byte vector accesses, cach
 def zeros(n: int, dtype: Any) -> np.ndarray:
     """``n`` zeroed elements of ``dtype`` in 1-D: 2 MiB-aligned with huge pages requested
     when the buffer is at least ``HUGE_MIN`` bytes, else 64-byte-aligned from NumPy."""
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+        raise ValueError(f"n: expected an element count ≥ 0, got {n!r}")
     dtype = np.dtype(dtype)
     nbytes = int(n) * dtype.itemsize
     advise = getattr(mmap, "MADV_HUGEPAGE", None)

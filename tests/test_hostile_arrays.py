@@ -86,3 +86,11 @@ def test_fill_and_xp_are_checked():
         flat.new_state(fill="1")
     with pytest.raises(TypeError, match="xp: expected the numpy or cupy module"):
         FlatParams({"w": (3,)}, xp=list)
+
+
+@pytest.mark.parametrize("n", [-1, 2.5, True, "8"])
+def test_host_buffers_take_a_count(n):
+    from gpugd import _hostmem
+
+    with pytest.raises(ValueError, match="n: expected an element count"):
+        _hostmem.zeros(n, "float32")
