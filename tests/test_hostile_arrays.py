@@ -23,10 +23,8 @@ from gpugd.flat import FlatParams
 WORKER = Path(__file__).with_name("hostile.py")
 
 # Cases still wrong for a reason outside the ops, checked strictly (a case that starts to
-# pass fails the test, so the entry is removed with the fix): gpugd/optim.py allocates the
-# optimizer state from each parameter (``_full_like``) before any array check, so a list or
-# a float among the params is an AttributeError rather than a TypeError naming it.
-KNOWN = {"classes": re.compile(r" params\[\d\]=(list|python_float)$")}
+# pass fails the test, so the entry is removed with the fix). None today.
+KNOWN: dict[str, re.Pattern] = {}
 
 
 def _run(group: str, backend: str) -> tuple[list[dict], int | None]:

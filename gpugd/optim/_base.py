@@ -56,6 +56,10 @@ class _Group:
                     f"'params' with their gradients under 'grads'; got {type(params).__name__}"
                 )
             self.params, self.grads = list(params), list(spec["grads"])
+            where = f"param_groups[{index}] " if index else ""
+            for k, (p, g) in enumerate(zip(self.params, self.grads, strict=False)):
+                _validate.array_kind(f"{where}params[{k}]", p)  # before any state is made
+                _validate.array_kind(f"{where}grads[{k}]", g)
             if len(self.grads) != len(self.params):
                 raise ValueError(
                     f"param_groups[{index}]: {len(self.params)} params but {len(self.grads)} grads"
