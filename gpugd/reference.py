@@ -195,6 +195,29 @@ def nadam(
     return p - lr * mu_next / (1 - prod * mu_next) * state["exp_avg"] / den
 
 
+def lion(
+    p,
+    g,
+    state,
+    *,
+    lr=1e-4,
+    betas=(0.9, 0.99),
+    weight_decay=0.0,
+    grad_scale=1.0,
+    clip_value=None,
+):
+    """Lion (Chen et al. 2023, arXiv 2302.06675) with lion-pytorch's decoupled weight decay:
+    p ← p·(1 − lr·wd); p ← p − lr·sign(β1·m + (1−β1)·d); m = β2·m + (1−β2)·d
+    (sign(0) = 0)."""
+    b1, b2 = betas
+    p = _f64(p) * (1 - lr * weight_decay)
+    d = _grad_in(g, grad_scale, clip_value)
+    m = state["exp_avg"]
+    p = p - lr * np.sign(b1 * m + (1 - b1) * d)
+    state["exp_avg"] = b2 * m + (1 - b2) * d
+    return p
+
+
 # ---------------------------------------------------------------- activations
 # torch's definitions and defaults, in float64. ``act_forward(kind, x, a, b)`` and
 # ``act_backward(kind, dy, v, a, b)`` where v is the output y for sigmoid and tanh (their

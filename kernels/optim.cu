@@ -108,6 +108,21 @@ struct NadamRule {  // p −= (c_g·d + c_m·m)/(√(v·(1/bc2)) + ε), c_g, c_m
   }
 };
 
+// Lion (Chen et al. 2023), decoupled weight decay as lion-pytorch: p = p·(1 − lr·wd);
+// u = sign(β1·m + (1−β1)·d) (±1, or c itself for ±0 and NaN: Numba's np.sign); p −= lr·u;
+// m = β2·m + (1−β2)·d.
+template <typename T>
+struct LionRule {
+  T lr, beta1, one_m_beta1, beta2, one_m_beta2, decay_mul;
+  __device__ __forceinline__ void operator()(T& p, T g, T& m, T&, T&) const {
+    p = p * decay_mul;
+    const T c = fma(beta1, m, one_m_beta1 * g);
+    const T u = c > T(0) ? T(1) : (c < T(0) ? T(-1) : c);
+    p = fma(-lr, u, p);
+    m = fma(beta2, m, one_m_beta2 * g);
+  }
+};
+
 // ---- where a rule is applied: a range with a start and stride, and a tensor table ------
 
 // rule over n elements of p, g and up to three states (null: unused), from `start` in steps
@@ -392,7 +407,10 @@ __device__ __forceinline__ T scale_of(T grad_scale, const double* dev_scale) {
         (gpugd::NadamRule<T>{beta1, one_m_beta1, beta2, one_m_beta2, eps, wd_c, decay_mul, c_g, \
                              c_m, inv_bc2}),                                                    \
         T beta1, T one_m_beta1, T beta2, T one_m_beta2, T eps, T wd_c, T decay_mul, T c_g,      \
-        T c_m, T inv_bc2)
+        T c_m, T inv_bc2)                                                                       \
+  ENTRY(lion, T, SFX,                                                                           \
+        (gpugd::LionRule<T>{lr, beta1, one_m_beta1, beta2, one_m_beta2, decay_mul}), T lr,      \
+        T beta1, T one_m_beta1, T beta2, T one_m_beta2, T decay_mul)
 
 GPUGD_OPTIM_RULES(GPUGD_OPTIM_ENTRIES, float, f32)
 GPUGD_OPTIM_RULES(GPUGD_OPTIM_ENTRIES, double, f64)

@@ -63,7 +63,12 @@ CASES = {
             ["exp_avg", "exp_avg_sq"],
         ),
     ],
+    "lion": [
+        ("default", dict(lr=1e-2), ["exp_avg"]),
+        ("decay", dict(lr=3e-3, betas=(0.8, 0.95), weight_decay=0.5), ["exp_avg"]),
+    ],
 }
+NO_STEP = ("rmsprop", "lion")  # rules whose update does not depend on the step count
 ALL = [(rule, cid, hp, names) for rule, cases in CASES.items() for cid, hp, names in cases]
 IDS = [f"{rule}-{cid}" for rule, cid, _, _ in ALL]
 INIT = {"sum": 0.1}  # Adagrad's initial_accumulator_value; the other states start at 0
@@ -72,7 +77,7 @@ STATE_ARG = {"sum": "state_sum"}  # the op's argument name where it differs from
 
 def run_op(rule, xp, p, g, states, hp, step, mu_product, **extra):
     kw = dict(hp, **extra)
-    if rule != "rmsprop":
+    if rule not in NO_STEP:
         kw["step"] = step
     if rule == "nadam":
         kw["mu_product"] = mu_product
@@ -86,12 +91,13 @@ CASES_STATES = {
     "rmsprop": ["square_avg", "grad_avg", "momentum_buffer"],
     "adam": ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
     "nadam": ["exp_avg", "exp_avg_sq"],
+    "lion": ["exp_avg"],
 }
 
 
 def run_ref(rule, p, g, state, hp, step, mu_product, grad_scale):
     kw = dict(hp, grad_scale=grad_scale)
-    if rule != "rmsprop":
+    if rule not in NO_STEP:
         kw["step"] = step
     if rule == "nadam":
         kw["mu_product"] = mu_product

@@ -112,6 +112,15 @@ def _nadam(p, g, m, v, b1, one_m_b1, b2, one_m_b2, eps, wd_c, decay_mul, c_g, c_
     return p - fma(c_g, d, c_m * m) / (np.sqrt(v * inv_bc2) + eps), m, v
 
 
+@njit(**_RULE)
+def _lion(p, g, m, lr, b1, one_m_b1, b2, one_m_b2, decay_mul):
+    # Decoupled weight decay as lion-pytorch. Numba's np.sign keeps c's dtype and is the
+    # CUDA rule's select: ±1, or c itself for ±0 and NaN.
+    p = p * decay_mul
+    c = fma(b1, m, one_m_b1 * g)
+    return fma(-lr, np.sign(c), p), fma(b2, m, one_m_b2 * g)
+
+
 # ---------------------------------------------------------------- serial range loops
 # Every array is read through ``ld`` and written through ``st`` (gpugd._cpu.precision):
 # float32/float64 arrays as they are, half-precision ones as their bit views, converted
@@ -307,6 +316,16 @@ def _apply_nadam(
         _store_p(p, out, i, pi, rnd)
         st(m, i, mi, None)
         st(v, i, vi, None)
+
+
+@njit(**_LOOP)
+def _apply_lion(p, g, m, out, rnd, lr, b1, one_m_b1, b2, one_m_b2, decay_mul, gs, clip):
+    for i in range(p.size):
+        pi, mi = _lion(
+            ld(p, i), _grad(ld(g, i), gs, clip), ld(m, i), lr, b1, one_m_b1, b2, one_m_b2, decay_mul
+        )
+        _store_p(p, out, i, pi, rnd)
+        st(m, i, mi, None)
 
 
 # ---------------------------------------------------------------- tensor-table drivers
@@ -585,6 +604,53 @@ def _multi_nadam(
             stats[k, 0], stats[k, 1] = _update_stats(p, old)
 
 
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _multi_lion(
+    table,
+    tasks,
+    chunk,
+    likes,
+    out_like,
+    key,
+    stats,
+    want_stats,
+    scratch,
+    lr,
+    b1,
+    one_m_b1,
+    b2,
+    one_m_b2,
+    decay_mul,
+    gs,
+    clip,
+):
+    lp, lg, ls = likes
+    for k in prange(tasks.shape[0]):
+        t, lo = tasks[k, 0], tasks[k, 1]
+        n = min(chunk, table[SIZE_ROW, t] - lo)
+        p = entry(table, 0, t, lo, n, lp)
+        old = scratch[get_thread_id(), :n] if want_stats else lp
+        if want_stats:
+            old[:] = p
+        _apply_lion(
+            p,
+            entry(table, 1, t, lo, n, lg),
+            entry(table, 2, t, lo, n, ls),
+            entry_or_none(table, OUT_ROW, t, lo, n, out_like),
+            _task_rnd(key, t, lo),
+            lr,
+            b1,
+            one_m_b1,
+            b2,
+            one_m_b2,
+            decay_mul,
+            gs,
+            clip,
+        )
+        if want_stats:
+            stats[k, 0], stats[k, 1] = _update_stats(p, old)
+
+
 _NO_STATS = np.zeros((1, 2), np.float64)
 STATS_CHUNK = 1 << 12  # task size when update statistics are taken (copy and sums in L1)
 
@@ -594,6 +660,7 @@ _DRIVERS = {
     "rmsprop": (_apply_rmsprop, _multi_rmsprop),
     "adam": (_apply_adam, _multi_adam),
     "nadam": (_apply_nadam, _multi_nadam),
+    "lion": (_apply_lion, _multi_lion),
 }
 
 

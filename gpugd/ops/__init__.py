@@ -28,7 +28,7 @@ from .batchnorm import (
     batch_norm_stats,
 )
 from .dropout import dropout, dropout_backward, dropout_mask
-from .optim import adagrad_, adam_, nadam_, rmsprop_, sgd_
+from .optim import adagrad_, adam_, lion_, nadam_, rmsprop_, sgd_
 from .reduce import (
     GradStats,
     average_,
@@ -63,6 +63,7 @@ __all__ = [
     "global_norm",
     "leaky_relu",
     "leaky_relu_backward",
+    "lion_",
     "nadam_",
     "relu",
     "relu_backward",

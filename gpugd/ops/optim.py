@@ -1,5 +1,6 @@
 """Fused optimizer updates with torch.optim's semantics: ``sgd_``, ``adagrad_``,
-``rmsprop_``, ``adam_`` (AdamW: ``decoupled=True``), ``nadam_``.
+``rmsprop_``, ``adam_`` (AdamW: ``decoupled=True``), ``nadam_``; ``lion_`` with
+lion-pytorch's.
 
 Each is one pass over memory: it reads p, g and the states once and writes p and the
 states once. ``g`` is multiplied by ``grad_scale`` before use (how clipping and loss
@@ -33,7 +34,7 @@ from .. import _validate as v
 from .._lazy import cpu
 from ..reference import nadam_mu
 
-RULES = ("sgd", "adagrad", "rmsprop", "adam", "nadam")
+RULES = ("sgd", "adagrad", "rmsprop", "adam", "nadam", "lion")
 MIXED_POLICIES = tuple(
     f"{p}p_{s}s{m}" for p in ("f16", "bf16") for s in ("f32", "bf16") for m in ("", "_master")
 )
@@ -834,3 +835,44 @@ def nadam_(
     return _apply(
         k, p, g, {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}, skip_if, master, rounding, seed
     )
+
+
+def lion_kernel(
+    *,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weight_decay: float = 0.0,
+    grad_scale: float = 1.0,
+    clip_value: float | None = None,
+) -> Kernel:
+    """The Lion update of ``lion_`` for these hyperparameters (validated)."""
+    lr = _hyper("lr", lr)
+    b1, b2 = _betas(betas)
+    weight_decay = _hyper("weight_decay", weight_decay)
+    gs, clip = _grad_scale(grad_scale), _clip_value(clip_value)
+    sc = (lr, b1, 1 - b1, b2, 1 - b2, 1 - lr * weight_decay)
+    return Kernel("lion", {"exp_avg": ""}, sc, gs, clip)
+
+
+def lion_(
+    p: Any,
+    g: Any,
+    exp_avg: Any,
+    *,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weight_decay: float = 0.0,
+    grad_scale: float = 1.0,
+    clip_value: float | None = None,
+    skip_if: Any = None,
+    master: Any = None,
+    rounding: str = "nearest",
+    seed: int = 0,
+) -> Any:
+    """Lion (Chen et al. 2023) as lion-pytorch's ``Lion``: p ← p·(1 − lr·wd);
+    p ← p − lr·sign(β1·m + (1−β1)·d); m = β2·m + (1−β2)·d, d = s·g (clamped to ±clip_value).
+    sign(0) = 0. One state; 20 bytes per fp32 element. Returns ``p``."""
+    k = lion_kernel(
+        lr=lr, betas=betas, weight_decay=weight_decay, grad_scale=grad_scale, clip_value=clip_value
+    )
+    return _apply(k, p, g, {"exp_avg": exp_avg}, skip_if, master, rounding, seed)
