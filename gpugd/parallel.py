@@ -6,9 +6,9 @@ uncaught exception on any rank aborts the whole job: see Deadlines below)::
     comm = gpugd.parallel.init()                    # MPI; NCCL too when asked for CuPy
     gpugd.parallel.check_consistent(comm, flat)     # same names/shapes/dtypes everywhere
     gpugd.parallel.broadcast_parameters(comm, flat, optimizer=opt)   # rank 0's start
-    for batch in shard_of_each_minibatch:
+    for t, batch in enumerate(shard_of_each_minibatch):
         ... backward into flat.grads ...
-        gpugd.parallel.average_gradients(comm, flat)   # in place, bucketed, no copies
+        gpugd.parallel.average_gradients(comm, flat, step=t)   # in place, bucketed
         opt.step(); opt.zero_grad()
 
 Every rank then holds the gradient of the whole mini-batch (the mean of the ranks' shard
@@ -20,11 +20,11 @@ is communicated there), then average once per step; the division by K·size is t
 single scaling pass::
 
     dp = gpugd.parallel.DataParallel(comm, flat)
-    for batch in shard_of_each_minibatch:
+    for t, batch in enumerate(shard_of_each_minibatch):
         for micro in split(batch, K):
             with dp.no_sync():                      # counts the micro-batch
                 ... backward of micro, added into flat.grads ...
-        avg = dp.average(norm=True)                 # Σ/(K·size): one allreduce per bucket
+        avg = dp.average(norm=True, step=t)         # Σ/(K·size): one allreduce per bucket
         opt.step(); opt.zero_grad()
 
 Deadlines (no silent hang): every collective a ``Communicator`` makes has one —

@@ -245,6 +245,11 @@ def test_real_collectives_count_and_pass_on_one_rank(comm):
     assert comm.collectives == n + 3 + 2 + 2
 
 
+def test_a_one_rank_job_installs_no_abort_hooks(comm):
+    # nobody waits on a lone rank: its exceptions stay ordinary (this pytest process too)
+    assert comm.size == 1 and "sys" not in parallel._hooked
+
+
 class _Event:
     def __init__(self, done):
         self.done = done
