@@ -289,12 +289,37 @@ __device__ __forceinline__ void tree_over_rows(double* r1, double* r2, const Row
   __syncthreads();
 }
 
+// The end of a rows pass: each thread's W sums s1, s2 into shared memory (r1, and r2 =
+// r1 + 256·W), summed over the tile's rows (tree_over_rows), then for each channel e of the
+// thread's vector f(e, Σs1, Σs2, out) writes its pair at out = partial + 2·((cv·W + e)·tiles
+// + t).
+template <int W, typename F>
+__device__ __forceinline__ void finish_rows(const double (&s1)[W], const double (&s2)[W],
+                                            double* r1, const RowTile& tl, int tx_n, i64 tiles,
+                                            double* partial, F f) {
+  double* r2 = r1 + BN_THREADS * W;
+  const RowPos& w = tl.pos;
+  if (w.ty < w.nty) {
+#pragma unroll
+    for (int e = 0; e < W; ++e) {
+      r1[e * BN_THREADS + threadIdx.x] = s1[e];
+      r2[e * BN_THREADS + threadIdx.x] = s2[e];
+    }
+  }
+  tree_over_rows<W>(r1, r2, w, tx_n);
+  if (w.ty == 0 && w.active) {
+#pragma unroll
+    for (int e = 0; e < W; ++e)
+      f(e, r1[e * BN_THREADS + threadIdx.x], r2[e * BN_THREADS + threadIdx.x],
+        partial + 2 * ((w.cv * W + e) * tiles + tl.t));
+  }
+}
+
 template <typename T, int W>
 __device__ __forceinline__ void stats_rows(const T* x, i64 A, i64 C, i64 rows, i64 tiles,
                                            int tx_n, double* partial, double* r1) {
   typedef BnVec<T, W> V;
   constexpr int U = BnUnroll<T, W>::rows;
-  double* r2 = r1 + BN_THREADS * W;
   const RowTile tl(A, C, W, rows, tx_n);
   const RowPos& w = tl.pos;
   const V* xv = reinterpret_cast<const V*>(x);
@@ -326,25 +351,12 @@ __device__ __forceinline__ void stats_rows(const T* x, i64 A, i64 C, i64 rows, i
   }
 #pragma unroll 1
   for (; off < end; off += step) add(xv[off]);
-  if (w.ty < w.nty) {
-#pragma unroll
-    for (int e = 0; e < W; ++e) {
-      r1[e * BN_THREADS + threadIdx.x] = s1[e];
-      r2[e * BN_THREADS + threadIdx.x] = s2[e];
-    }
-  }
-  tree_over_rows<W>(r1, r2, w, tx_n);
-  if (w.ty == 0 && w.active) {
-    const double n = static_cast<double>(tl.nrows);
-#pragma unroll
-    for (int e = 0; e < W; ++e) {
-      const double a = r1[e * BN_THREADS + threadIdx.x], b = r2[e * BN_THREADS + threadIdx.x];
-      const double m = a / n;
-      double* out = partial + 2 * ((w.cv * W + e) * tiles + tl.t);
-      out[0] = K[e] + m;
-      out[1] = nonnegative(b - a * m);
-    }
-  }
+  finish_rows<W>(s1, s2, r1, tl, tx_n, tiles, partial,
+                 [&](int e, double a, double b, double* out) {
+                   const double m = a / static_cast<double>(tl.nrows);
+                   out[0] = K[e] + m;
+                   out[1] = nonnegative(b - a * m);
+                 });
 }
 
 template <typename T, int W>
@@ -353,7 +365,6 @@ __device__ __forceinline__ void sums_rows(const T* dy, const T* x, const double*
                                           double* partial, double* r1) {
   typedef BnVec<T, W> V;
   constexpr int U = BnUnroll<T, W>::rows2;
-  double* r2 = r1 + BN_THREADS * W;
   const RowTile tl(A, C, W, rows, tx_n);
   const RowPos& w = tl.pos;
   const V* gv = reinterpret_cast<const V*>(dy);
@@ -388,22 +399,11 @@ __device__ __forceinline__ void sums_rows(const T* dy, const T* x, const double*
   }
 #pragma unroll 1
   for (; off < end; off += step) add(gv[off], xv[off]);
-  if (w.ty < w.nty) {
-#pragma unroll
-    for (int e = 0; e < W; ++e) {
-      r1[e * BN_THREADS + threadIdx.x] = s1[e];
-      r2[e * BN_THREADS + threadIdx.x] = s2[e];
-    }
-  }
-  tree_over_rows<W>(r1, r2, w, tx_n);
-  if (w.ty == 0 && w.active) {
-#pragma unroll
-    for (int e = 0; e < W; ++e) {
-      double* out = partial + 2 * ((w.cv * W + e) * tiles + tl.t);
-      out[0] = r1[e * BN_THREADS + threadIdx.x];
-      out[1] = r2[e * BN_THREADS + threadIdx.x];
-    }
-  }
+  finish_rows<W>(s1, s2, r1, tl, tx_n, tiles, partial,
+                 [](int, double a, double b, double* out) {
+                   out[0] = a;
+                   out[1] = b;
+                 });
 }
 
 // ---- the elementwise pass ----------------------------------------------------------------
