@@ -6,6 +6,10 @@ forms of the CUDA file: exponentials only of non-positive arguments (no overflow
 finite input), ``expm1`` where 1 − e^x would cancel. ``forward``/``backward`` run one
 loop per kind (the kind is chosen outside the loop, so each loop vectorizes; exp is the
 vectorizable ``vmath.vexp``), in CHUNK-element tasks of a ``prange`` for large arrays.
+Each loop runs in ``vmath.BLOCK``-element blocks that prefetch their lines 4 KiB ahead
+(``_map2``/``_map3``): without it, on the Intel Xeon VMs, every transcendental backward in
+place ran at half its out-of-place speed from memory (the same machine code; in cache both
+were equal), e.g. silu 2^24 fp32, one run: 97 ms in place, 45 out of place; after, 33/39.
 float32 GELU takes Φ from a vectorizable erfc (relative error ~1e-7 in both tails);
 float64 GELU and softplus' forward call libm's erfc/log1p (scalar: exact, slower).
 Compiled with fastmath ``contract`` only (here and in ``vmath``): a·b + c may become one
@@ -20,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from .vector import CHUNK, PARALLEL_MIN
-from .vmath import fma, like, vexp, vexpm1, vphi, vphi_gauss
+from .vmath import BLOCK, fma, like, prefetch_block, vexp, vexpm1, vphi, vphi_gauss
 
 # kernel ids, the same in kernels/activations.cu; selu runs as elu with its constants
 KINDS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "softplus", "silu")
@@ -155,67 +159,77 @@ def _silu_b(dy, x, a, b):
 
 
 @njit(**_J)
-def _forward_loops(kind, x, y, a, b):
+def _map2(f, x, y, a, b):
+    """y[i] = f(x[i], a, b) in BLOCK-element blocks, each prefetching the lines of the block
+    PREFETCH_BYTES ahead (the fixed-length inner loop vectorizes)."""
     n = x.size
+    full = n - n % BLOCK
+    for lo in range(0, full, BLOCK):
+        prefetch_block(x, lo, False)
+        prefetch_block(y, lo, True)
+        for i in range(lo, lo + BLOCK):
+            y[i] = f(x[i], a, b)
+    for i in range(full, n):
+        y[i] = f(x[i], a, b)
+
+
+@njit(**_J)
+def _map3(f, dy, v, dx, a, b):
+    """dx[i] = f(dy[i], v[i], a, b), blocked and prefetched as ``_map2``."""
+    n = dy.size
+    full = n - n % BLOCK
+    for lo in range(0, full, BLOCK):
+        prefetch_block(dy, lo, False)
+        prefetch_block(v, lo, False)
+        prefetch_block(dx, lo, True)
+        for i in range(lo, lo + BLOCK):
+            dx[i] = f(dy[i], v[i], a, b)
+    for i in range(full, n):
+        dx[i] = f(dy[i], v[i], a, b)
+
+
+@njit(**_J)
+def _forward_loops(kind, x, y, a, b):
     if kind == 0:
-        for i in range(n):
-            y[i] = _sigmoid_f(x[i], a, b)
+        _map2(_sigmoid_f, x, y, a, b)
     elif kind == 1:
-        for i in range(n):
-            y[i] = _tanh_f(x[i], a, b)
+        _map2(_tanh_f, x, y, a, b)
     elif kind == 2:
-        for i in range(n):
-            y[i] = _relu_f(x[i], a, b)
+        _map2(_relu_f, x, y, a, b)
     elif kind == 3:
-        for i in range(n):
-            y[i] = _leaky_relu_f(x[i], a, b)
+        _map2(_leaky_relu_f, x, y, a, b)
     elif kind == 4:
-        for i in range(n):
-            y[i] = _elu_f(x[i], a, b)
+        _map2(_elu_f, x, y, a, b)
     elif kind == 5:
-        for i in range(n):
-            y[i] = _gelu_f(x[i], a, b)
+        _map2(_gelu_f, x, y, a, b)
     elif kind == 6:
-        for i in range(n):
-            y[i] = _gelu_tanh_f(x[i], a, b)
+        _map2(_gelu_tanh_f, x, y, a, b)
     elif kind == 7:
-        for i in range(n):
-            y[i] = _softplus_f(x[i], a, b)
+        _map2(_softplus_f, x, y, a, b)
     elif kind == 8:
-        for i in range(n):
-            y[i] = _silu_f(x[i], a, b)
+        _map2(_silu_f, x, y, a, b)
 
 
 @njit(**_J)
 def _backward_loops(kind, dy, v, dx, a, b):
-    n = dy.size
     if kind == 0:
-        for i in range(n):
-            dx[i] = _sigmoid_b(dy[i], v[i], a, b)
+        _map3(_sigmoid_b, dy, v, dx, a, b)
     elif kind == 1:
-        for i in range(n):
-            dx[i] = _tanh_b(dy[i], v[i], a, b)
+        _map3(_tanh_b, dy, v, dx, a, b)
     elif kind == 2:
-        for i in range(n):
-            dx[i] = _relu_b(dy[i], v[i], a, b)
+        _map3(_relu_b, dy, v, dx, a, b)
     elif kind == 3:
-        for i in range(n):
-            dx[i] = _leaky_relu_b(dy[i], v[i], a, b)
+        _map3(_leaky_relu_b, dy, v, dx, a, b)
     elif kind == 4:
-        for i in range(n):
-            dx[i] = _elu_b(dy[i], v[i], a, b)
+        _map3(_elu_b, dy, v, dx, a, b)
     elif kind == 5:
-        for i in range(n):
-            dx[i] = _gelu_b(dy[i], v[i], a, b)
+        _map3(_gelu_b, dy, v, dx, a, b)
     elif kind == 6:
-        for i in range(n):
-            dx[i] = _gelu_tanh_b(dy[i], v[i], a, b)
+        _map3(_gelu_tanh_b, dy, v, dx, a, b)
     elif kind == 7:
-        for i in range(n):
-            dx[i] = _softplus_b(dy[i], v[i], a, b)
+        _map3(_softplus_b, dy, v, dx, a, b)
     elif kind == 8:
-        for i in range(n):
-            dx[i] = _silu_b(dy[i], v[i], a, b)
+        _map3(_silu_b, dy, v, dx, a, b)
 
 
 # The dispatch bodies above are inlined (Numba IR) into one wrapper per aliasing form. In

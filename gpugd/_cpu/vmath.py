@@ -60,6 +60,46 @@ def fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+# Elements per block of the streaming loops (``stream``): an inner loop of fixed length
+# that vectorizes; the prefetches run once per block, PREFETCH_BYTES ahead of it.
+BLOCK = 64
+PREFETCH_BYTES = 4096
+
+
+@intrinsic
+def prefetch_block(typingctx, arr, i, write):
+    """Prefetch the cache lines of ``arr[i + d : i + d + BLOCK]``, d = PREFETCH_BYTES ahead
+    (``llvm.prefetch``, one per 64-byte line; ``write`` a literal bool: prefetch for a store).
+    A prefetch never faults, so lines past the end are harmless. On the Intel Xeon VMs the
+    hardware prefetchers alone left an in-place loop with math between its load and its store
+    at half the speed of the same loop out of place (silu backward, 2^24 fp32: 2.4 against
+    1.1 ns/element on one core); with these it runs at least as fast as the out-of-place."""
+    if not isinstance(write, types.BooleanLiteral):
+        return None
+    rw = int(write.literal_value)
+
+    def codegen(context, builder, signature, args):
+        aty = signature.args[0]
+        ary = context.make_array(aty)(context, builder, args[0])
+        item = context.get_abi_sizeof(context.get_data_type(aty.dtype))
+        i8p = cgutils.ir.IntType(8).as_pointer()
+        i32 = cgutils.ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module,
+            cgutils.ir.FunctionType(cgutils.ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0i8",
+        )
+        base = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+        for off in range(PREFETCH_BYTES, PREFETCH_BYTES + BLOCK * item, 64):
+            ptr = builder.gep(base, [cgutils.ir.Constant(cgutils.ir.IntType(64), off)])
+            # read/write, locality 3 (keep in all levels), data cache
+            consts = [cgutils.ir.Constant(i32, c) for c in (rw, 3, 1)]
+            builder.call(fn, [ptr, *consts])
+        return context.get_dummy_value()
+
+    return types.void(arr, i, write), codegen
+
+
 @njit(error_model="numpy", fastmath={"contract"})
 def _round32(t):
     # round to nearest by adding and removing 1.5·2^23 (np.floor would be a libm call
