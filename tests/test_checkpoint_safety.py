@@ -331,3 +331,17 @@ def test_damaged_data_files_raise_data_errors(tmp_path):
         np.save(f, np.zeros(3))
     with pytest.raises(DataError, match=r"single \.npy"):
         load(npy)
+
+
+def test_load_takes_the_checkpoints_hyperparameters_as_torch_does(tmp_path):
+    """The chosen behaviour (torch's load_state_dict): the saved lr replaces the new one;
+    a configuration that needs other states (amsgrad) is refused, changing nothing."""
+    flat = gpugd.FlatParams(SHAPES, np.float32, np)
+    optim.Adam(flat, lr=1e-2, betas=(0.8, 0.9)).save(tmp_path / "a.npz")
+    opt = optim.Adam(gpugd.FlatParams(SHAPES, np.float32, np), lr=1e-3)
+    opt.load(tmp_path / "a.npz")
+    assert opt.param_groups[0]["lr"] == 1e-2 and opt.param_groups[0]["betas"] == (0.8, 0.9)
+    other = optim.Adam(gpugd.FlatParams(SHAPES, np.float32, np), lr=1e-3, amsgrad=True)
+    with pytest.raises(CheckpointError, match="states"):
+        other.load(tmp_path / "a.npz")
+    assert other.param_groups[0]["lr"] == 1e-3

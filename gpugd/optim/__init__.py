@@ -34,9 +34,12 @@ counter counts from 1 as torch's does; every group steps together.
 Checkpoints: ``state_dict()``/``load_state_dict()`` as torch's (states as NumPy copies,
 no parameters); ``save(path)`` writes parameters and optimizer state (and the attached
 schedule's) to one ``.npz`` atomically (temporary file, fsync, rename); ``load(path)``
-checks kind, names, shapes, dtypes and every hyperparameter before it writes anything, so
-a refused checkpoint leaves the optimizer and parameters as they were, and a resumed run
-continues bit for bit.
+checks kind, names, shapes, dtypes, every hyperparameter, counter and array before it
+writes anything, so a refused checkpoint leaves the optimizer and parameters as they were,
+and a resumed run continues bit for bit. Hyperparameters: as torch's ``load_state_dict``,
+the checkpoint's values (lr, betas, weight decay, …) replace the optimizer's — each must be
+a legal value, and the states it needs must be the ones this optimizer holds (e.g. Adam's
+``amsgrad`` cannot change); set ``param_groups[i]["lr"]`` after loading to override one.
 """
 
 from ._base import MASTER, NONFINITE_POLICIES, Optimizer

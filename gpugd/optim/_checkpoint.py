@@ -191,7 +191,8 @@ class CheckpointMixin:
 
     def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         """Restore a ``state_dict()``; everything is checked first, so a state dict that does
-        not fit raises ``CheckpointError`` and changes nothing."""
+        not fit raises ``CheckpointError`` and changes nothing. Its hyperparameters replace
+        the optimizer's (torch's behaviour), validated as the constructor validates them."""
         new_groups = self._check_state_dict(sd)
         for n, st in self.state.items():
             for k, a in st.items():
