@@ -376,3 +376,16 @@ def test_save_is_atomic(tmp_path, monkeypatch):
         opt.save(path)
     assert path.read_bytes() == good, "a failed save damaged the previous checkpoint"
     assert os.listdir(tmp_path) == ["ck.npz"], "a failed save left a temporary file"
+
+
+def test_repr_shows_groups_hyperparameters_and_policy():
+    flat = gpugd.FlatParams({"w": (3, 4), "b": (4,)})
+    opt = optim.AdamW(
+        [{"params": flat, "names": ["w"]}, {"params": flat, "names": ["b"], "weight_decay": 0.0}],
+        lr=1e-3,
+        max_grad_norm=1.0,
+    )
+    text = repr(opt)
+    assert text.startswith("AdamW (\nParameter Group 0 (1 tensors, 12 elements, arena)")
+    assert "    weight_decay: 0.01" in text and "    weight_decay: 0.0\n" in text
+    assert "max_grad_norm=1.0" in text and text.endswith("\n)")

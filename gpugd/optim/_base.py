@@ -345,6 +345,22 @@ class Optimizer(StepMixin, CheckpointMixin):
             g.tensors_key = key
         return g.tensors
 
+    def __repr__(self) -> str:
+        """torch's layout (one block per param group, hyperparameters sorted), then what
+        gpugd adds: tensors and elements per group, precision policy, clipping, policy."""
+        lines = [f"{type(self).__name__} ("]
+        for gi, (group, g) in enumerate(zip(self.param_groups, self._groups, strict=True)):
+            n = sum(int(p.size) for p in g.params)
+            where = "arena" if g.flat is not None else "list"
+            lines.append(f"Parameter Group {gi} ({len(g.names)} tensors, {n:,} elements, {where})")
+            lines += [f"    {k}: {group[k]}" for k in sorted(self.DEFAULTS)]
+        lines.append(
+            f"params {self.param_dtype}, states {self.state_dtype}, master_weights="
+            f"{self.master_weights}, rounding={self.rounding!r}, max_grad_norm="
+            f"{self.max_grad_norm}, clip_value={self.clip_value}, nonfinite={self.nonfinite!r}"
+        )
+        return "\n".join(lines) + "\n)"
+
     @property
     def names(self) -> list[str]:
         """Every tensor's name, in group order."""
