@@ -44,7 +44,7 @@ a legal value, and the states it needs must be the ones this optimizer holds (e.
 
 from ._base import MASTER, NONFINITE_POLICIES, Optimizer
 from ._checkpoint import FORMAT, CheckpointError
-from ._rules import SGD, Adagrad, Adam, AdamW, NAdam, RMSprop
+from ._rules import SGD, Adagrad, Adam, AdamW, Lion, NAdam, RMSprop
 from ._step import StepReport
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "CheckpointError",
+    "Lion",
     "NAdam",
     "Optimizer",
     "RMSprop",

@@ -128,3 +128,18 @@ class NAdam(Optimizer):
         for group, g in zip(self.param_groups, self._groups, strict=True):
             mu = nadam_mu(t, group["betas"][0], group["momentum_decay"])
             g.extra["mu_product"] = g.extra.get("mu_product", 1.0) * mu
+
+
+class Lion(Optimizer):
+    """Lion (Chen et al. 2023) with lion-pytorch's names and defaults, decoupled weight
+    decay: p ← p·(1 − lr·wd) − lr·sign(β1·m + (1−β1)·g); m = β2·m + (1−β2)·g
+    (``gpugd.ops.lion_``). One state, ``exp_avg``."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0)
+
+    def _state_fills(self, group):
+        return {"exp_avg": 0.0}
+
+    def _kernel(self, group, step, grad_scale, g):
+        h = {k: group[k] for k in self.DEFAULTS}
+        return _ops.lion_kernel(**h, grad_scale=grad_scale)
