@@ -5,7 +5,8 @@ Per chunk of at most ``CHUNK`` elements of one tensor (the CUDA chunk size too):
 float64, the count of exact zeros when asked (the monitor's dead-unit fraction), and the
 count of non-finite elements — taken only for a chunk whose Σ x² is not finite, so the hot
 loop is the plain sum of squares. float16/bfloat16 tensors arrive as their integer bit
-views (``precision.kernel_view``) and are widened on load. A full chunk is read as four
+views (``precision.kernel_view``) and are widened on load. A chunk (a tensor's last, short
+one too: a list of 161 ResNet-50 tensors is ~half short chunks) is read as four
 interleaved sequential streams (more cache misses in flight per core, as in
 ``vector.sum_of_squares``); the inner loops vectorize (``{'reassoc', 'contract'}``: no
 flag that assumes away NaN/Inf). Then, in task order, each tensor's chunks are summed and
@@ -22,7 +23,6 @@ from .tensor_table import SIZE_ROW, entry
 from .vector import _REDUCE_MATH, _ssq_four_streams, _ssq_stream
 
 CHUNK = 1 << 16  # elements per task: the CUDA reduce chunk
-STREAM = CHUNK // 4
 
 
 @njit(cache=True, nogil=True, fastmath=_REDUCE_MATH)
@@ -68,12 +68,15 @@ def _task(table, tasks, k, like, out, zeros):
     t, lo = tasks[k, 0], tasks[k, 1]
     n = min(CHUNK, table[SIZE_ROW, t] - lo)
     x = entry(table, 0, t, lo, n, like)
-    four = n == CHUNK
-    q0, q1, q2, q3 = x[:STREAM], x[STREAM : 2 * STREAM], x[2 * STREAM : 3 * STREAM], x[3 * STREAM :]
+    # four equal streams (STREAM each in a full chunk) and the < 4 elements left over
+    q = n // 4
+    q0, q1, q2, q3, rest = x[:q], x[q : 2 * q], x[2 * q : 3 * q], x[3 * q : 4 * q], x[4 * q :]
     if zeros:
-        s, z = _ssq_zeros_four_streams(q0, q1, q2, q3) if four else _ssq_zeros_stream(x)
+        s, z = _ssq_zeros_four_streams(q0, q1, q2, q3)
+        s_rest, z_rest = _ssq_zeros_stream(rest)
+        s, z = s + s_rest, z + z_rest
     else:
-        s, z = (_ssq_four_streams(q0, q1, q2, q3) if four else _ssq_stream(x)), 0.0
+        s, z = _ssq_four_streams(q0, q1, q2, q3) + _ssq_stream(rest), 0.0
     out[k, 0], out[k, 1], out[k, 2] = s, 0.0, z
     # Σ x² is finite exactly when every element is (fp32 squares cannot overflow a double;
     # fp64 ones can, and then the norm is infinite too): count only then, off the hot loop.
