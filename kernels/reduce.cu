@@ -163,10 +163,12 @@ extern "C" __global__ void gpugd_reduce_stats_finish(const double* per_tensor, i
 }
 
 // out[i] = (b_0[i] + … + b_{k−1}[i])·inv, the inputs' addresses in device memory: the mean of
-// k local gradient buffers in one pass. Every input element is read before out[i] is
-// written, so out may be one of the inputs. The sum runs b_0, b_1, … in order for every
-// path. For k ≤ 4 the addresses are loaded once per thread (a specialization per k); 16-byte
-// packs when out and every input are 16-byte aligned, elements otherwise and for the tail.
+// k local gradient buffers. Every input element is read before out[i] is written, so out
+// may be one of the inputs. The sum runs b_0, b_1, … in order for every path. For k ≤ 4 the
+// addresses are loaded once per thread (a specialization per k), one pass; k ≥ 5 in passes
+// accumulated in out (average_groups: 4 inputs, then 3 or 2 at a time; where out is one of
+// b_4 …, the any-k loop, one pass); 16-byte packs when out and every input are 16-byte
+// aligned, elements otherwise and for the tail.
 namespace gpugd {
 
 // Packs per thread per iteration for k inputs (k·U 16-byte loads in flight): 4 for k = 1,
@@ -202,19 +204,14 @@ __device__ __forceinline__ void average_loop(const P* const* b, P* out, i64 m, T
       });
 }
 
+// One pass over n elements of K inputs b: in 16-byte packs when ``packed`` (out and every
+// input 16-byte aligned), else element by element.
 template <typename T, int K>
-__device__ __forceinline__ void average_k(const i64* __restrict__ ptrs, T* out, i64 n, T inv) {
+__device__ __forceinline__ void average_pass(const T* const* b, T* out, i64 n, T inv,
+                                             bool packed) {
   constexpr int W = Pack<T>::width;
-  const T* b[K];
-  u64 bits = reinterpret_cast<u64>(out);
-#pragma unroll
-  for (int q = 0; q < K; ++q) {
-    b[q] = reinterpret_cast<const T*>(ptrs[q]);
-    assume_global(b[q]);
-    bits |= static_cast<u64>(ptrs[q]);
-  }
   i64 done = 0;
-  if ((bits & 15ull) == 0ull) {
+  if (packed) {
     typedef AlignedPack<T> P;
     const P* bp[K];
 #pragma unroll
@@ -228,6 +225,77 @@ __device__ __forceinline__ void average_k(const i64* __restrict__ ptrs, T* out, 
   for (int q = 0; q < K; ++q) bs[q] = reinterpret_cast<const S*>(b[q] + done);
   average_loop<S, K, AverageUnroll<K>::packs>(bs, reinterpret_cast<S*>(out + done), n - done,
                                               inv);
+}
+
+// b[q] = the input address ptrs[q0 + q], q < K (loaded once per thread).
+template <typename T, int K>
+__device__ __forceinline__ void load_inputs(const i64* __restrict__ ptrs, int q0, const T** b) {
+#pragma unroll
+  for (int q = 0; q < K; ++q) {
+    b[q] = reinterpret_cast<const T*>(ptrs[q0 + q]);
+    assume_global(b[q]);
+  }
+}
+
+template <typename T, int K>
+__device__ __forceinline__ void average_k(const i64* __restrict__ ptrs, T* out, i64 n, T inv) {
+  const T* b[K];
+  load_inputs<T, K>(ptrs, 0, b);
+  u64 bits = reinterpret_cast<u64>(out);
+#pragma unroll
+  for (int q = 0; q < K; ++q) bits |= reinterpret_cast<u64>(b[q]);
+  average_pass<T, K>(b, out, n, inv, (bits & 15ull) == 0ull);
+}
+
+// out = out + b[q0] + … + b[q0 + R − 1], scaled by inv: R + 1 loads per item, R ≤ 3 for
+// float (4 loads, as average_k<4>) and R ≤ 2 for double, within the 40 registers of the
+// launch bounds (R = 3 spilled one value for double).
+template <typename T, int R>
+__device__ __forceinline__ void average_onto(const i64* __restrict__ ptrs, int q0, T* out, i64 n,
+                                             T inv, bool packed) {
+  const T* b[R + 1];
+  b[0] = out;
+  load_inputs<T, R>(ptrs, q0, b + 1);
+  average_pass<T, R + 1>(b, out, n, inv, packed);
+}
+
+// k ≥ 5 inputs, in passes over the whole range with their addresses in registers: out =
+// b_0 + … + b_3, then out = out + b_4 + b_5 (+ b_6 for float), …, the last pass scaled by
+// inv. The sum
+// still runs b_0, b_1, … in order and the partial is rounded to T in out as the one-pass
+// loop rounds its accumulator: the same bits. Every pass takes the same path (packed or not,
+// from all k addresses and out) and so the same items in each thread: a thread reads back
+// only its own writes. Traffic: each later pass reads and writes out again, (k + 1 + 2P)·n
+// elements for P later passes instead of (k + 1)·n (k = 5: +33%), at 64 B (double: 48 B
+// in later passes) of loads in flight per thread instead of the any-k loop's one address
+// load before each group. False (nothing done) where out is one of b_4 … b_{k−1}, which a pass
+// before would overwrite: the caller then runs the one-pass loop.
+template <typename T>
+__device__ __forceinline__ bool average_groups(const i64* __restrict__ ptrs, int k, T* out,
+                                               i64 n, T inv) {
+  u64 bits = reinterpret_cast<u64>(out);
+  for (int q = 0; q < k; ++q) {
+    if (q >= 4 && ptrs[q] == static_cast<i64>(reinterpret_cast<u64>(out))) return false;
+    bits |= static_cast<u64>(ptrs[q]);
+  }
+  const bool packed = (bits & 15ull) == 0ull;
+  {
+    const T* b[4];
+    load_inputs<T, 4>(ptrs, 0, b);
+    average_pass<T, 4>(b, out, n, T(1), packed);
+  }
+  constexpr int R = sizeof(T) == 4 ? 3 : 2;  // inputs per later pass (see average_onto)
+#pragma unroll 1
+  for (int q0 = 4; q0 < k; q0 += R) {
+    const T scale = q0 + R >= k ? inv : T(1);
+    if (R == 3 && k - q0 >= 3)
+      average_onto<T, R == 3 ? 3 : 2>(ptrs, q0, out, n, scale, packed);
+    else if (k - q0 >= 2)
+      average_onto<T, 2>(ptrs, q0, out, n, scale, packed);
+    else
+      average_onto<T, 1>(ptrs, q0, out, n, scale, packed);
+  }
+  return true;
 }
 
 // Any k: the addresses re-read (from L1) for every item, the inputs' loads in groups of 4.
@@ -279,7 +347,9 @@ __device__ __forceinline__ void average_body(const i64* __restrict__ ptrs, int k
     case 2: average_k<T, 2>(ptrs, out, n, inv); break;
     case 3: average_k<T, 3>(ptrs, out, n, inv); break;
     case 4: average_k<T, 4>(ptrs, out, n, inv); break;
-    default: average_any<T>(ptrs, k, out, n, inv); break;
+    default:
+      if (!average_groups<T>(ptrs, k, out, n, inv)) average_any<T>(ptrs, k, out, n, inv);
+      break;
   }
 }
 

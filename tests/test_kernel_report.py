@@ -335,10 +335,11 @@ def test_streaming_kernels_move_128_bit_packs_with_enough_in_flight(table):
 
 @needs_tools
 def test_average_has_a_128_bit_loop_per_input_count(table):
-    """average_ has a loop per input count k = 1..4 (addresses in registers) and one for any
-    k (addresses re-read per item, so one load waits on another: 8 B in flight): no single
-    main loop. Each k = 1..4 has an unrolled 128-bit pack loop with enough in flight (the
-    packs left after it go one at a time)."""
+    """average_ has a loop per input count k = 1..4 (addresses in registers), the passes of
+    k >= 5 (4 inputs, then out + 3 or 2 more) and the any-k loop for out = one of b_4 …
+    (addresses re-read per item, so one load waits on another: 8 B in flight): no single
+    main loop. Each k = 1..4 and each pass has an unrolled 128-bit pack loop with enough in
+    flight (the packs left after it go one at a time)."""
     for k in table:
         if k.arch != "sm_90" or not k.name.startswith("gpugd_reduce_average_"):
             continue
@@ -349,7 +350,8 @@ def test_average_has_a_128_bit_loop_per_input_count(table):
             and lp.store_bytes
             and lp.in_flight * kr.THREADS * k.blocks_per_sm >= IN_FLIGHT_PER_SM
         ]
-        assert len(fast) >= 4, (k.name, k.loops)
+        # ptxas sm_90: 7 such loops for k = 1..4, 6 to 8 more for the passes of k >= 5
+        assert len(fast) >= 10, (k.name, k.loops)
 
 
 @needs_tools
