@@ -36,21 +36,27 @@ def _type_name(t: type) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
+def _cupy_ndarray() -> type | None:
+    """``cupy.ndarray`` when CuPy is imported (never imported here), else None."""
+    cls = getattr(sys.modules.get("cupy"), "ndarray", None)
+    return cls if isinstance(cls, type) else None
+
+
 def array_kind(name: str, a: Any) -> str:
-    """ "numpy" or "cupy" for an array a kernel may be handed (see the module docstring):
-    an accepted type, its data aligned to its element size. A ``TypeError`` naming
+    """The library ("numpy" or "cupy") of an array a kernel may be handed (see the module
+    docstring): an accepted type, its data aligned to its element size. A ``TypeError`` naming
     ``name`` for any other object (subclasses included), a ``ValueError`` when unaligned."""
     t = type(a)
     if t in _NUMPY_TYPES:
         if not a.flags.aligned:
             _unaligned(name, a)
         return "numpy"
-    cupy = sys.modules.get("cupy")
-    if cupy is not None and t is getattr(cupy, "ndarray", None):
+    cls = _cupy_ndarray()
+    if cls is not None and t is cls:
         if a.size and a.data.ptr % a.dtype.itemsize:  # CuPy's flags have no ``aligned``
             _unaligned(name, a)
         return "cupy"
-    if isinstance(a, np.ndarray) or (cupy is not None and isinstance(a, cupy.ndarray)):
+    if isinstance(a, np.ndarray) or (cls is not None and isinstance(a, cls)):
         lib = "numpy" if isinstance(a, np.ndarray) else "cupy"
         raise TypeError(
             f"{name}: expected a {lib}.ndarray, got its subclass {_type_name(t)} (a subclass "
@@ -67,11 +73,14 @@ def _unaligned(name: str, a: Any) -> None:
 
 
 def _library(name: str, a: Any) -> str:
-    """ "numpy" or "cupy" by the object's type alone (for the mixing message), else the
+    """The library ("numpy" or "cupy") by the object's type alone (for the mixing message), else the
     ``TypeError`` of a non-array."""
     if isinstance(a, np.ndarray):
         return "numpy"
     if (type(a).__module__ or "").split(".", 1)[0] == "cupy":
+        return "cupy"
+    cls = _cupy_ndarray()
+    if cls is not None and isinstance(a, cls):  # a subclass: array_kind's error
         return "cupy"
     raise TypeError(f"{name}: expected a numpy.ndarray or cupy.ndarray, got {_type_name(type(a))}")
 
