@@ -36,7 +36,9 @@ RULES: dict[str, tuple[str, dict, int, str, dict]] = {
         dict(lr=1e-3, weight_decay=1e-2),
     ),
     "nadam_": ("nadam_", dict(lr=2e-3), 2, "NAdam", dict(lr=2e-3)),
+    "lion_": ("lion_", dict(lr=1e-4), 1, "", {}),  # 5w as SGD momentum; torch has no Lion
 }
+NO_STEP = ("rmsprop_", "lion_")  # ops without a step argument
 
 
 def default_numel(ctx: Context) -> int:
@@ -181,7 +183,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         fn = getattr(ops, op)
         s = states[:nstates]
         kw = dict(hp)
-        if op != "rmsprop_":
+        if op not in NO_STEP:
             kw["step"] = 10
 
         def call(fn=fn, s=s, kw=kw):
@@ -192,7 +194,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             peers[peer] = lambda: _numpy_adam(xp, p, g, states[0], states[1])
         elif label == "sgd_ momentum":
             peers[peer] = lambda: _numpy_sgd(xp, p, g, states[0])
-        if torch is not None:
+        if torch is not None and tcls:
             peers.update(_torch_peers(torch, p, g, tcls, tkw, ctx.backend.name == "cuda"))
         t, ceil = ctx.measure({"gpugd": call, **peers}, "inplace")
         nbytes = (3 + 2 * nstates) * w * n
@@ -203,4 +205,21 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             f"  {label:<15} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace "
             f"({ceil:.1f} GB/s)"
         )
-    return rows + _list_rows(ctx, torch)
+    return rows + _lion_bf16_rows(ctx, n) + _list_rows(ctx, torch)
+
+
+def _lion_bf16_rows(ctx: Context, n: int) -> list[dict[str, Any]]:
+    """Lion over bfloat16 parameters and gradients with a float32 state: p read and written
+    (2 + 2 B), g read (2 B), m read and written (4 + 4 B): 14 B per element."""
+    if ctx.quick:
+        return []
+    import ml_dtypes
+
+    xp, bf16 = ctx.backend.xp, ml_dtypes.bfloat16
+    p = xp.asarray(np.random.default_rng(0).standard_normal(n).astype(bf16))
+    g = xp.asarray(np.random.default_rng(1).standard_normal(n).astype(bf16))
+    m = xp.zeros(n, xp.float32)
+    t, ceil = ctx.measure({"gpugd": lambda: ops.lion_(p, g, m, lr=1e-4)}, "inplace")
+    r = row(ctx, "lion_ bf16p", bf16, n, t["gpugd"], 14 * n, "inplace", ceil, {})
+    ctx.log(f"  {'lion_ bf16p':<15} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace")
+    return [r]
