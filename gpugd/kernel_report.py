@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import operator
 import os
 import re
 import shutil
@@ -69,8 +70,13 @@ ARCHS = {
 
 
 def _count(name: str, value: object, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}")
+    """``value`` as an int in lo..hi (any integer type but bool), else TypeError/ValueError."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__} {value!r}") from None
     if not lo <= value <= hi:
         raise ValueError(f"{name}: expected {lo}..{hi}, got {value}")
     return value

@@ -54,6 +54,13 @@ def test_occupancy_rule_matches_the_cuda_calculator():
     assert kr.blocks_per_sm(a, 255, 0, threads=1024) == 0  # 255 × 1024 > 64 K per block
 
 
+def test_occupancy_rule_takes_any_integer_type():
+    import numpy as np
+
+    a = kr.ARCHS["sm_90"]
+    assert kr.blocks_per_sm(a, np.int32(40), np.int64(0), np.int64(64)) == 24
+
+
 @pytest.mark.parametrize(
     ("args", "error", "match"),
     [
