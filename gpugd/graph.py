@@ -200,7 +200,7 @@ class CapturedStep:
                 *group["betas"], group["eps"], group["lr"], group["weight_decay"], opt.DECOUPLED
             )
             name = f"gpugd_optim_adam_graph_{t.policy}"
-            blocks = max(1, min(nchunks, _cuda.max_blocks("optim", name)))
+            blocks = _cuda.chunk_grid("optim", name, nchunks)
             _cuda.get_kernel("optim", name)(
                 (blocks,),
                 (_cuda.THREADS,),

@@ -321,7 +321,7 @@ class Tensors:
             chunk_stats if stats else null,
         )
         name = f"gpugd_optim_{rule}_multi_{self.policy}"
-        blocks = max(1, min(nchunks, _cuda.max_blocks("optim", name)))
+        blocks = _cuda.chunk_grid("optim", name, nchunks)
         _cuda.get_kernel("optim", name)((blocks,), (_cuda.THREADS,), args)
         if not stats:
             return None

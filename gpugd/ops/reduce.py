@@ -116,7 +116,7 @@ class Reduction:
         n = len(self.arrays)
         sfx = _cuda.dtype_suffix(self.arrays[0].dtype)
         name = f"gpugd_reduce_stats_partial_{sfx}"
-        blocks = max(1, min(nchunks, _cuda.max_blocks("reduce", name)))
+        blocks = _cuda.chunk_grid("reduce", name, nchunks)
         _cuda.get_kernel("reduce", name)(
             (blocks,),
             (_cuda.THREADS,),
