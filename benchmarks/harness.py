@@ -269,6 +269,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         f"{'GB/s':>8} {'ceiling':>8} {'% ceil':>7}{pred_head}  baselines (peer time / gpugd time)"
     )
     out = [head, "-" * len(head)]
+    mw = max((len(r.get("mark", "")) for r in rows), default=0)
     for r in rows:
         base = ", ".join(f"{k} {v:.2f}x" for k, v in r["baselines"].items()) or "-"
         detail = f"; {r['detail']}" if r.get("detail") else ""
@@ -283,9 +284,243 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         out.append(
             f"{r['kernel']:<{kw}} {r['dtype']:<8} {r['tensors']:>7} {r['numel']:>10} "
             f"{r['median_s'] * 1e3:>10.3f} {r['gbps']:>8.1f} {r['ceiling']:>8} "
-            f"{r['pct_of_ceiling']:>6.1f}%{pred}  {base}{detail}"
+            f"{r['pct_of_ceiling']:>6.1f}%{r.get('mark', ''):<{mw}}{pred}  {base}{detail}"
         )
     return "\n".join(out)
+
+
+# What each ceiling class is (the name in a row's ``ceiling`` column).
+CEILING_NOTES = {
+    "inplace": "best of the copy, triad and in-place loops (streams that read and write)",
+    "read": "best of the read loop and the inplace ceiling",
+    "matmul": "the step's matrix products alone (suite_train): % = matmul time / step time",
+}
+
+# Why a row can read above 100% of its ceiling, by cause (footnotes under a suite's table).
+OVER_CEILING = {
+    "cache": "its working set is under half the ceiling loops' and fits in the last-level "
+    "cache: its written lines can stay there past the timed call, the loops' cannot",
+    "matmul": "the products alone are timed after a cache flush; inside the step they find "
+    "their operands in cache, so the step can take less than its products did alone",
+    "memory": "the ceiling is the best loop over arrays of its own; on these machines arrays "
+    "placed in different memory stream up to ~20% apart (ceilings.py, "
+    "benchmarks/experiments/placement.py), and a kernel with more reads per write than the "
+    "loops' mix streams faster than they do; on a shared machine a loop and a kernel in the "
+    "same rounds still meet different interference (compare runs)",
+}
+
+
+def over_ceiling_cause(r: dict[str, Any], cache_bytes: int, loop_bytes: int) -> str:
+    """The OVER_CEILING key that explains a row above 100% of its ceiling: ``cache_bytes``
+    is the last-level cache (0: unknown), ``loop_bytes`` the smallest ceiling loop's."""
+    if r["ceiling"] == "matmul":
+        return "matmul"
+    if cache_bytes and r["bytes"] <= cache_bytes and 2 * r["bytes"] <= loop_bytes:
+        return "cache"
+    return "memory"
+
+
+def format_suite(
+    name: str, rows: list[dict[str, Any]], cache_bytes: int = 0, loop_bytes: int = 0
+) -> str:
+    """One suite's table: a title, the rows, and a footnote for every row above 100% of its
+    ceiling saying which ceiling it is held against and why it can exceed it."""
+    if not rows:
+        return f"== {name}: no rows"
+    marks: dict[str, str] = {}
+    marked = []
+    for r in rows:
+        if r["pct_of_ceiling"] > 100.0:
+            cause = over_ceiling_cause(r, cache_bytes, loop_bytes)
+            mark = marks.setdefault(cause, "*" * (len(marks) + 1))
+            marked.append({**r, "mark": mark})
+        else:
+            marked.append(r)
+    used = sorted({r["ceiling"] for r in rows})
+    lines = [f"== {name} ({len(rows)} rows)", format_table(marked)]
+    for c in used:
+        lines.append(f"  ceiling {c}: {CEILING_NOTES.get(c, 'see the suite module')}")
+    for cause, mark in marks.items():
+        lines.append(f"  {mark} above 100%: {OVER_CEILING[cause]}")
+    return "\n".join(lines)
+
+
+# Seconds a suite took, measured with the command beside each entry; the start-of-run
+# estimate (refresh from a run's JSON: meta["suite_s"]). Keys: (backend, quick).
+SUITE_SECONDS: dict[tuple[str, bool], dict[str, float]] = {
+    # gpugd bench --quick --json q.json on the 2-core Intel Xeon CI VM, 2026-12-03, while
+    # other jobs shared it (5 min 52 s in all; 2 min 42 s has been seen on a quiet one)
+    ("cpu", True): {
+        "vector": 28.3,
+        "optim": 38.6,
+        "amp": 82.2,
+        "clip": 25.8,
+        "act": 55.4,
+        "bn": 37.3,
+        "parallel": 23.3,
+        "train": 45.2,
+    },
+}
+FULL_OVER_QUICK = 2.5  # a full run's repeats and dtypes over --quick's (rough)
+
+
+def estimate_s(backend: str, names: list[str], quick: bool, scale: float = 1.0) -> dict:
+    """Estimated seconds per suite (None where nothing was measured), from SUITE_SECONDS;
+    ``scale`` is the run's elements over the default (bandwidth-bound: time ∝ bytes)."""
+    table = SUITE_SECONDS.get((backend, quick))
+    factor = scale
+    if table is None and not quick:
+        table, factor = SUITE_SECONDS.get((backend, True)), scale * FULL_OVER_QUICK
+    return {n: None if not table or n not in table else table[n] * factor for n in names}
+
+
+class Progress:
+    """The run's progress on stderr: on a terminal a tqdm bar over the suites (elapsed, ETA
+    from the estimates, the suite's current step beside it); elsewhere one line per suite.
+    The suites' own per-row lines are not repeated (the tables hold them); lines that say
+    something was skipped are."""
+
+    def __init__(self, stream: Any, names: list[str], estimates: dict[str, float | None]):
+        self.stream, self.names, self.est = stream, names, estimates
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.bar: Any = None
+        known = [v for v in estimates.values() if v is not None]
+        self.total = sum(known) if len(known) == len(names) else None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=round(self.total) if self.total else len(names),
+                unit="s" if self.total else "suite",
+                file=stream,
+                leave=False,
+                dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| [{elapsed}<{remaining}] {postfix}",
+            )
+        self.current, self.t0 = "", time.perf_counter()
+
+    def start_text(self, backend: str, quick: bool) -> str:
+        if self.total is not None:
+            return (
+                f"gpugd bench: {len(self.names)} suite(s), about {_duration(self.total)} "
+                f"({', '.join(f'{n} {_duration(self.est[n])}' for n in self.names)})"
+            )
+        return (
+            f"gpugd bench: {len(self.names)} suite(s); no timing measured yet for backend "
+            f"{backend}{' --quick' if quick else ''}: progress is shown per suite"
+        )
+
+    def begin(self, k: int, name: str) -> None:
+        self.current, self.t0 = name, time.perf_counter()
+        est = self.est.get(name)
+        text = f"[{k}/{len(self.names)}] {name}" + (f" (about {_duration(est)})" if est else "")
+        if self.bar is not None:
+            self.bar.set_description(text)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def log(self, line: str) -> None:
+        if "skipped" in line:
+            (self.bar.write if self.bar is not None else print)(line.strip(), file=self.stream)
+        elif self.bar is not None:
+            self.bar.set_postfix_str(line.strip()[:60])
+
+    def say(self, text: str, echo: Callable[[str], Any]) -> None:
+        """``echo(text)`` (stdout) with the bar cleared first and redrawn after it."""
+        if self.bar is None:
+            echo(text)
+            return
+        with self.bar.external_write_mode(file=self.stream):
+            echo(text)
+
+    def end(self, name: str) -> float:
+        took = time.perf_counter() - self.t0
+        if self.bar is not None:
+            self.bar.update(round(self.est.get(name) or 0) if self.total else 1)
+        return took
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "?"
+    return f"{s:.0f} s" if s < 90 else f"{s / 60:.1f} min"
+
+
+def run_suites(
+    suites: dict[str, Any],
+    ceilings_mod: Any,
+    backend: Any,
+    suite: str = "all",
+    quick: bool = False,
+    numel: int | None = None,
+    json_path: str | Path | None = None,
+    plot_path: str | Path | None = None,
+    echo: Callable[[str], Any] = print,
+    stream: Any = None,
+) -> dict[str, Any]:
+    """``gpugd bench``: say how long the run will take, run the chosen suites with
+    progress on ``stream`` (stderr), print one table per suite as it ends (rows above
+    their ceiling footnoted), then the ceilings; write JSON / the plot if asked."""
+    if suite != "all" and suite not in suites:
+        raise ValueError(
+            f"--suite {suite!r} is not a suite; expected 'all' or one of {sorted(suites)}"
+        )
+    if numel is not None and numel < 1:
+        raise ValueError(f"--numel must be positive, got {numel}")
+    stream = sys.stderr if stream is None else stream
+    ctx = Context(backend=backend, quick=quick, numel=numel)
+    ctx.versions = versions(backend.name)
+    ctx.time = now()
+    names = list(suites) if suite == "all" else [suite]
+    scale = 1.0
+    if numel is not None:
+        scale = numel / ceilings_mod.default_numel(Context(backend, quick, None))
+    progress = Progress(stream, names, estimate_s(backend.name, names, quick, scale))
+    print(progress.start_text(backend.name, quick), file=stream, flush=True)
+    ctx.log = progress.log
+    cache = ceilings_mod.last_level_cache_bytes() if backend.name == "cpu" else 0
+    echo(f"gpugd bench · backend {backend.name} · {backend.device_name} · {ctx.time}")
+    rows: list[dict[str, Any]] = []
+    by_suite: dict[str, list[int]] = {}
+    took: dict[str, float] = {}
+    try:
+        ceilings_mod.setup(ctx)
+        for k, name in enumerate(names, 1):
+            progress.begin(k, name)
+            got = suites[name].run(ctx)
+            took[name] = progress.end(name)
+            by_suite[name] = list(range(len(rows), len(rows) + len(got)))
+            rows += got
+            loop_bytes = min((lp.nbytes for lp in ctx.loops.values()), default=0)
+            progress.say("\n" + format_suite(name, got, cache, loop_bytes), echo)
+    finally:
+        progress.close()
+    classes, loops = ceilings_mod.report(ctx)
+    echo("")
+    echo(format_ceilings(classes, loops))
+    meta = {
+        "backend": backend.name,
+        "device": backend.device_name,
+        "time": ctx.time,
+        "quick": quick,
+        "versions": ctx.versions,
+        "suites": by_suite,
+        "suite_s": took,
+    }
+    ceil = {"classes": classes, "loops": loops}
+    if json_path is not None:
+        write_json(Path(json_path), meta, ceil, rows)
+        echo(f"\nwrote {json_path}")
+    result = {"meta": meta, "ceilings": ceil, "rows": rows}
+    if plot_path is not None:
+        from .plot import plot
+
+        echo(f"wrote {plot(result, plot_path)}")
+    return result
 
 
 def write_json(path: Path, meta: dict[str, Any], ceilings: dict[str, Any], rows: list) -> None:

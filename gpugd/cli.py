@@ -96,7 +96,16 @@ def _bench(args: argparse.Namespace) -> int:
         return 2
     suite = _load_suite()
     try:
-        suite.run(be, suite=args.suite, quick=args.quick, numel=args.numel, json_path=args.json)
+        suite.harness.run_suites(
+            suite.SUITES,
+            suite.ceilings,
+            be,
+            suite=args.suite,
+            quick=args.quick,
+            numel=args.numel,
+            json_path=args.json,
+            plot_path=args.plot,
+        )
     except ValueError as exc:
         print(f"gpugd bench: {exc}", file=sys.stderr)
         return 2
@@ -465,6 +474,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         help="elements per array (default 2^25 on the CPU, 2^28 on the GPU)",
     )
     b.add_argument("--json", metavar="PATH", default=None, help="write rows as JSON to PATH")
+    b.add_argument(
+        "--plot",
+        metavar="PATH",
+        default=None,
+        help="draw each suite's rows as %% of their ceiling, peers beside, into PATH (PNG; "
+        "needs matplotlib: pip install 'gpugd[plot]')",
+    )
     return p, {"train": t, "info": i, "bench": b}
 
 

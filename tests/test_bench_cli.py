@@ -3,15 +3,18 @@ bad CLI input exits 2 with a message."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import benchmarks
+from benchmarks import harness
 from gpugd import cli, get_backend
 
 SCHEMA = {
@@ -169,8 +172,84 @@ def test_table_prints_ceilings_and_rows(capsys):
 def test_bench_rejects_unknown_suite_and_bad_numel(capsys):
     assert cli.main(["bench", "--backend", "cpu", "--suite", "nope"]) == 2
     assert "'nope' is not a suite" in capsys.readouterr().err
-    assert cli.main(["bench", "--backend", "cpu", "--numel", "0"]) == 2
-    assert "--numel must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--backend", "cpu", "--numel", "0"])
+    assert exc.value.code == 2 and "--numel" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--numel must be positive"):
+        harness.run_suites(benchmarks.SUITES, benchmarks.ceilings, get_backend("cpu"), numel=0)
+
+
+def _row(kernel: str, pct: float, ceiling: str = "inplace", nbytes: int = 1 << 30, **kw) -> dict:
+    base = dict(kernel=kernel, dtype="float32", tensors=1, numel=nbytes // 8, median_s=1e-3)
+    return {
+        **base,
+        "gbps": pct,
+        "ceiling": ceiling,
+        "ceiling_gbps": 100.0,
+        "pct_of_ceiling": pct,
+        "bytes": nbytes,
+        "baselines": kw.get("baselines", {}),
+    }
+
+
+def test_rows_above_their_ceiling_are_footnoted_with_the_ceiling_and_the_cause():
+    rows = [
+        _row("below", 90.0),
+        _row("in cache", 130.0, nbytes=1 << 20),
+        _row("placement", 108.0),
+        _row("train", 141.4, ceiling="matmul"),
+    ]
+    text = harness.format_suite("demo", rows, cache_bytes=32 << 20, loop_bytes=1 << 28)
+    lines = text.splitlines()
+    assert lines[0] == "== demo (4 rows)"
+    row_line = {k: next(ln for ln in lines if ln.startswith(k)) for k in ("below", "in cache")}
+    assert "90.0% " in row_line["below"] and "130.0%*" in row_line["in cache"]
+    assert "ceiling inplace: best of the copy" in text and "ceiling matmul:" in text
+    for cause in ("cache", "memory", "matmul"):
+        assert harness.OVER_CEILING[cause] in text
+    assert text.count("above 100%") == 3
+    plain = harness.format_suite("demo", rows[:1])
+    assert "above 100%" not in plain and "*" not in plain
+
+
+def test_bench_says_how_long_it_takes_and_prints_one_table_per_suite(monkeypatch, capsys):
+    monkeypatch.setitem(harness.SUITE_SECONDS, ("cpu", True), {"vector": 3.0, "act": 5.0})
+    out: list[str] = []
+    err = io.StringIO()
+    result = harness.run_suites(
+        benchmarks.SUITES,
+        benchmarks.ceilings,
+        get_backend("cpu"),
+        suite="vector",
+        quick=True,
+        numel=1 << 12,
+        echo=out.append,
+        stream=err,
+    )
+    text = "\n".join(out)
+    assert err.getvalue().startswith("gpugd bench: 1 suite(s), about 0 s (vector 0 s)")
+    assert "[1/1] vector" in err.getvalue()
+    assert "GB/s" not in err.getvalue()  # the suite's per-row lines are not printed twice
+    assert text.count("== vector") == 1 and text.count("axpy_ ") == 1
+    assert "ceiling inplace" in text and "ceiling read" in text
+    assert result["meta"]["suites"] == {"vector": list(range(len(result["rows"])))}
+    assert result["meta"]["suite_s"]["vector"] > 0
+    est = harness.estimate_s("cpu", ["vector", "act", "bn"], quick=False, scale=2.0)
+    assert est == {"vector": 3.0 * 2 * harness.FULL_OVER_QUICK, "act": 25.0, "bn": None}
+
+
+def test_plot_draws_bars_of_percent_of_ceiling_with_peers(tmp_path):
+    from benchmarks import plot
+
+    rows = [_row("a", 80.0, baselines={"numpy": 2.0}), _row("b", 50.0)]
+    labels, series = plot.bars(rows)
+    assert labels == ["a float32", "b float32"]
+    assert series["gpugd"] == [80.0, 50.0] and series["numpy"][0] == 40.0
+    assert np.isnan(series["numpy"][1])
+    result = {"meta": {"suites": {"x": [0], "y": [1]}}, "rows": rows}
+    assert list(plot.suites_of(result)) == ["x", "y"]
+    out = plot.plot(result, tmp_path / "bench.png")
+    assert out.stat().st_size > 1000
 
 
 def test_bench_on_unavailable_cuda_exits_2_with_the_reason(monkeypatch, capsys):
@@ -231,7 +310,7 @@ def test_prepared_setup_runs_before_every_call_and_is_not_timed():
 
 @pytest.mark.parametrize("policy, alloc", [("fp32", "numpy"), ("bf16p-f32s", "hostmem")])
 def test_streams_experiment_runs(capsys, policy, alloc):
-    from benchmarks import experiment_streams
+    from benchmarks.experiments import streams as experiment_streams
 
     argv = ["--numel", str(1 << 20), "--rounds", "2", "--policy", policy, "--alloc", alloc]
     experiment_streams.main(argv)
@@ -248,7 +327,7 @@ def test_streams_experiment_runs(capsys, policy, alloc):
 
 @pytest.mark.parametrize("policy", ["fp32", "bf16p-f32s"])
 def test_streams_experiment_in_cache_runs(capsys, policy):
-    from benchmarks import experiment_streams
+    from benchmarks.experiments import streams as experiment_streams
 
     experiment_streams.main(["--numel", "4096", "--rounds", "2", "--policy", policy, "--in-cache"])
     out = capsys.readouterr().out
@@ -258,7 +337,7 @@ def test_streams_experiment_in_cache_runs(capsys, policy):
 
 
 def test_placement_experiment_runs(capsys):
-    from benchmarks import experiment_placement
+    from benchmarks.experiments import placement as experiment_placement
 
     experiment_placement.main(["--arrays", "3", "--mib", "4", "--rounds", "2"])
     out = capsys.readouterr().out
@@ -269,7 +348,7 @@ def test_placement_experiment_runs(capsys):
 
 
 def test_overhead_experiment_runs(capsys):
-    from benchmarks import experiment_overhead
+    from benchmarks.experiments import overhead as experiment_overhead
 
     experiment_overhead.main(["--numel", str(1 << 17), "--rounds", "2"])
     out = capsys.readouterr().out

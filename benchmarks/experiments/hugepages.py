@@ -9,7 +9,7 @@ every call. Prints each set's huge-page share (AnonHugePages of the mappings hol
 arrays, from /proc/self/smaps: exact when each array has a mapping of its own, as large
 ones do), GB/s of Adam's 22 bytes per element and of the in-place loop.
 
-    python -m benchmarks.experiment_hugepages [--numel N] [--pairs K] [--rounds R]
+    python -m benchmarks.experiments.hugepages [--numel N] [--pairs K] [--rounds R]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 from gpugd import _hostmem as hostmem
 from gpugd import ops
 
-from .ceilings import cpu_flush, own_inplace
+from ..ceilings import cpu_flush, own_inplace
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 

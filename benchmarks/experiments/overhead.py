@@ -15,7 +15,7 @@ and backward pass); ``warm``: back to back. Prints medians in µs and each path'
 overhead over ``kernel``. Small ``--numel`` (the default 2^17, the smallest array that
 takes the parallel path) shows the fixed cost; 2^24 shows its share of a large step.
 
-    python -m benchmarks.experiment_overhead [--numel N] [--rounds R]
+    python -m benchmarks.experiments.overhead [--numel N] [--rounds R]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from gpugd import ops, optim
 from gpugd._cpu import optim as kernels
 from gpugd.ops.optim import _cpu_value
 
-from .ceilings import cpu_flush
+from ..ceilings import cpu_flush
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 

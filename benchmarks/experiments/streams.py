@@ -24,7 +24,7 @@ and of a loop that only divides by a square root (q = m / (√v·c + ε), Adam's
 operations). When Adam's rate is near the last, the divider, not memory or the other
 arithmetic, bounds the kernel in cache.
 
-    python -m benchmarks.experiment_streams [--numel N] [--rounds R] [--policy fp32|bf16p-f32s]
+    python -m benchmarks.experiments.streams [--numel N] [--rounds R] [--policy fp32|bf16p-f32s]
                                             [--alloc numpy|hostmem] [--in-cache]
 """
 
@@ -42,8 +42,8 @@ from gpugd import ops
 from gpugd._cpu.precision import kernel_view, ld, st
 from gpugd._cpu.vector import CHUNK
 
-from .ceilings import _inplace, cpu_flush, own_inplace
-from .harness import optional_torch
+from ..ceilings import _inplace, cpu_flush, own_inplace
+from ..harness import optional_torch
 
 
 @njit(cache=True, nogil=True)

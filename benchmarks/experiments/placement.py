@@ -8,7 +8,7 @@ they landed, each steady across the run's rounds (the two half-run columns agree
 within 5–9% of each other in runs minutes later. That is why the amp suite holds
 each kernel also against the in-place loop over its own buffers (``ceilings.own_inplace``).
 
-    python -m benchmarks.experiment_placement [--arrays K] [--mib M] [--rounds R]
+    python -m benchmarks.experiments.placement [--arrays K] [--mib M] [--rounds R]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from .ceilings import _inplace, cpu_flush
+from ..ceilings import _inplace, cpu_flush
 
 
 def main(argv: list[str] | None = None) -> None:
