@@ -20,6 +20,23 @@ from .flat import FlatParams  # noqa: E402
 
 __version__ = "0.1.0"
 
+# Imported on first use (``gpugd.nn``, ``gpugd.parallel``, ...): they pull in more than the
+# kernels (mpi4py for parallel), and ``import gpugd`` stays light and CuPy-free.
+_LAZY = ("data", "kernel_report", "nn", "parallel", "train", "vanishing")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'gpugd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
 __all__ = [
     "Backend",
     "BackendUnavailableError",
@@ -30,7 +47,9 @@ __all__ = [
     "get_backend",
     "graph",
     "monitor",
+    "nn",
     "ops",
     "optim",
+    "parallel",
     "schedules",
 ]

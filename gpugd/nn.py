@@ -129,6 +129,24 @@ class Layer:
     def layers(self) -> Iterator[Layer]:
         yield self
 
+    def label(self) -> str:
+        """How errors name the layer: its name in the model (``dense1``), else its kind."""
+        return self.name or type(self).__name__
+
+    def _built(self) -> None:
+        """Refuse a layer whose parameters were never bound (the model not built)."""
+        missing = [k for k in self.param_shapes() if k not in self.p]
+        if missing:
+            raise RuntimeError(
+                f"{self.label()}: not built (no {missing[0]!r} yet): call build() on the "
+                "Sequential that holds it before forward"
+            )
+
+    def _saved_or_raise(self, saved: Any) -> Any:
+        if saved is None:
+            raise RuntimeError(f"{self.label()}: backward before forward (nothing saved)")
+        return saved
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name})"
 
@@ -177,14 +195,26 @@ class Dense(Layer):
             self.p["bias"][...] = 0
 
     def forward(self, x: Any, training: bool) -> Any:
+        self._built()
+        w = self.p["weight"]
+        if getattr(x, "ndim", None) != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"{self.label()}: expected input of shape (N, {self.in_features}), got "
+                f"{getattr(x, 'shape', type(x).__name__)}"
+            )
+        if x.dtype != w.dtype:
+            raise TypeError(
+                f"{self.label()}: expected {w.dtype} input (the model's dtype), got {x.dtype}; "
+                f"cast the batch with x.astype({w.dtype.name!r})"
+            )
         self._x = x
-        y = x @ self.p["weight"]
+        y = x @ w
         if self.bias:
             y += self.p["bias"]
         return y
 
     def backward(self, dy: Any) -> Any:
-        x = self._x
+        x = self._saved_or_raise(self._x)
         gw = self.g["weight"]
         if x.shape[0]:
             gw[...] = x.T @ dy
@@ -215,7 +245,7 @@ class Activation(Layer):
         return y
 
     def backward(self, dy: Any) -> Any:
-        return self._bwd(dy, self._saved, out=dy, **self.kwargs)
+        return self._bwd(dy, self._saved_or_raise(self._saved), out=dy, **self.kwargs)
 
     def __repr__(self) -> str:
         return f"Activation({self.act!r})"
@@ -255,6 +285,12 @@ class BatchNorm(Layer):
         }
 
     def forward(self, x: Any, training: bool) -> Any:
+        self._built()
+        if getattr(x, "ndim", None) != 2 or x.shape[1] != self.features:
+            raise ValueError(
+                f"{self.label()}: expected input of shape (N, {self.features}), got "
+                f"{getattr(x, 'shape', type(x).__name__)}"
+            )
         res = ops.batch_norm_forward(
             x,
             self.p["weight"],
@@ -270,7 +306,7 @@ class BatchNorm(Layer):
         return res.y
 
     def backward(self, dy: Any) -> Any:
-        x, mean, invstd, training = self._saved
+        x, mean, invstd, training = self._saved_or_raise(self._saved)
         dx, dw, db = ops.batch_norm_backward(
             dy, x, self.p["weight"], mean, invstd, training=training, layout="NC"
         )
@@ -294,12 +330,19 @@ class Dropout(Layer):
         self.rate = float(p)
         self.seed = 0
         self._saved: Any = None
+        self._forwarded = False
 
     def initialize(self, rng: np.random.Generator, xp: Any, dtype: Any) -> None:
         self.seed = int(rng.integers(0, 2**63 - 1))
         self.buffers = {"offset": np.zeros(1, np.uint64)}
 
     def forward(self, x: Any, training: bool) -> Any:
+        if "offset" not in self.buffers:
+            raise RuntimeError(
+                f"{self.label()}: not built (no offset yet): call build() on the Sequential "
+                "that holds it before forward"
+            )
+        self._forwarded = True
         if not training or self.rate == 0.0:
             self._saved = None
             return x
@@ -309,13 +352,20 @@ class Dropout(Layer):
         return ops.dropout(x, self.rate, seed=self.seed, offset=off)
 
     def backward(self, dy: Any) -> Any:
+        if not self._forwarded:
+            raise RuntimeError(f"{self.label()}: backward before forward (nothing saved)")
         if self._saved is None:
             return dy
         return ops.dropout_backward(dy, self.rate, seed=self.seed, offset=self._saved, out=dy)
 
 
 class Sequential(Layer):
-    """Layers applied in order; backward in reverse."""
+    """Layers applied in order; backward in reverse.
+
+    The habits of a torch module: ``model(x)`` is ``forward(x)`` in the current mode,
+    ``train()``/``eval()`` set it (``training``), ``state_dict()``/``load_state_dict()``
+    carry parameters and buffers (batch-norm running statistics, dropout stream offsets and
+    seeds), ``zero_grad()`` fills the gradient arena."""
 
     kind = "seq"
 
@@ -328,6 +378,8 @@ class Sequential(Layer):
         if not self.children:
             raise ValueError("layers: expected at least one layer")
         self.flat: FlatParams | None = None
+        self.training = True
+        self._forwarded = False
 
     def layers(self) -> Iterator[Layer]:
         for c in self.children:
@@ -338,12 +390,24 @@ class Sequential(Layer):
             n_in = c.features_out(n_in)
         return n_in
 
-    def forward(self, x: Any, training: bool = True) -> Any:
+    def forward(self, x: Any, training: bool | None = None) -> Any:
+        """y = the layers applied in order; ``training`` defaults to the model's mode."""
+        self._check_model_input(x)
+        self._forwarded = True
+        return self._forward_children(x, self.training if training is None else training)
+
+    def backward(self, dy: Any) -> Any:
+        """dx from dy = ∂L/∂y of the last forward; writes (overwrites) every gradient."""
+        if not self._forwarded:
+            raise RuntimeError(f"{self.label()}: backward before forward (nothing saved)")
+        return self._backward_children(dy)
+
+    def _forward_children(self, x: Any, training: bool) -> Any:
         for c in self.children:
             x = c.forward(x, training)
         return x
 
-    def backward(self, dy: Any) -> Any:
+    def _backward_children(self, dy: Any) -> Any:
         for c in reversed(self.children):
             dy = c.backward(dy)
             if dy is None:
@@ -351,6 +415,93 @@ class Sequential(Layer):
         return dy
 
     # ---- the whole model
+
+    def __call__(self, x: Any) -> Any:
+        """``model(x)``: forward in the model's mode (``train()``/``eval()``)."""
+        return self.forward(x)
+
+    def _check_model_input(self, x: Any) -> None:
+        if self.flat is None:
+            raise RuntimeError(f"{self.label()}: not built: call model.build(dtype) before forward")
+        on_gpu = self.flat.xp is not np
+        if not on_gpu and not isinstance(x, np.ndarray):
+            raise TypeError(
+                f"{self.label()}: expected a NumPy array (the model is on the CPU), got "
+                f"{type(x).__module__}.{type(x).__name__}"
+            )
+        if on_gpu and not isinstance(x, self.flat.xp.ndarray):
+            raise TypeError(
+                f"{self.label()}: expected a CuPy array (the model is on the GPU), got "
+                f"{type(x).__module__}.{type(x).__name__}; move it with cupy.asarray(x)"
+            )
+
+    def train(self, mode: bool = True) -> Sequential:
+        """Training mode (batch statistics, dropout on); returns the model."""
+        if not isinstance(mode, bool):
+            raise TypeError(f"mode: expected True or False, got {mode!r}")
+        self.training = mode
+        return self
+
+    def eval(self) -> Sequential:
+        """Inference mode (running statistics, dropout off): ``train(False)``."""
+        return self.train(False)
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Fill the gradient arena with zeros. ``set_to_none=True`` is refused: gradients
+        are views of one arena buffer and cannot be None (``backward`` overwrites them, so
+        zeroing is needed only before accumulating into them by hand)."""
+        if set_to_none:
+            raise ValueError(
+                "set_to_none: gpugd's gradients are views of one arena buffer and cannot be "
+                "None; use zero_grad() (or nothing: backward overwrites the gradients)"
+            )
+        if self.flat is None:
+            raise RuntimeError(f"{self.label()}: not built: call model.build(dtype) first")
+        self.flat.zero_grad()
+
+    def _state_items(self) -> dict[str, Any]:
+        if self.flat is None:
+            raise RuntimeError(f"{self.label()}: not built: call model.build(dtype) first")
+        items: dict[str, Any] = {name: self.flat[name] for name in self.flat}
+        items.update(self.buffers_dict())
+        for lay in self.layers():
+            if isinstance(lay, Dropout):
+                items[f"{lay.name}.seed"] = np.array([lay.seed], np.uint64)
+        return items
+
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of every parameter (``dense1.weight``, …) and buffer (``bn1.running_mean``,
+        ``bn1.running_var``, ``dropout1.offset``, ``dropout1.seed``), by name; arrays of
+        the model's backend (the dropout entries are NumPy)."""
+        return {k: v.copy() for k, v in self._state_items().items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy ``state`` (from ``state_dict()``) into the model. Every name, shape and dtype
+        is checked first: a missing or unexpected entry, or one that does not fit, raises
+        (naming it) and nothing is written."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state: expected a dict from state_dict(), got {type(state)}")
+        mine = self._state_items()
+        missing = sorted(set(mine) - set(state))
+        extra = sorted(set(state) - set(mine))
+        if missing or extra:
+            raise KeyError(
+                f"state: missing {missing or 'nothing'}, unexpected {extra or 'nothing'}"
+            )
+        for k, dst in mine.items():
+            src = state[k]
+            if getattr(src, "shape", None) != dst.shape or getattr(src, "dtype", None) != dst.dtype:
+                raise ValueError(
+                    f"state[{k!r}]: expected {dst.dtype} of shape {dst.shape}, got "
+                    f"{getattr(src, 'dtype', type(src).__name__)} of shape "
+                    f"{getattr(src, 'shape', None)}"
+                )
+        xp = self.flat.xp  # type: ignore[union-attr]
+        for k, dst in mine.items():
+            dst[...] = _to_host(state[k]) if isinstance(dst, np.ndarray) else xp.asarray(state[k])
+        for lay in self.layers():
+            if isinstance(lay, Dropout):
+                lay.seed = int(mine[f"{lay.name}.seed"][0])
 
     def build(self, dtype: Any = np.float32, *, xp: Any = np, seed: int = 0) -> FlatParams:
         """Name every layer (``dense1``, ``act1``, ``bn1``, …), check the feature counts
@@ -387,6 +538,10 @@ class Sequential(Layer):
     @property
     def in_features(self) -> int:
         return self._first_dense().in_features
+
+    def layers_by_name(self) -> dict[str, Layer]:
+        """Every layer of the built model by its name (``dense1``, ``bn1``, ...)."""
+        return {lay.name: lay for lay in self.layers() if lay is not self}
 
     def buffers_dict(self) -> dict[str, Any]:
         """Every non-trained state array by qualified name (running statistics, dropout
@@ -444,16 +599,20 @@ class Residual(Sequential):
             )
         return n_in
 
-    def forward(self, x: Any, training: bool = True) -> Any:
-        return x + super().forward(x, training)
+    def forward(self, x: Any, training: bool | None = None) -> Any:
+        return x + self._forward_children(x, True if training is None else training)
 
     def backward(self, dy: Any) -> Any:
-        dx = super().backward(dy.copy())
+        dx = self._backward_children(dy.copy())
         dx += dy
         return dx
 
 
 # ---- losses ------------------------------------------------------------------------------
+
+
+def _to_host(a: Any) -> np.ndarray:
+    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def _xp_of(a: Any) -> Any:
@@ -466,6 +625,37 @@ def _denominator(n: int, denominator: float | None) -> float:
     if not (isinstance(denominator, int | float) and denominator > 0):
         raise ValueError(f"denominator: expected a value > 0, got {denominator!r}")
     return float(denominator)
+
+
+def _check_labels(fn: str, labels: Any, n_rows: int, n_classes: int, xp: Any) -> None:
+    """Labels are class indices: integers of shape (N,) in [0, n_classes); refused before
+    any arithmetic with a message naming the loss and what was expected."""
+    if not isinstance(labels, xp.ndarray):
+        raise TypeError(
+            f"{fn}: labels: expected an integer {xp.__name__} array of shape ({n_rows},), got "
+            f"{type(labels).__module__}.{type(labels).__name__}"
+        )
+    if labels.ndim == 2 and labels.shape == (n_rows, n_classes) and n_classes > 1:
+        raise ValueError(
+            f"{fn}: labels: expected class indices of shape ({n_rows},), got one-hot rows "
+            f"{labels.shape}; pass labels.argmax(axis=1)"
+        )
+    if labels.shape != (n_rows,):
+        raise ValueError(
+            f"{fn}: labels: expected shape ({n_rows},) for {n_rows} rows, got {labels.shape}"
+        )
+    if labels.dtype.kind not in "iub":
+        raise TypeError(
+            f"{fn}: labels: expected integer class indices, got {labels.dtype}; "
+            "pass labels.astype(int)"
+        )
+    if n_rows:
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= n_classes:
+            raise ValueError(
+                f"{fn}: labels: expected class indices in [0, {n_classes}), got values in "
+                f"[{lo}, {hi}]"
+            )
 
 
 def mse(pred: Any, target: Any, *, denominator: float | None = None) -> tuple[float, Any]:
@@ -482,15 +672,18 @@ def mse(pred: Any, target: Any, *, denominator: float | None = None) -> tuple[fl
 def binary_cross_entropy_with_logits(
     logits: Any, labels: Any, *, denominator: float | None = None
 ) -> tuple[float, Any]:
-    """Sigmoid + binary cross-entropy from logits z, labels y ∈ {0, 1}:
+    """Sigmoid + binary cross-entropy from logits z, integer labels y ∈ {0, 1}:
     L = Σ softplus(z) − y·z over N rows /N (softplus written as max(z, 0) + log1p(e^−|z|));
     dL/dz = (σ(z) − y)/N. ``logits``: (N,) or (N, 1)."""
     z = logits.reshape(-1)
+    if getattr(labels, "ndim", 0) < 1:
+        raise ValueError(f"labels: expected shape (N,), got {getattr(labels, 'shape', labels)!r}")
     if z.shape[0] != labels.shape[0] or logits.ndim > 2 or logits.size != z.shape[0]:
         raise ValueError(
             f"logits: expected (N,) or (N, 1) for {labels.shape[0]} labels, got {logits.shape}"
         )
     xp = _xp_of(z)
+    _check_labels("binary_cross_entropy_with_logits", labels, z.shape[0], 2, xp)
     y = labels.astype(z.dtype)
     n = _denominator(z.shape[0], denominator)
     per = xp.maximum(z, 0) - y * z + xp.log1p(xp.exp(-xp.abs(z)))
@@ -507,11 +700,10 @@ def softmax_cross_entropy(
     """Softmax + cross-entropy over (N, K) logits and integer labels:
     L = Σ_rows (logsumexp(z) − z_label)/N with the row maximum subtracted first;
     dL/dz = (softmax(z) − onehot)/N."""
-    if logits.ndim != 2 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"logits: expected (N, K) for {labels.shape[0]} labels, got {logits.shape}"
-        )
+    if logits.ndim != 2:
+        raise ValueError(f"softmax_cross_entropy: logits: expected (N, K), got {logits.shape}")
     xp = _xp_of(logits)
+    _check_labels("softmax_cross_entropy", labels, logits.shape[0], logits.shape[1], xp)
     n = _denominator(logits.shape[0], denominator)
     rows = xp.arange(logits.shape[0])
     s = logits - logits.max(axis=1, keepdims=True)

@@ -262,3 +262,162 @@ def test_bad_input_is_rejected_with_the_argument_named():
         nn.softmax_cross_entropy(np.zeros(3), np.zeros(3, int))
     with pytest.raises(ValueError, match="target"):
         nn.mse(np.zeros((2, 1)), np.zeros(2))
+
+
+# ---- the habits a torch user brings, and the errors that replace tracebacks ---------------
+
+
+def _small(**kw) -> nn.Sequential:
+    return nn.mlp(2, [8], 3, batch_norm=True, dropout=0.25, **kw)
+
+
+def _batch(n: int = 16, dtype=np.float32, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 2)).astype(dtype), rng.integers(0, 3, n)
+
+
+def test_forward_before_build_and_backward_before_forward_name_the_layer():
+    model, (x, _) = _small(), _batch()
+    with pytest.raises(RuntimeError, match=r"not built: call model\.build"):
+        model(x)
+    with pytest.raises(RuntimeError, match=r"^Dense: not built \(no 'weight' yet\)"):
+        nn.Dense(2, 3).forward(x, True)
+    model.build(np.float32)
+    with pytest.raises(RuntimeError, match="backward before forward"):
+        model.backward(np.ones((16, 3), np.float32))
+    with pytest.raises(RuntimeError, match=r"^dense2: backward before forward"):
+        model.layers_by_name()["dense2"].backward(np.ones((16, 3), np.float32))
+
+
+def test_wrong_features_dtype_or_array_kind_is_refused_naming_the_layer():
+    model = _small()
+    model.build(np.float32)
+    x, _ = _batch()
+    with pytest.raises(
+        ValueError, match=r"^dense1: expected input of shape \(N, 2\), got \(16, 3\)"
+    ):
+        model(np.ones((16, 3), np.float32))
+    with pytest.raises(TypeError, match=r"^dense1: expected float32 input .* got float64"):
+        model(x.astype(np.float64))
+    with pytest.raises(TypeError, match="expected a NumPy array"):
+        model(x.tolist())
+    before = model.state_dict()
+    for k, v in model.state_dict().items():  # the refused calls changed nothing
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+@pytest.mark.parametrize(
+    ("labels", "error", "match"),
+    [
+        (np.array([0.0, 1.0, 2.0, 1.0]), TypeError, "expected integer class indices, got float64"),
+        (np.eye(3, dtype=np.int64)[[0, 1, 2, 1]], ValueError, r"expected class indices .* one-hot"),
+        (np.array([0, 1, 3, 1]), ValueError, r"in \[0, 3\), got values in \[0, 3\]"),
+        (np.array([0, -1, 2, 1]), ValueError, r"in \[0, 3\), got values in \[-1, 2\]"),
+        (np.array([0, 1, 2]), ValueError, r"expected shape \(4,\)"),
+    ],
+)
+def test_softmax_cross_entropy_refuses_labels_that_are_not_class_indices(labels, error, match):
+    logits = np.zeros((4, 3), np.float32)
+    with pytest.raises(error, match="^softmax_cross_entropy: labels: .*" + match):
+        nn.softmax_cross_entropy(logits, labels)
+
+
+def test_binary_cross_entropy_refuses_float_and_out_of_range_labels():
+    z = np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match=r"^binary_cross_entropy_with_logits: labels: .*float32"):
+        nn.binary_cross_entropy_with_logits(z, np.array([0, 1, 1, 0], np.float32))
+    with pytest.raises(ValueError, match=r"in \[0, 2\), got values in \[0, 2\]"):
+        nn.binary_cross_entropy_with_logits(z, np.array([0, 1, 2, 0]))
+    loss, _ = nn.binary_cross_entropy_with_logits(z, np.array([0, 1, 1, 0]))
+    assert loss == pytest.approx(math.log(2))
+
+
+def test_model_call_train_and_eval_follow_the_mode():
+    model = _small()
+    model.build(np.float32, seed=1)
+    x, _ = _batch()
+    assert model.training and model.eval() is model and not model.training
+    inference = model(x)
+    np.testing.assert_array_equal(inference, model.forward(x, training=False))
+    np.testing.assert_array_equal(model(x), inference)  # eval: no dropout, running stats
+    model.train()
+    offset = int(model.buffers_dict()["dropout1.offset"][0])
+    trained = model(x)  # dropout advances its stream in training mode only
+    assert int(model.buffers_dict()["dropout1.offset"][0]) == offset + 16 * 8
+    assert not np.array_equal(trained, inference)
+    with pytest.raises(TypeError, match="mode: expected True or False"):
+        model.train(1)
+
+
+def test_state_dict_round_trip_carries_parameters_and_buffers():
+    a = _small()
+    a.build(np.float32, seed=1)
+    x, y = _batch()
+    for _ in range(3):  # move the running statistics and the dropout offset
+        _, d = nn.softmax_cross_entropy(a(x), y)
+        a.backward(d)
+    sd = a.state_dict()
+    assert {"bn1.running_mean", "bn1.running_var", "dropout1.offset", "dropout1.seed"} <= set(sd)
+    assert float(np.abs(sd["bn1.running_mean"]).sum()) > 0 and int(sd["dropout1.offset"][0]) > 0
+    b = _small()
+    b.build(np.float32, seed=99)  # other weights, other dropout seed
+    b.load_state_dict(sd)
+    np.testing.assert_array_equal(b(x), a(x))  # training mode: the same dropout mask
+    np.testing.assert_array_equal(b.eval()(x), a.eval()(x))  # the same running statistics
+    sd["dense1.weight"][...] = 7  # a copy, not a view
+    assert not np.any(a.flat["dense1.weight"] == 7)
+
+
+def test_load_state_dict_checks_everything_before_writing():
+    model = _small()
+    model.build(np.float32, seed=1)
+    before = model.state_dict()
+    bad = dict(before)
+    del bad["bn1.running_var"]
+    bad["extra"] = np.zeros(1)
+    with pytest.raises(KeyError, match=r"missing \['bn1.running_var'\], unexpected \['extra'\]"):
+        model.load_state_dict(bad)
+    wrong = {k: v + 1 if v.dtype.kind == "f" else v for k, v in before.items()}
+    wrong["dense2.bias"] = np.zeros(4, np.float32)
+    with pytest.raises(
+        ValueError, match=r"state\['dense2.bias'\]: expected float32 of shape \(3,\)"
+    ):
+        model.load_state_dict(wrong)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+def test_zero_grad_fills_the_arena_and_refuses_set_to_none():
+    model = _small()
+    flat = model.build(np.float32)
+    flat.grad_data[...] = 1
+    with pytest.raises(ValueError, match="set_to_none: gpugd's gradients are views"):
+        model.zero_grad(set_to_none=True)
+    assert np.all(flat.grad_data == 1)
+    model.zero_grad()
+    assert not np.any(flat.grad_data)
+
+
+def test_nn_and_parallel_are_reachable_after_import_gpugd_without_cupy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gpugd; gpugd.nn.mlp(2, [4], 1); gpugd.parallel.init; "
+        "print('cupy' in sys.modules, 'mpi4py.MPI' in sys.modules)"
+    )
+    env = {**__import__("os").environ, "GPUGD_BACKEND": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.split() == ["False", "False"], out
+
+
+def test_flat_params_repr_names_tensors_dtype_and_backend():
+    from gpugd import FlatParams
+
+    flat = FlatParams({"w1": (784, 128), "b1": (128,), "w2": (128, 10)}, np.float32)
+    assert repr(flat) == (
+        "FlatParams(3 tensors, 101760 float32 elements on cpu: "
+        "w1 (784, 128), b1 (128,), w2 (128, 10))"
+    )
+    many = FlatParams({f"t{i}": (2,) for i in range(8)}, np.float64)
+    assert repr(many).endswith("t5 (2,), ... 2 more)")
