@@ -42,6 +42,7 @@ class Loop:
     samples: list[float] = field(default_factory=list)
 
     def gbps(self) -> float:
+        """Bytes moved per median sample, in GB/s."""
         return self.nbytes / statistics.median(self.samples) / 1e9
 
 
@@ -81,13 +82,16 @@ class Context:
 
     @property
     def warmup(self) -> int:
+        """Untimed rounds before the timed ones."""
         return 2 if self.quick else 3
 
     @property
     def repeats(self) -> int:
+        """Timed rounds (each figure is their median)."""
         return 9 if self.quick else 21
 
     def clock(self) -> Callable[[Callable[[], Any]], float]:
+        """The one-call timer of the backend (wall time on the CPU, CUDA events on the GPU)."""
         return time_cuda_once if self.backend.name == "cuda" else time_cpu_once
 
     def measure(
@@ -242,10 +246,12 @@ def row(
 
 
 def now() -> str:
+    """The run's UTC time stamp (ISO 8601, seconds)."""
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def format_ceilings(ceilings: dict[str, float], loops: dict[str, dict[str, Any]]) -> str:
+    """The ceiling loops' run-wide figures and each class's ceiling, as printed."""
     lines = [
         "ceilings (plain reference loops timed round-robin with the kernels; run-wide medians."
         " Each row is held against its class's ceiling from its own rounds)"
@@ -261,6 +267,8 @@ def format_ceilings(ceilings: dict[str, float], loops: dict[str, dict[str, Any]]
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """Rows as a fixed-width table (with launches and prediction columns on the GPU);
+    a row's ``mark`` is printed after its % of ceiling."""
     kw = max([16, *(len(r["kernel"]) for r in rows)])
     predicted = any("predicted_s" in r for r in rows)
     pred_head = f" {'launch':>6} {'pred ms':>8} {'meas/pred':>9}" if predicted else ""
@@ -400,6 +408,7 @@ class Progress:
         self.current, self.t0 = "", time.perf_counter()
 
     def start_text(self, backend: str, quick: bool) -> str:
+        """The first line: suites and how long they will take (or that no timing exists)."""
         if self.total is not None:
             return (
                 f"gpugd bench: {len(self.names)} suite(s), about {_duration(self.total)} "
@@ -411,6 +420,7 @@ class Progress:
         )
 
     def begin(self, k: int, name: str) -> None:
+        """Suite ``name`` (the k-th) starts."""
         self.current, self.t0 = name, time.perf_counter()
         est = self.est.get(name)
         text = f"[{k}/{len(self.names)}] {name}" + (f" (about {_duration(est)})" if est else "")
@@ -420,6 +430,7 @@ class Progress:
             print(text, file=self.stream, flush=True)
 
     def log(self, line: str) -> None:
+        """A suite's own log line: shown beside the bar on a terminal; skips always shown."""
         if "skipped" in line:
             (self.bar.write if self.bar is not None else print)(line.strip(), file=self.stream)
         elif self.bar is not None:
@@ -434,12 +445,14 @@ class Progress:
             echo(text)
 
     def end(self, name: str) -> float:
+        """Suite ``name`` ended; returns the seconds it took."""
         took = time.perf_counter() - self.t0
         if self.bar is not None:
             self.bar.update(round(self.est.get(name) or 0) if self.total else 1)
         return took
 
     def close(self) -> None:
+        """Remove the bar."""
         if self.bar is not None:
             self.bar.close()
 

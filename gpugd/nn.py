@@ -112,21 +112,27 @@ class Layer:
         self.buffers: dict[str, Any] = {}  # state that is not trained (running statistics)
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The layer's trained parameters: name → shape (allocated in the model's arena)."""
         return {}
 
     def features_out(self, n_in: int) -> int:
+        """Features out for ``n_in`` in; raises ValueError naming the layer if they don't fit."""
         return n_in
 
     def initialize(self, rng: np.random.Generator, xp: Any, dtype: Any) -> None:
         """Fill parameters (and create buffers) after the arena is bound."""
 
     def forward(self, x: Any, training: bool) -> Any:
+        """y from x, (N, features) arrays; ``training`` selects batch statistics and dropout."""
         raise NotImplementedError
 
     def backward(self, dy: Any) -> Any:
+        """dx from dy = ∂L/∂y of the last forward, writing (overwriting) the parameter
+        gradients; may overwrite dy."""
         raise NotImplementedError
 
     def layers(self) -> Iterator[Layer]:
+        """The leaf layers (and residual blocks) in order, this one included."""
         yield self
 
     def label(self) -> str:
@@ -537,6 +543,7 @@ class Sequential(Layer):
 
     @property
     def in_features(self) -> int:
+        """Input features the model expects (its first Dense layer's)."""
         return self._first_dense().in_features
 
     def layers_by_name(self) -> dict[str, Layer]:

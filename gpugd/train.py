@@ -241,12 +241,14 @@ class TrainConfig:
         return self
 
     def to_json(self) -> dict[str, Any]:
+        """The configuration as JSON-ready values (what metrics.json and trainer.npz hold)."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        """The configuration ``to_json`` wrote."""
         d = dict(d)
         d["hidden"] = tuple(d["hidden"])
         return cls(**d)
@@ -488,6 +490,7 @@ class _Progress:
             self.stream.flush()
 
     def close(self) -> None:
+        """Remove the bar (the epoch lines stay)."""
         if self.bar is not None:
             self.bar.close()
             self.bar = None

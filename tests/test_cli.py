@@ -196,3 +196,26 @@ def test_warm_up_is_timed_apart_and_changes_nothing(tmp_path):
     ):
         for k in za.files:
             np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
+
+
+def test_public_functions_classes_and_methods_have_docstrings():
+    import importlib
+    import inspect
+
+    missing = []
+    for m in ("gpugd.nn", "gpugd.train", "gpugd.cli", "benchmarks.harness", "benchmarks.plot"):
+        mod = importlib.import_module(m)
+        for name in getattr(mod, "__all__", [n for n in dir(mod) if not n.startswith("_")]):
+            obj = getattr(mod, name)
+            if not (inspect.isfunction(obj) or inspect.isclass(obj)) or obj.__module__ != m:
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{m}.{name}")
+            for k, v in vars(obj).items() if inspect.isclass(obj) else ():
+                f = v.fget if isinstance(v, property) else v
+                if k.startswith("_") or not inspect.isfunction(f) or f.__name__ == "<lambda>":
+                    continue
+                if not inspect.getdoc(getattr(obj, k) if not isinstance(v, property) else f):
+                    if not any(inspect.getdoc(getattr(b, k, None)) for b in obj.__mro__[1:]):
+                        missing.append(f"{m}.{name}.{k}")
+    assert not missing, missing
