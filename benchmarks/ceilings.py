@@ -9,8 +9,8 @@ CPU (Numba, STREAM-style, one ``prange`` per loop, every core):
 Each timed call, loop or kernel, starts after an untimed read sweep over twice the
 last-level cache, so all of them stream from memory and none pays for another's dirty lines.
 A class's ceiling is the best of its loops: ``inplace`` = best of copy, triad, inplace
-(streams that read and write); ``read`` = best of read and the ``inplace`` ceiling, since a
-pure read stream moves bytes at least as fast as a mixed one.
+(streams that read and write); ``read`` = the read loop alone (no longer floored at the
+``inplace`` figure).
 
 GPU (CuPy): device-to-device copy, 2 words/elem (no write-allocate on the GPU), timed with
 CUDA events; both classes take it.
@@ -22,6 +22,20 @@ the memory the kernel touches. On the CPU VMs this project runs on, memory is no
 run, each array steady across that run's rounds, and within 5–9% of each other in runs
 minutes later (``python -m benchmarks.experiment_placement``), so a loop over arrays of its
 own holds a kernel against a placement lottery.
+
+``traffic(reads, mods, writes)``: the loop with a kernel's own traffic over its own buffers
+(every byte of ``reads`` read, of ``mods`` read and rewritten unchanged, of ``writes``
+written): r/m/w in a row's ``ceiling`` name count them, e.g. ``r2w1`` (an out-of-place
+activation backward: dy and x read, dx written fresh), ``r1m1`` (in place: x read, dy
+rewritten), ``r1m3`` (Adam: g read; p, m, v rewritten), ``r1+r1m3`` (two passes: the norm,
+then the update; the ceiling is the sum of the passes' times). Its bytes are the fewest
+the kernel must move, counted as the kernel's row counts them (a fresh write once), so a
+row's percentage is the loop's time over the kernel's for the same traffic on the same
+memory; where a CPU write-allocates, the loop pays for it as the kernel does.
+``act_math(kind)``: the compute bound of an activation backward: its own loop over blocks
+that stay in L1, every core, as ns per element and as the GB/s its bytes would make.
+``against(ctx, fns, passes, nbytes, math)`` times the kernel with those loops round-robin
+and gives the tighter of the two bounds (``MIX_NOTES`` says what each name means).
 
 The loops are not timed in a phase of their own: ``Context.measure`` runs the loops of a
 kernel's class round-robin with the kernel, and a loop's figure is the median of all its
@@ -38,6 +52,7 @@ import numpy as np
 from numba import njit, prange
 
 from gpugd import _tensor_table as layout
+from gpugd._cpu import activations as _act
 from gpugd._cpu.optim import address
 from gpugd._cpu.tensor_table import SIZE_ROW, entry
 
@@ -79,16 +94,6 @@ def _sweep(buf):
     return acc
 
 
-@njit(cache=True, parallel=True)
-def _xor_table(table, tasks, chunk, like, k):
-    # One parallel region over the byte chunks of every listed buffer: w ^= k, k = 0.
-    for j in prange(tasks.shape[0]):
-        t, lo = tasks[j, 0], tasks[j, 1]
-        w = entry(table, 0, t, lo, min(chunk, table[SIZE_ROW, t] - lo), like)
-        for i in range(w.size):
-            w[i] ^= k
-
-
 _XOR_CHUNK = 1 << 16  # bytes per task
 
 
@@ -96,21 +101,164 @@ def own_inplace(arrays: list[Any], xp: Any = np, key: int = 0) -> Loop:
     """The in-place loop over exactly ``arrays`` (C-contiguous, any dtype): every byte read,
     xor-ed with ``key`` (0: written back unchanged) and written, one parallel region on the
     CPU (one elementwise launch per array on the GPU). Bytes: read and write of each,
-    2·Σ nbytes. The arrays must stay alive while the loop is used."""
-    views = [a.reshape(-1).view(xp.uint8) for a in arrays if a.size]
-    total = sum(int(v.size) for v in views)
+    2·Σ nbytes. The arrays must stay alive while the loop is used. ``traffic([], arrays)``."""
+    return traffic([], arrays, [], xp, key)
+
+
+READ, MODIFY, WRITE = 0, 1, 2  # what ``traffic`` does to each buffer
+
+
+@njit(cache=True, parallel=True)
+def _traffic_table(table, tasks, kinds, chunk, like, k, sink):
+    # One parallel region over the byte chunks of every buffer, in (offset, buffer) order so
+    # each thread streams all buffers side by side, as a kernel does: read (xor into sink),
+    # rewrite unchanged (w ^= k, k = 0) or write k.
+    for j in prange(tasks.shape[0]):
+        t, lo = tasks[j, 0], tasks[j, 1]
+        w = entry(table, 0, t, lo, min(chunk, table[SIZE_ROW, t] - lo), like)
+        kind = kinds[t]
+        if kind == READ:
+            acc = np.uint8(0)
+            for i in range(w.size):
+                acc ^= w[i]
+            sink[j] = acc
+        elif kind == MODIFY:
+            for i in range(w.size):
+                w[i] ^= k
+        else:
+            for i in range(w.size):
+                w[i] = k
+
+
+def mix_name(reads: int, mods: int, writes: int) -> str:
+    """``r2w1``-style name of a traffic mix: read-only, rewritten and fresh-written arrays."""
+    return "".join(f"{c}{k}" for c, k in (("r", reads), ("m", mods), ("w", writes)) if k)
+
+
+MIX_NOTES = {
+    "rN": "N arrays read (no write)",
+    "mN": "N arrays read and rewritten in place",
+    "wN": "N arrays written fresh (write-allocate, where the CPU does it, paid as the kernel)",
+    "a+b": "two passes: the sum of the loops' times",
+    "math": "compute bound: the kernel's own math over L1-resident blocks, every core",
+}
+
+
+def traffic(
+    reads: list[Any], mods: list[Any] = (), writes: list[Any] = (), xp: Any = np, key: int = 0
+) -> Loop:
+    """The loop over a kernel's own buffers with its traffic: ``reads`` read, ``mods`` read and
+    rewritten unchanged, ``writes`` overwritten (scratch outputs only: their values are
+    lost). Bytes: Σ reads + 2·Σ mods + Σ writes. The arrays must stay alive while it is used.
+    A buffer that appears twice (an in-place output) counts once, as a ``mod``. ``key``
+    (tests): mods are xor-ed with it, writes set to it."""
+    seen: dict[int, int] = {}
+    order: list[Any] = []
+    for kind, group in ((MODIFY, mods), (WRITE, writes), (READ, reads)):
+        for a in group:
+            if id(a) not in seen and a.size:
+                seen[id(a)] = kind
+                order.append(a)
+    views = [a.reshape(-1).view(xp.uint8) for a in order]
+    kinds = np.array([seen[id(a)] for a in order], np.int64)
+    nbytes = sum(int(v.size) * (2 if k == MODIFY else 1) for v, k in zip(views, kinds, strict=True))
+    numel = max((int(a.size) for a in order), default=0)
     if xp is not np:
-        k = xp.uint8(key)
+        k8 = xp.uint8(key)
 
         def run_gpu() -> None:
-            for v in views:
-                xp.bitwise_xor(v, k, out=v)
+            for v, k in zip(views, kinds, strict=True):
+                if k == READ:
+                    xp.bitwise_xor.reduce(v)
+                elif k == MODIFY:
+                    xp.bitwise_xor(v, k8, out=v)
+                else:
+                    v.fill(k8)
 
-        return Loop(run_gpu, 2 * total, total)
+        return Loop(run_gpu, nbytes, numel)
     table = layout.build([views], address)
     tasks = layout.tasks([v.size for v in views], _XOR_CHUNK)
+    tasks = tasks[np.lexsort((tasks[:, 0], tasks[:, 1]))]  # by offset, then buffer
     like, k = np.zeros(1, np.uint8), np.uint8(key)
-    return Loop(lambda: _xor_table(table, tasks, _XOR_CHUNK, like, k), 2 * total, total)
+    sink = np.zeros(len(tasks), np.uint8)
+    return Loop(
+        lambda: _traffic_table(table, tasks, kinds, _XOR_CHUNK, like, k, sink), nbytes, numel
+    )
+
+
+_MATH_BLOCK = 2048  # elements per thread: dy, x and dx of fp32 in 24 KiB of L1
+
+
+@njit(cache=True, parallel=True)
+def _act_math_loop(kind, dy, v, dx, a, b, reps):
+    for t in prange(dy.shape[0]):
+        for _ in range(reps):
+            _act._backward_serial(kind, dy[t], v[t], dx[t], a, b, _act.SEPARATE)
+
+
+def act_math(kind: int, a: float, b: float, bytes_per_elem: int = 12, numel: int = 1 << 22) -> Loop:
+    """The compute bound of activation ``kind``'s backward (fp32): its own serial loop over
+    L1-resident blocks, one per thread, ``numel`` elements in all per call; the Loop's
+    bytes are the kernel's (``bytes_per_elem`` each), so its GB/s is what the math allows."""
+    import numba
+
+    threads = numba.get_num_threads()
+    rng = np.random.default_rng(0)
+    dy = rng.standard_normal((threads, _MATH_BLOCK)).astype(np.float32)
+    v = (rng.standard_normal((threads, _MATH_BLOCK)) * 3).astype(np.float32)
+    dx = np.empty_like(dy)
+    reps = max(1, numel // (threads * _MATH_BLOCK))
+    f = np.float32
+    loop = Loop(
+        lambda: _act_math_loop(kind, dy, v, dx, f(a), f(b), reps),
+        bytes_per_elem * reps * threads * _MATH_BLOCK,
+        reps * threads * _MATH_BLOCK,
+    )
+    loop.fn()
+    return loop
+
+
+def against(
+    ctx: Context,
+    fns: dict[str, Callable[[], Any]],
+    passes: dict[str, Loop],
+    nbytes: int,
+    math: Loop | None = None,
+) -> tuple[dict[str, Any], float, str, dict[str, Any]]:
+    """Time ``fns`` round-robin with the ``passes`` loops (one per pass of the kernel, over
+    its own buffers) and the optional compute bound ``math``. Returns (timings, ceiling GB/s
+    for ``nbytes``, ceiling name, row fields): the memory ceiling is ``nbytes`` over the sum
+    of the passes' median times; with ``math``, the tighter of it and the math's GB/s. The
+    row fields: ``bounds`` (mem, mem_gbps, loops_gbps; math_ns_per_elem, math_gbps) and
+    ``detail`` (them as text)."""
+    extra = {f"ceiling {k}": lp.fn for k, lp in passes.items()}
+    if math is not None:
+        extra["ceiling math"] = math.fn
+    t, _ = ctx.measure({**fns, **extra}, "read")  # any class: its figure is not used
+    mem_s = sum(t[f"ceiling {k}"].median_s for k in passes)
+    bounds: dict[str, Any] = {
+        "mem": "+".join(passes),
+        "mem_gbps": nbytes / mem_s / 1e9,
+        "loops_gbps": {k: lp.nbytes / t[f"ceiling {k}"].median_s / 1e9 for k, lp in passes.items()},
+    }
+    name, best = bounds["mem"], bounds["mem_gbps"]
+    if math is not None:
+        ms = t["ceiling math"].median_s
+        bounds["math_ns_per_elem"] = ms / math.numel * 1e9
+        bounds["math_gbps"] = math.nbytes / ms / 1e9
+        if bounds["math_gbps"] < best:
+            name, best = "math", bounds["math_gbps"]
+    info = {"bounds": bounds, "detail": bounds_text(bounds)}
+    timings = {k: v for k, v in t.items() if k in fns}
+    return timings, best, name, info
+
+
+def bounds_text(b: dict[str, Any]) -> str:
+    """A row's detail column: both bounds (memory loop and, where measured, math)."""
+    text = f"{b['mem']} {b['mem_gbps']:.1f} GB/s"
+    if "math_gbps" in b:
+        text += f", math {b['math_ns_per_elem']:.3f} ns/elem ({b['math_gbps']:.1f} GB/s)"
+    return text
 
 
 def last_level_cache_bytes() -> int:
@@ -168,7 +316,7 @@ def setup(ctx: Context) -> None:
     for loop in ctx.loops.values():  # compile and first-touch outside any timing
         loop.fn()
     inplace = ("copy", "triad", "inplace")
-    ctx.classes = {"inplace": inplace, "read": ("read", *inplace)}
+    ctx.classes = {"inplace": inplace, "read": ("read",)}
 
 
 def report(ctx: Context) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:

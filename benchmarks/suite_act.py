@@ -1,11 +1,14 @@
 """Suite ``act``: each activation's fused backward dx = dy·f'(·) on one fp32 buffer.
 
-Fewest bytes per element: read dy and x (or y), write dx: 12 (3 words), against the
-``inplace`` ceiling. Two rows per activation: ``<kind>_backward`` writes into a
-preallocated ``out``, which a write-allocate CPU cache reads before writing (16 B move,
-12 counted: at most 75% of the ceiling on the CPU unless the stores bypass the cache);
+Fewest bytes per element: read dy and x (or y), write dx: 12 (3 words). Two rows per
+activation: ``<kind>_backward`` writes into a preallocated ``out`` (dy, x read, dx written
+fresh), held against the loop with that traffic over the same buffers (``ceilings.traffic``:
+``r2w1``; where the CPU write-allocates, loop and kernel both pay for it);
 ``<kind>_backward inplace`` writes dx over dy (``out=dy``, what ``gpugd.nn.Activation``
-does in backprop), which moves exactly the 12 B counted. The in-place calls restore dy
+does in backprop): ``r1m1``. Each row also carries the kernel's compute bound
+(``ceilings.act_math``: its own loop over L1-resident blocks, every core; ``math_ns_per_elem``)
+and is held against the tighter of the two (``ceiling`` names it; the detail column gives
+both). The in-place calls restore dy
 from a pristine copy before each timed call, outside the timing (``harness.Prepared``), so
 every call sees the same data and none drifts into subnormals. Peers, in the same form
 (preallocated output, or in place): NumPy composition of the same derivative (several
@@ -21,11 +24,25 @@ import numpy as np
 
 from gpugd import ops
 
+from .ceilings import act_math, against, traffic
 from .harness import Context, Prepared, optional_torch, row
 from .suite_optim import _as_torch
 
 NAME = "act"
 SELU = (1.6732632423543772848170429916717, 1.0507009873554804934193349852946)
+# suite name -> (gpugd._cpu.activations kind id, a, b) of its CPU kernel (as ops passes them)
+KERNEL = {
+    "sigmoid": (0, 0.0, 0.0),
+    "tanh": (1, 0.0, 0.0),
+    "relu": (2, 0.0, 0.0),
+    "leaky_relu": (3, 0.01, 0.0),
+    "elu": (4, 1.0, 1.0),
+    "selu": (4, *SELU),
+    "gelu": (5, 0.0, 0.0),
+    "gelu tanh": (6, 0.0, 0.0),
+    "softplus": (7, 1.0, 20.0),
+    "silu": (8, 0.0, 0.0),
+}
 
 
 def _numel(ctx: Context) -> int:
@@ -101,6 +118,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         v = y_sig if name == "sigmoid" else (y_tanh if name == "tanh" else x)
         op = getattr(ops, name.split()[0] + "_backward")
         kw = {"approximate": "tanh"} if name == "gelu tanh" else {}
+        math = act_math(*KERNEL[name]) if xp is np else None
         for inplace in (False, True):
             dst = dy if inplace else out
 
@@ -117,11 +135,17 @@ def run(ctx: Context) -> list[dict[str, Any]]:
                 peers["torch"] = timed(
                     _torch_peer(torch, name, tdy, _as_torch(torch, v), tdy if inplace else tout)
                 )
-            t, ceil = ctx.measure({"gpugd": timed(call), **peers}, "inplace")
+            if inplace:  # dy rewritten in place (restored before the kernel's calls anyway)
+                loop, mix = traffic([v], [dy], xp=xp), "r1m1"
+            else:
+                loop, mix = traffic([dy, v], [], [out], xp=xp), "r2w1"
+            fns = {"gpugd": timed(call), **peers}
+            t, ceil, cname, info = against(ctx, fns, {mix: loop}, 12 * n, math)
             base = {k: t[k].median_s for k in peers}
             label = f"{name.replace(' ', '_')}_backward" + (" inplace" if inplace else "")
-            rows.append(row(ctx, label, np.float32, n, t["gpugd"], 12 * n, "inplace", ceil, base))
-            r = rows[-1]
-            ctx.log(f"  {label:<32} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace")
+            r = row(ctx, label, np.float32, n, t["gpugd"], 12 * n, cname, ceil, base)
+            r.update(info)
+            rows.append(r)
+            ctx.log(f"  {label:<32} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of {cname}")
         restore()
     return rows

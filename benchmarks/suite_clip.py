@@ -1,10 +1,11 @@
 """Suite ``clip``: the global norm, clipped Adam steps and per-tensor norms of many small
 tensors, against the ceilings and their peers; and what the monitor adds to a step.
 
-Fewest bytes per element (fp32): global norm 4 (one read) against ``read``; clipped Adam
-32 (the norm pass reads g: 4, the fused update reads p, g, m, v and writes p, m, v: 28)
-against ``inplace`` — torch's clip_grad_norm_ + fused Adam moves 40 (norm 4, scale pass
-8, update 28). Peers: NumPy (dot, or per-tensor loop), and when importable torch
+Fewest bytes per element (fp32): global norm 4 (one read) against the read loop over the
+same buffer(s) (``r1``, ``ceilings.traffic``); clipped Adam 32 (the norm pass reads g: 4,
+the fused update reads g and rewrites p, m, v: 28) against ``r1+r1m3``, the sum of those
+two loops' times over its own buffers — torch's clip_grad_norm_ + fused Adam moves 40
+(norm 4, scale pass 8, update 28). Peers: NumPy (dot, or per-tensor loop), and when importable torch
 (``linalg.vector_norm``; ``nn.utils.clip_grad_norm_(foreach=True)`` + ``Adam(fused=True)``;
 ``torch._foreach_norm``).
 """
@@ -18,7 +19,8 @@ import numpy as np
 from gpugd import optim
 from gpugd.ops import reduce
 
-from .harness import Context, optional_torch, row
+from .ceilings import against, traffic
+from .harness import Context, Loop, optional_torch, row
 from .suite_optim import _as_torch, _numpy_adam, resnet50_shapes
 
 NAME = "clip"
@@ -47,6 +49,20 @@ def _torch_clipped_adam(torch, ps, gs):
     return step
 
 
+def _adam_passes(opt: Any, ps: list, gs: list, xp: Any, every: int = 1) -> dict[str, Loop]:
+    """The clipped step's two passes over its own buffers, ``every`` times per call: the
+    norm reads g (``r1``); the update reads g and rewrites p, m, v (``r1m3``)."""
+    states = [opt.state[k][s] for k in opt.names for s in sorted(opt.state[k])]
+    loops = {"r1": traffic(gs, xp=xp), "r1m3": traffic(gs, [*ps, *states], xp=xp)}
+
+    def times(lp: Loop) -> Loop:
+        if every == 1:
+            return lp
+        return Loop(lambda: [lp.fn() for _ in range(every)], every * lp.nbytes, lp.numel)
+
+    return {k: times(lp) for k, lp in loops.items()}
+
+
 def _clipped_adam_rows(ctx: Context, torch: Any, label: str, ps: list, gs: list) -> list:
     xp = ctx.backend.xp
     numel = sum(int(a.size) for a in ps)
@@ -68,10 +84,14 @@ def _clipped_adam_rows(ctx: Context, torch: Any, label: str, ps: list, gs: list)
             _numpy_adam(xp, ps[0], g, m, v)
 
         peers["numpy"] = numpy_step
-    t, ceil = ctx.measure({"gpugd": opt.step, **peers}, "inplace")
+    nbytes = 32 * numel
+    t, ceil, cname, info = against(
+        ctx, {"gpugd": opt.step, **peers}, _adam_passes(opt, ps, gs, xp), nbytes
+    )
     base = {k: t[k].median_s for k in peers}
-    r = row(ctx, label, np.float32, numel, t["gpugd"], 32 * numel, "inplace", ceil, base, len(ps))
-    ctx.log(f"  {label:<30} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace")
+    r = row(ctx, label, np.float32, numel, t["gpugd"], nbytes, cname, ceil, base, len(ps))
+    r.update(info)
+    ctx.log(f"  {label:<30} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of {cname}")
     rows = [r]
     # What the monitor adds: the same clipped step with a GradientMonitor recording every
     # step, and one recording every 10th step.
@@ -90,11 +110,14 @@ def _clipped_adam_rows(ctx: Context, torch: Any, label: str, ps: list, gs: list)
             for _ in range(k):
                 opt.step()
 
-        t, ceil = ctx.measure({"gpugd": steps, "without monitor": plain_steps}, "inplace")
+        fns = {"gpugd": steps, "without monitor": plain_steps}
+        nbytes = 32 * numel * every
+        passes = _adam_passes(watched, ps, gs, xp, every)
+        t, ceil, cname, info = against(ctx, fns, passes, nbytes)
         base = {"without monitor": t["without monitor"].median_s}
         kernel = f"{label} +monitor/{every}"
-        nbytes = 32 * numel * every
-        r = row(ctx, kernel, np.float32, numel, t["gpugd"], nbytes, "inplace", ceil, base, len(ps))
+        r = row(ctx, kernel, np.float32, numel, t["gpugd"], nbytes, cname, ceil, base, len(ps))
+        r.update(info)
         ctx.log(f"  {kernel:<30} no-monitor/monitor time {r['baselines']['without monitor']:.3f}")
         rows.append(r)
     return rows
@@ -114,9 +137,12 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     if torch is not None:
         tx = _as_torch(torch, x)
         peers["torch"] = lambda: torch.linalg.vector_norm(tx)
-    t, ceil = ctx.measure({"gpugd": red.run, **peers}, "read")
+    t, ceil, cname, info = against(
+        ctx, {"gpugd": red.run, **peers}, {"r1": traffic([x], xp=xp)}, 4 * n
+    )
     base = {k: t[k].median_s for k in peers}
-    rows.append(row(ctx, "global_norm", np.float32, n, t["gpugd"], 4 * n, "read", ceil, base))
+    rows.append(row(ctx, "global_norm", np.float32, n, t["gpugd"], 4 * n, cname, ceil, base))
+    rows[-1].update(info)
 
     # 2. clipped Adam on the flat buffer and on the ResNet-50-like list
     p = xp.random.standard_normal(n).astype(xp.float32)
@@ -143,7 +169,8 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     if torch is not None:
         ts = [_as_torch(torch, a) for a in small]
         peers["torch _foreach_norm"] = lambda: torch._foreach_norm(ts)
-    t, ceil = ctx.measure({"gpugd": prepared.run, **peers}, "read")
+    fns = {"gpugd": prepared.run, **peers}
+    t, ceil, cname, info = against(ctx, fns, {"r1": traffic(small, xp=xp)}, 4 * numel)
     base = {k: t[k].median_s for k in peers}
     rows.append(
         row(
@@ -153,10 +180,11 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             numel,
             t["gpugd"],
             4 * numel,
-            "read",
+            cname,
             ceil,
             base,
             len(small),
         )
     )
+    rows[-1].update(info)
     return rows

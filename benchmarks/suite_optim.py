@@ -1,6 +1,8 @@
 """Suite ``optim``: each fused update rule on one flat fp32 buffer, and the optimizer classes
 on a ResNet-50-like list of 161 separate tensors (the multi-tensor path), against the
-in-place ceiling and their peers.
+loop with the same traffic over the same buffers (``ceilings.traffic``: g read, p and
+each state rewritten: ``r1m2`` for one state, ``r1m3`` for Adam's two, ``r1m4``
+AMSGrad) and their peers.
 
 Fewest bytes per element (w = itemsize): read p, g and each state once, write p and each
 state once: SGD-momentum, Adagrad, RMSprop 5w; Adam, AdamW, NAdam 7w; AMSGrad 9w.
@@ -17,6 +19,7 @@ import numpy as np
 
 from gpugd import ops
 
+from .ceilings import against, traffic
 from .harness import Context, optional_torch, row
 
 NAME = "optim"
@@ -149,15 +152,18 @@ def _list_rows(ctx: Context, torch: Any) -> list[dict[str, Any]]:
                 except (RuntimeError, TypeError, ValueError):
                     continue
                 peers[peer] = topt.step
-        t, ceil = ctx.measure({"gpugd": opt.step, **peers}, "inplace")
         nbytes = (3 + 2 * nstates) * 4 * numel
+        states = [opt.state[k][s] for k in opt.names for s in sorted(opt.state[k])]
+        own = {f"r1m{1 + nstates}": traffic(gs, [*ps, *states], xp=xp)}
+        t, ceil, cname, info = against(ctx, {"gpugd": opt.step, **peers}, own, nbytes)
         base = {k: t[k].median_s for k in peers}
         kernel = f"{label} resnet50-list"
         rows.append(
-            row(ctx, kernel, np.float32, numel, t["gpugd"], nbytes, "inplace", ceil, base, len(ps))
+            row(ctx, kernel, np.float32, numel, t["gpugd"], nbytes, cname, ceil, base, len(ps))
         )
         r = rows[-1]
-        ctx.log(f"  {kernel:<26} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace")
+        r.update(info)
+        ctx.log(f"  {kernel:<26} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of {cname}")
     return rows
 
 
@@ -196,13 +202,15 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             peers[peer] = lambda: _numpy_sgd(xp, p, g, states[0])
         if torch is not None and tcls:
             peers.update(_torch_peers(torch, p, g, tcls, tkw, ctx.backend.name == "cuda"))
-        t, ceil = ctx.measure({"gpugd": call, **peers}, "inplace")
         nbytes = (3 + 2 * nstates) * w * n
+        own = {f"r1m{1 + nstates}": traffic([g], [p, *s], xp=xp)}
+        t, ceil, cname, info = against(ctx, {"gpugd": call, **peers}, own, nbytes)
         base = {k: t[k].median_s for k in peers}
-        rows.append(row(ctx, label, np.float32, n, t["gpugd"], nbytes, "inplace", ceil, base))
+        rows.append(row(ctx, label, np.float32, n, t["gpugd"], nbytes, cname, ceil, base))
         r = rows[-1]
+        r.update(info)
         ctx.log(
-            f"  {label:<15} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace "
+            f"  {label:<15} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of {cname} "
             f"({ceil:.1f} GB/s)"
         )
     return rows + _lion_bf16_rows(ctx, n) + _list_rows(ctx, torch)
@@ -219,7 +227,9 @@ def _lion_bf16_rows(ctx: Context, n: int) -> list[dict[str, Any]]:
     p = xp.asarray(np.random.default_rng(0).standard_normal(n).astype(bf16))
     g = xp.asarray(np.random.default_rng(1).standard_normal(n).astype(bf16))
     m = xp.zeros(n, xp.float32)
-    t, ceil = ctx.measure({"gpugd": lambda: ops.lion_(p, g, m, lr=1e-4)}, "inplace")
-    r = row(ctx, "lion_ bf16p", bf16, n, t["gpugd"], 14 * n, "inplace", ceil, {})
-    ctx.log(f"  {'lion_ bf16p':<15} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of inplace")
+    fns = {"gpugd": lambda: ops.lion_(p, g, m, lr=1e-4)}
+    t, ceil, cname, info = against(ctx, fns, {"r1m2": traffic([g], [p, m], xp=xp)}, 14 * n)
+    r = row(ctx, "lion_ bf16p", bf16, n, t["gpugd"], 14 * n, cname, ceil, {})
+    r.update(info)
+    ctx.log(f"  {'lion_ bf16p':<15} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of {cname}")
     return [r]

@@ -84,11 +84,15 @@ def test_amp_rows_follow_the_schema_and_count_bytes_per_policy(amp_run):
             assert r["policy"] == "fp32" and r["tensors"] == amp.LATENCY_TENSORS
             assert 0.8 * NUMEL < r["numel"] < 1.3 * NUMEL  # about --numel, 200 tensors
         assert r["gbps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
-        assert r["ceiling"] == "inplace" and 0 < r["ceiling_gbps"] < float("inf")
+        # a policy row against the loop with its own traffic over its own buffers, whose
+        # bytes are the row's: the two ceilings are the same figure
+        master = amp.POLICIES[r["policy"]].master
+        want = "inplace" if "latency" in r["kernel"] else ("r1m3w1" if master else "r1m3")
+        assert r["ceiling"] == want and 0 < r["ceiling_gbps"] < float("inf")
         assert r["pct_of_ceiling"] == pytest.approx(100 * r["gbps"] / r["ceiling_gbps"])
         assert all(v > 0 for v in r["baselines"].values())
         if "latency" not in r["kernel"]:
-            assert 0 < r["own_ceiling_gbps"] < float("inf")
+            assert r["own_ceiling_gbps"] == pytest.approx(r["ceiling_gbps"])
             assert r["pct_of_own_ceiling"] == pytest.approx(100 * r["gbps"] / r["own_ceiling_gbps"])
         peers = set(r["baselines"])
         if r["kernel"].startswith(latency):
@@ -202,3 +206,27 @@ def test_own_inplace_rewrites_every_byte_unchanged_and_counts_them(xp):
     for a, b in zip(arrays, before, strict=True):
         assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
     assert loop.nbytes == 2 * sum(a.nbytes for a in arrays)
+
+
+@pytest.mark.parametrize("xp", [np, GPU_STYLE_XP], ids=["table", "per-array"])
+def test_traffic_reads_rewrites_and_writes_what_it_is_told_and_counts_it(xp):
+    """``ceilings.traffic``: reads leave their bytes alone, mods are xor-ed with the key
+    (0: unchanged), writes are set to it, each byte of every buffer reached (several chunks,
+    odd sizes); an in-place output listed as a read too counts once, as a mod; bytes are
+    Σ reads + 2·Σ mods + Σ writes."""
+    from benchmarks.ceilings import _XOR_CHUNK, mix_name, traffic
+
+    rng = np.random.default_rng(5)
+    r = rng.standard_normal(3 * _XOR_CHUNK // 8 + 3)  # float64: several byte chunks
+    m = rng.standard_normal(1023).astype(np.float32)
+    w = rng.standard_normal(2 * _XOR_CHUNK + 1).astype(np.float32).view(np.uint8)
+    before_r, before_m = r.copy(), m.copy()
+    loop = traffic([r, m], [m], [w], xp, key=0xFF)
+    loop.fn()
+    assert np.array_equal(r, before_r)
+    assert np.array_equal(m.view(np.uint8), ~before_m.view(np.uint8))
+    assert (w == 0xFF).all()
+    assert loop.nbytes == r.nbytes + 2 * m.nbytes + w.nbytes
+    traffic([], [m], [], xp, key=0xFF).fn()
+    assert np.array_equal(m, before_m)
+    assert mix_name(2, 0, 1) == "r2w1" and mix_name(1, 3, 0) == "r1m3"
