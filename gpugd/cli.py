@@ -145,6 +145,18 @@ def _positive_int(text: str) -> int:
     return val
 
 
+def _as_flag(message: str) -> str:
+    """A TrainConfig message names its field (``val_fraction: ...``); on the command line
+    name the flag that sets it (``--val-fraction: ...``)."""
+    import dataclasses
+
+    from .train import TrainConfig
+
+    field, sep, rest = message.partition(": ")
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    return f"--{field.replace('_', '-')}: {rest}" if sep and field in names else message
+
+
 def _add_train_args(t: argparse.ArgumentParser) -> None:
     from .nn import ACTIVATIONS, INITIALIZERS
     from .train import GD_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
@@ -373,7 +385,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"gpugd train: {exc}", file=sys.stderr)
         return 2
     except (ValueError, TypeError) as exc:  # bad configuration, data or checkpoint
-        print(f"gpugd train: {exc}", file=sys.stderr)
+        print(f"gpugd train: {_as_flag(str(exc))}", file=sys.stderr)
         return 2
     except tr.TrainingInterrupted as exc:
         where = (

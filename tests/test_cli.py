@@ -54,6 +54,20 @@ def test_malformed_flags_exit_2_naming_the_flag(capsys, argv, named):
     assert "required" not in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--val-fraction", "1.5"], "--val-fraction: expected a value in [0, 1)"),
+        (["--dropout", "1"], "--dropout: expected a value in [0, 1)"),
+        (["--optimizer", "adam", "--momentum", "0.9"], "--momentum: expected 0 unless"),
+    ],
+)
+def test_bad_train_values_name_the_flag(capsys, tmp_path, argv, message):
+    rc, err = _cli(capsys, "train", "--run-dir", str(tmp_path / "r"), *SMALL, *argv)
+    assert rc == 2 and err.startswith(f"gpugd train: {message}"), err
+    assert not (tmp_path / "r" / "trainer.npz").exists()
+
+
 def test_no_command_says_which_commands_exist(capsys):
     rc, err = _cli(capsys)
     assert rc == 2 and "train, bench or info" in err
