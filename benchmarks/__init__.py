@@ -44,36 +44,10 @@ def run(
     numel: int | None = None,
     json_path: str | Path | None = None,
     echo=print,
+    plot_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Measure the ceilings, run the chosen suites, print the tables, write JSON if asked."""
-    if suite != "all" and suite not in SUITES:
-        raise ValueError(
-            f"--suite {suite!r} is not a suite; expected 'all' or one of {sorted(SUITES)}"
-        )
-    if numel is not None and numel < 1:
-        raise ValueError(f"--numel must be positive, got {numel}")
-    ctx = harness.Context(backend=backend, quick=quick, numel=numel)
-    ctx.versions = harness.versions(backend.name)
-    ctx.time = harness.now()
-    ceilings.setup(ctx)
-    chosen = SUITES.values() if suite == "all" else [SUITES[suite]]
-    rows: list[dict[str, Any]] = []
-    for mod in chosen:
-        rows += mod.run(ctx)
-    classes, loops = ceilings.report(ctx)
-    echo(f"gpugd bench · backend {backend.name} · {backend.device_name} · {ctx.time}")
-    echo(harness.format_ceilings(classes, loops))
-    echo("")
-    echo(harness.format_table(rows))
-    meta = {
-        "backend": backend.name,
-        "device": backend.device_name,
-        "time": ctx.time,
-        "quick": quick,
-        "versions": ctx.versions,
-    }
-    ceil = {"classes": classes, "loops": loops}
-    if json_path is not None:
-        harness.write_json(Path(json_path), meta, ceil, rows)
-        echo(f"\nwrote {json_path}")
-    return {"meta": meta, "ceilings": ceil, "rows": rows}
+    """Measure the ceilings, run the chosen suites, print one table per suite, write JSON
+    (and the plot) if asked: what ``gpugd bench`` runs (``harness.run_suites``)."""
+    return harness.run_suites(
+        SUITES, ceilings, backend, suite, quick, numel, json_path, plot_path, echo=echo
+    )

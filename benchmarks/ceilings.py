@@ -20,7 +20,7 @@ rewritten unchanged, x ^= 0 with the 0 unknown to the compiler): the ceiling for
 the memory the kernel touches. On the CPU VMs this project runs on, memory is not uniform:
 128 MiB arrays allocated one after another have streamed in place at 46 to 57 GB/s in one
 run, each array steady across that run's rounds, and within 5–9% of each other in runs
-minutes later (``python -m benchmarks.experiment_placement``), so a loop over arrays of its
+minutes later (``python -m benchmarks.experiments.placement``), so a loop over arrays of its
 own holds a kernel against a placement lottery.
 
 ``traffic(reads, mods, writes)``: the loop with a kernel's own traffic over its own buffers

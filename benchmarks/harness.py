@@ -176,12 +176,16 @@ def versions(backend_name: str) -> dict[str, str]:
     return out
 
 
-def optional_torch():
-    """torch when importable, else None (it is a peer, never a dependency)."""
+def optional_torch(backend: str = "cpu"):
+    """torch when importable and able to run beside ``backend`` (for "cuda": a torch built
+    with CUDA that sees a device, so it can share CuPy's arrays through DLPack), else None
+    (it is a peer, never a dependency)."""
     try:
         import torch
     except Exception:  # ImportError, or a broken install raising something else
         return None
+    if backend == "cuda" and not torch.cuda.is_available():
+        return None  # a CPU-only torch (or the CUDA emulator's stand-in arrays)
     return torch
 
 

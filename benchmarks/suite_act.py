@@ -93,7 +93,7 @@ def _torch_peer(torch, name: str, tdy, tv, tout):
 
 def run(ctx: Context) -> list[dict[str, Any]]:
     xp = ctx.backend.xp
-    torch = optional_torch()
+    torch = optional_torch(ctx.backend.name)
     n = _numel(ctx)
     ctx.log(f"act: float32 n={n}")
     dy0 = xp.random.standard_normal(n).astype(xp.float32)

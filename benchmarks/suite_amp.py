@@ -19,7 +19,7 @@ buffers (``ceilings.traffic``, timed in the same rounds): g read; m, v and p (or
 master copy) read and rewritten; p only written where a master copy feeds it (``r1m3``,
 ``r1m3w1``); ``own_ceiling_gbps`` and ``pct_of_own_ceiling`` are that figure too. On the
 CPU VMs an array's memory has streamed at 46–57 GB/s depending on where it landed
-(``python -m benchmarks.experiment_placement``), so only a loop over the same buffers
+(``python -m benchmarks.experiments.placement``), so only a loop over the same buffers
 compares a kernel and a ceiling on the same memory. The step-latency rows stay against
 the run's ``inplace`` class (they time a step, not a stream).
 
@@ -442,7 +442,7 @@ def _latency_rows(ctx: Context, torch: Any) -> list[dict[str, Any]]:
 
 def run(ctx: Context) -> list[dict[str, Any]]:
     xp = ctx.backend.xp
-    torch = optional_torch()
+    torch = optional_torch(ctx.backend.name)
     n = default_numel(ctx)
     rows = []
     ctx.log(f"amp: flat n={n}")

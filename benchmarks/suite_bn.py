@@ -48,7 +48,7 @@ def _numpy_forward(xp, x, w, b, axes, shape, out):
 
 def run(ctx: Context) -> list[dict[str, Any]]:
     xp = ctx.backend.xp
-    torch = optional_torch()
+    torch = optional_torch(ctx.backend.name)
     rows = []
     for layout, shape in _shapes(ctx):
         n = int(np.prod(shape))

@@ -125,7 +125,7 @@ def _clipped_adam_rows(ctx: Context, torch: Any, label: str, ps: list, gs: list)
 
 def run(ctx: Context) -> list[dict[str, Any]]:
     xp = ctx.backend.xp
-    torch = optional_torch()
+    torch = optional_torch(ctx.backend.name)
     n = _numel(ctx)
     rows = []
     ctx.log(f"clip: float32 n={n}")

@@ -173,7 +173,7 @@ def _as_torch(torch, a):
 
 def run(ctx: Context) -> list[dict[str, Any]]:
     xp = ctx.backend.xp
-    torch = optional_torch()
+    torch = optional_torch(ctx.backend.name)
     n = default_numel(ctx)
     peer = "cupy" if ctx.backend.name == "cuda" else "numpy"
     w = 4

@@ -59,7 +59,7 @@ def _calls(x, y, a: float, s: float, xp, torch, peer: str, w: int, n: int) -> li
 
 def run(ctx: Context) -> list[dict[str, Any]]:
     xp = ctx.backend.xp
-    torch = optional_torch()
+    torch = optional_torch(ctx.backend.name)
     peer = "cupy" if ctx.backend.name == "cuda" else "numpy"
     rows = []
     for dtype, n in _cases(ctx):

@@ -7,11 +7,11 @@ Why: an optimizer step streams 4–7 arrays at once, and with 4 KiB pages every 
 crosses a page every 1,024 float32 elements (a TLB miss, and the hardware prefetchers stop
 at the boundary). On the 2-core CI VM a bfloat16-parameter Adam step over 2^24 elements
 moved 47.7–48.0 GB/s on huge-page buffers against 45.8–46.3 on buffers from ``np.empty``,
-three pairs timed in the same rounds (``python -m benchmarks.experiment_hugepages``,
+three pairs timed in the same rounds (``python -m benchmarks.experiments.hugepages``,
 ``benchmarks/results/cpu-hugepages-2026-12-02.txt``); a plain in-place loop, one stream,
 ran 3% slower on the huge pages there and 4–9% slower in
 ``benchmarks/results/cpu-streams-alloc-2026-12-02.txt`` (``python -m
-benchmarks.experiment_streams --alloc``), so this is for multi-stream kernels, not a free
+benchmarks.experiments.streams --alloc``), so this is for multi-stream kernels, not a free
 lunch.
 
 Buffers below ``HUGE_MIN`` bytes, and every buffer where the platform has no
