@@ -389,3 +389,16 @@ def test_repr_shows_groups_hyperparameters_and_policy():
     assert text.startswith("AdamW (\nParameter Group 0 (1 tensors, 12 elements, arena)")
     assert "    weight_decay: 0.01" in text and "    weight_decay: 0.0\n" in text
     assert "max_grad_norm=1.0" in text and text.endswith("\n)")
+
+
+def test_zero_grad_refuses_set_to_none_and_zeroes():
+    flat = gpugd.FlatParams({"w": (3, 4)})
+    opt = optim.SGD(flat, lr=0.1)
+    flat.grad_data[...] = 1.0
+    with pytest.raises(ValueError, match="set_to_none"):
+        opt.zero_grad(set_to_none=True)
+    with pytest.raises(TypeError, match="set_to_none"):
+        opt.zero_grad(set_to_none="no")
+    assert (flat.grad_data == 1.0).all()  # refused: nothing zeroed
+    opt.zero_grad(set_to_none=False)
+    assert (flat.grad_data == 0.0).all()

@@ -373,8 +373,17 @@ class Optimizer(StepMixin, CheckpointMixin):
     def _after_step(self, t: int) -> None:
         """Per-group bookkeeping after a step (NAdam's running product of μ)."""
 
-    def zero_grad(self) -> None:
-        """Zero every gradient: one fill of the arena's gradient buffer, or each array."""
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero every gradient: one fill of the arena's gradient buffer, or each array.
+        ``set_to_none=True`` (torch's default) is refused: gpugd's gradients are arrays the
+        caller writes into (views of one arena buffer), never None."""
+        if not isinstance(set_to_none, bool):
+            raise TypeError(f"set_to_none: expected a bool, got {set_to_none!r}")
+        if set_to_none:
+            raise ValueError(
+                "set_to_none: gpugd's gradients are arrays you write into (views of one arena "
+                "buffer) and cannot be None; call zero_grad() to fill them with zeros"
+            )
         arena = next((g.flat for g in self._groups if g.flat is not None), None)
         if arena is not None:
             arena.zero_grad()
