@@ -1,0 +1,119 @@
+"""CPU (Numba) mirror of ``kernels/optim8.cu``: updates with blockwise 8-bit states.
+
+One ``prange`` task per quantization block of B elements: dequantize and apply the rule
+element by element in float32 (new p written at once, the new states kept in a block-sized
+scratch that stays in L1), the block's absmax, then requantize into the codes and write the
+scale: every state is read once and written once. The float32 operations are
+``gpugd.reference8``'s in its order (no fma, no fastmath), so codes, scales and p are the
+same bits as the reference and the CUDA kernels. Arguments are validated by
+``gpugd.ops.optim8``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+_RULE = dict(inline="always", error_model="numpy")
+
+
+@njit(**_RULE)
+def _grad(g, gs, clip):
+    d = g * gs
+    d = clip if d > clip else d
+    return -clip if d < -clip else d
+
+
+@njit(**_RULE)
+def _nearest(q, r):
+    """The map entry nearest to r (reference8.nearest_code), by an 8-step binary search."""
+    i = 0
+    s = 128
+    while s > 0:
+        if q[i + s] <= r:
+            i += s
+        s >>= 1
+    if i < 255 and (q[i + 1] - r) < (r - q[i]):
+        i += 1
+    return i
+
+
+@njit(**_RULE)
+def _adam(p, d, m, v, b1, omb1, b2, omb2, eps, wd_c, decay_mul, step_size, inv_bc2_sqrt):
+    p = p * decay_mul
+    d = d + wd_c * p
+    m = b1 * m + omb1 * d
+    v = b2 * v + omb2 * (d * d)
+    den = np.sqrt(v) * inv_bc2_sqrt + eps
+    return p - step_size * m / den, m, v
+
+
+@njit(**_RULE)
+def _momentum(p, d, buf, lr, wd, mom, omd, nesterov, first):
+    d = d + wd * p
+    buf = d if first else mom * buf + omd * d
+    d = d + mom * buf if nesterov else buf
+    return p - lr * d, buf
+
+
+@njit(**_RULE)
+def _requantize(x, n, q, codes, lo):
+    """Codes of x[:n] (one block) into codes[lo:lo+n]; returns the block's absmax."""
+    mx = np.float32(0.0)
+    for k in range(n):
+        a = abs(x[k])
+        if a > mx:
+            mx = a
+    den = mx if mx > 0 else np.float32(1.0)
+    for k in range(n):
+        codes[lo + k] = _nearest(q, x[k] / den)
+    return mx
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def adam(p, g, mq, ma, vq, va, qs, qu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss, ibc, gs, clip):
+    n = p.size
+    nb = (n + bs - 1) // bs
+    for b in prange(nb):
+        lo = b * bs
+        cnt = min(bs, n - lo)
+        xm = np.empty(cnt, np.float32)
+        xv = np.empty(cnt, np.float32)
+        s0, s1 = ma[b], va[b]
+        for k in range(cnt):
+            i = lo + k
+            pi, xm[k], xv[k] = _adam(
+                p[i],
+                _grad(g[i], gs, clip),
+                qs[mq[i]] * s0,
+                qu[vq[i]] * s1,
+                b1,
+                omb1,
+                b2,
+                omb2,
+                eps,
+                wd_c,
+                dm,
+                ss,
+                ibc,
+            )
+            p[i] = pi
+        ma[b] = _requantize(xm, cnt, qs, mq, lo)
+        va[b] = _requantize(xv, cnt, qu, vq, lo)
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def momentum(p, g, bq, ba, qs, bs, lr, wd, mom, omd, nesterov, first, gs, clip):
+    n = p.size
+    nb = (n + bs - 1) // bs
+    for b in prange(nb):
+        lo = b * bs
+        cnt = min(bs, n - lo)
+        xb = np.empty(cnt, np.float32)
+        s0 = ba[b]
+        for k in range(cnt):
+            i = lo + k
+            p[i], xb[k] = _momentum(
+                p[i], _grad(g[i], gs, clip), qs[bq[i]] * s0, lr, wd, mom, omd, nesterov, first
+            )
+        ba[b] = _requantize(xb, cnt, qs, bq, lo)

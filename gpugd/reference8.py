@@ -1,0 +1,105 @@
+"""The executable specification of the 8-bit-state updates (``gpugd.ops.optim8``), in NumPy.
+
+Unlike ``gpugd.reference`` (float64), this one computes in float32, operation by operation
+in the kernels' order (NumPy's float32 ufuncs round each operation once, as the Numba and
+CUDA kernels do: no fused multiply-add in these rules, NVRTC's --fmad=false and the
+emulator's -ffp-contract=off contract none), so it reproduces every code and every scale
+bit for bit. Steps of one update, per quantization block of B elements:
+  1. dequantize each state: s = qmap[code] · absmax (float32);
+  2. apply the rule in float32 (p and the states);
+  3. new absmax = max |s| over the block (NaN ignored);
+  4. requantize: r = s / absmax (absmax 0: r = 0), code = nearest map entry (binary search
+     over the sorted map, a tie to the lower entry).
+Its float64 counterpart, the same rule without quantization, is ``gpugd.reference``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+
+def nearest_code(qmap: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Index of the entry of the sorted float32 ``qmap`` nearest to r: the largest i with
+    qmap[i] ≤ r (0 if none, or r NaN), moved to i + 1 when qmap[i+1] − r < r − qmap[i]."""
+    r = np.asarray(r, F32)
+    i = np.clip(np.searchsorted(qmap, r, side="right") - 1, 0, 255)
+    i = np.where(np.isnan(r), 0, i)
+    up = np.minimum(i + 1, 255)
+    with np.errstate(invalid="ignore"):
+        closer = (qmap[up] - r) < (r - qmap[i])
+    return np.where((i < 255) & closer, up, i).astype(np.uint8)
+
+
+def _block_absmax(x: np.ndarray, block_size: int) -> np.ndarray:
+    nb = -(-x.size // block_size)
+    pad = np.zeros(nb * block_size, F32)
+    a = np.abs(x)
+    pad[: x.size] = np.where(np.isnan(a), F32(0), a)
+    return pad.reshape(nb, block_size).max(axis=1) if nb else np.zeros(0, F32)
+
+
+def quantize(x: np.ndarray, qmap: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codes uint8[n], absmax float32[blocks]) of float32 x."""
+    x = np.asarray(x, F32).reshape(-1)
+    absmax = _block_absmax(x, block_size)
+    scale = np.repeat(np.where(absmax > 0, absmax, F32(1)), block_size)[: x.size]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = x / scale
+    return nearest_code(qmap, r), absmax
+
+
+def dequantize(codes: np.ndarray, absmax: np.ndarray, qmap: np.ndarray, block_size: int):
+    """float32 qmap[code] · absmax of each element."""
+    codes = np.asarray(codes).reshape(-1)
+    scale = np.repeat(np.asarray(absmax, F32), block_size)[: codes.size]
+    return qmap[codes] * scale
+
+
+def _grad(g, gs, clip):
+    d = np.asarray(g, F32) * F32(gs)
+    d = np.where(d > F32(clip), F32(clip), d)
+    return np.where(d < F32(-clip), F32(-clip), d)
+
+
+def adam_rule(p, d, m, v, s):
+    """Adam/AdamW in float32 (s: the kernel scalars, float32): decay, coupled decay, the
+    moments, p − step_size·m/(√v·(1/√bc2) + ε)."""
+    b1, omb1, b2, omb2, eps, wd_c, decay_mul, step_size, inv_bc2_sqrt = s
+    p = p * decay_mul
+    d = d + wd_c * p
+    m = b1 * m + omb1 * d
+    v = b2 * v + omb2 * (d * d)
+    den = np.sqrt(v) * inv_bc2_sqrt + eps
+    return p - step_size * m / den, m, v
+
+
+def momentum_rule(p, d, buf, s):
+    """SGD with momentum in float32: d = d + wd·p; buf = d (first) | μ·buf + (1−τ)·d;
+    d = d + μ·buf (Nesterov) | buf; p − lr·d."""
+    lr, wd, mom, omd, nesterov, first = s
+    d = d + wd * p
+    buf = d if first else mom * buf + omd * d
+    d = d + mom * buf if nesterov else buf
+    return p - lr * d, buf
+
+
+def step(rule: str, p, g, states, scalars, grad_scale, clip, block_size, qmaps):
+    """One 8-bit update on NumPy copies: p (float32), g, states as [(codes, absmax, signed)],
+    the rule's float32 scalars. Returns (p, [(codes, absmax)]). Inputs are not modified."""
+    s = [F32(x) if not isinstance(x, bool) else x for x in scalars]
+    pv = np.asarray(p, F32).reshape(-1).copy()
+    with np.errstate(all="ignore"):
+        d = _grad(np.asarray(g).reshape(-1), grad_scale, clip)
+        vals = [dequantize(c, a, qmaps[sg], block_size) for c, a, sg in states]
+        if rule == "adam":
+            pv, *new = adam_rule(pv, d, *vals, s)
+        elif rule == "momentum":
+            pv, *new = momentum_rule(pv, d, *vals, s)
+        else:
+            raise ValueError(f"unknown 8-bit rule {rule!r}")
+        out = [
+            quantize(x, qmaps[sg], block_size) for x, (_, _, sg) in zip(new, states, strict=True)
+        ]
+    return pv, out
