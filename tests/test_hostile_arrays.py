@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 
 import hostile
+import numpy as np
 import pytest
 from conftest import BACKENDS, emulated
 
+from gpugd import ops
 from gpugd.flat import FlatParams
 
 WORKER = Path(__file__).with_name("hostile.py")
@@ -92,3 +94,77 @@ def test_host_buffers_take_a_count(n):
 
     with pytest.raises(ValueError, match="n: expected an element count"):
         _hostmem.zeros(n, "float32")
+
+
+# ------------------------------------------------ bool options of the updates (issue 20)
+
+_BAD_FLAGS = ["False", "no", 1, 0, 1.0, None, np.array([True, False]), np.array(True)]
+
+
+def _update(flag: str, value):
+    """The functional update taking the bool option ``flag``, on fresh arrays: returns
+    (call, arrays it could write)."""
+    p, g = np.ones(9, np.float32), np.full(9, 0.5, np.float32)
+    s = [np.full(9, 0.25, np.float32) for _ in range(3)]
+    calls = {
+        "nesterov": lambda: ops.sgd_(p, g, s[0], momentum=0.9, nesterov=value),
+        "centered": lambda: ops.rmsprop_(p, g, s[0], s[1], centered=value),
+        "amsgrad": lambda: ops.adam_(p, g, s[0], s[1], s[2], amsgrad=value),
+        "decoupled": lambda: ops.adam_(p, g, s[0], s[1], weight_decay=0.1, decoupled=value),
+        "nadam decoupled": lambda: ops.nadam_(p, g, s[0], s[1], weight_decay=0.1, decoupled=value),
+    }
+    return calls[flag], [p, g, *s]
+
+
+@pytest.mark.parametrize("value", _BAD_FLAGS, ids=repr)
+@pytest.mark.parametrize(
+    "flag", ["nesterov", "centered", "amsgrad", "decoupled", "nadam decoupled"]
+)
+def test_update_flags_must_be_bools(flag, value):
+    # adam_(..., decoupled="False") ran AdamW: a string's truth is True
+    call, arrays = _update(flag, value)
+    before = [a.copy() for a in arrays]
+    with pytest.raises(TypeError, match=f"{flag.split()[-1]}: expected True or False"):
+        call()
+    for a, b in zip(arrays, before, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("value", [True, False, np.bool_(True), np.bool_(False)], ids=repr)
+@pytest.mark.parametrize(
+    "flag", ["nesterov", "centered", "amsgrad", "decoupled", "nadam decoupled"]
+)
+def test_update_flags_take_python_and_numpy_bools(flag, value):
+    call, arrays = _update(flag, value)
+    call()
+    want_call, want_arrays = _update(flag, bool(value))
+    want_call()
+    for a, b in zip(arrays, want_arrays, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [
+        ("Adam", {"amsgrad": "no"}),
+        ("SGD", {"momentum": 0.9, "nesterov": "yes"}),
+        ("RMSprop", {"centered": np.array([True, False])}),
+        ("NAdam", {"decoupled_weight_decay": "False"}),
+    ],
+)
+def test_optimizer_flags_must_be_bools(cls, kw):
+    # Adam(amsgrad="no") allocated AMSGrad state; now refused before any state exists
+    from gpugd import optim
+
+    p, g = np.ones(9, np.float32), np.full(9, 0.5, np.float32)
+    with pytest.raises(TypeError, match="expected True or False"):
+        getattr(optim, cls)([p], [g], **kw)
+    assert (p == 1).all()
+
+
+@pytest.mark.parametrize("rounding", [["nearest"], np.array("nearest"), None])
+def test_rounding_must_be_a_string(rounding):
+    p, g = np.ones(9, np.float32), np.full(9, 0.5, np.float32)
+    with pytest.raises(ValueError, match="rounding: expected one of"):
+        ops.sgd_(p, g, rounding=rounding)
+    assert (p == 1).all()

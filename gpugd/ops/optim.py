@@ -467,8 +467,7 @@ ROUNDINGS = ("nearest", "stochastic")
 
 def rounding_key(rounding: str, seed: Any) -> int | None:
     """The 32-bit key of stochastic rounding (None for round-to-nearest-even), validated."""
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"rounding: expected one of {ROUNDINGS}, got {rounding!r}")
+    rounding = v.choice("rounding", rounding, ROUNDINGS)
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed: expected an integer ≥ 0, got {seed!r}")
     if rounding == "nearest":
@@ -512,9 +511,10 @@ def sgd_kernel(
     weight_decay = _hyper("weight_decay", weight_decay)
     step, gs = _step(step), _grad_scale(grad_scale)
     clip = _clip_value(clip_value)
+    nesterov = v.flag("nesterov", nesterov)
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("nesterov: requires momentum > 0 and dampening = 0 (as torch.optim.SGD)")
-    has_buf, first, nesterov = momentum != 0, step == 1, bool(nesterov)
+    has_buf, first = momentum != 0, step == 1
     return Kernel(
         "sgd",
         {"momentum_buffer": " when momentum != 0" if has_buf else None},
@@ -628,7 +628,7 @@ def rmsprop_kernel(
     momentum = _hyper("momentum", momentum)
     gs = _grad_scale(grad_scale)
     clip = _clip_value(clip_value)
-    has_buf, centered = momentum > 0, bool(centered)
+    has_buf, centered = momentum > 0, v.flag("centered", centered)
     return Kernel(
         "rmsprop",
         {
@@ -698,7 +698,7 @@ def adam_kernel(
     weight_decay = _hyper("weight_decay", weight_decay)
     step, gs = _step(step), _grad_scale(grad_scale)
     clip = _clip_value(clip_value)
-    amsgrad, decoupled = bool(amsgrad), bool(decoupled)
+    amsgrad, decoupled = v.flag("amsgrad", amsgrad), v.flag("decoupled", decoupled)
     step_size = lr / (1 - b1**step)
     inv_bc2_sqrt = 1 / math.sqrt(1 - b2**step)
     return Kernel(
@@ -780,7 +780,7 @@ def nadam_kernel(
     mu_product = _hyper("mu_product", mu_product, 0.0, 1.0, lo_open=True, hi_open=False)
     step, gs = _step(step), _grad_scale(grad_scale)
     clip = _clip_value(clip_value)
-    decoupled = bool(decoupled)
+    decoupled = v.flag("decoupled", decoupled)
     mu, mu_next = nadam_mu(step, b1, momentum_decay), nadam_mu(step + 1, b1, momentum_decay)
     prod = mu_product * mu
     c_g = lr * (1 - mu) / (1 - prod)
