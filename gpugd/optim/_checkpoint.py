@@ -209,10 +209,16 @@ class CheckpointMixin:
 
     # ---- checkpoints on disk
 
-    def save(self, path: str | os.PathLike, *, params: bool = True) -> Path:
+    def save(self, path: str | os.PathLike, *, params: bool = True, model: Any = None) -> Path:
         """Write parameters (unless ``params=False``) and the state dict to ``path`` (.npz)
-        atomically: a temporary file in the same directory, fsync, then rename."""
+        atomically: a temporary file in the same directory, fsync, then rename.
+
+        ``model`` (a built ``gpugd.nn`` model over these parameters) adds its buffers —
+        every ``model.state_dict()`` entry that is not a parameter: batch-norm running
+        statistics, dropout offsets and seeds — so that one file holds the whole training
+        state; ``load(path, model=...)`` restores it bit for bit."""
         path = Path(path)
+        buffers = _model_buffers(model) if model is not None else None
         sd = self.state_dict()
         arrays: dict[str, np.ndarray] = {}
         for n, st in sd.pop("state").items():
@@ -222,14 +228,18 @@ class CheckpointMixin:
             for g in self._groups:
                 for n, p in zip(g.names, g.params, strict=True):
                     arrays[f"param/{n}"] = _to_numpy(p)
-        meta = {"format": FORMAT, "params": params, **sd}
+        for k, a in (buffers or {}).items():
+            arrays[f"model/{k}"] = _to_numpy(a)
+        meta = {"format": FORMAT, "params": params, "model": buffers is not None, **sd}
         arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
         atomic_savez(path, arrays)
         return path
 
-    def load(self, path: str | os.PathLike) -> None:
-        """Load a checkpoint written by ``save``: parameters (when it has them) and state.
-        Everything is validated before anything is written (``CheckpointError``)."""
+    def load(self, path: str | os.PathLike, *, model: Any = None) -> None:
+        """Load a checkpoint written by ``save``: parameters (when it has them), state and,
+        with ``model``, the model's buffers (the checkpoint must have been saved with a
+        model, and only then may ``model`` be given). Everything — the model's buffers
+        too — is validated before anything is written (``CheckpointError``)."""
         path = Path(path)
         try:
             files = load_npz(path)
@@ -249,6 +259,7 @@ class CheckpointMixin:
             raise CheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
         state: dict[str, dict[str, np.ndarray]] = {n: {} for n in meta.get("layout", {})}
         param_arrays: dict[str, np.ndarray] = {}
+        model_arrays: dict[str, np.ndarray] = {}
         for key, a in files.items():
             kind, _, rest = key.partition("/")
             if kind == "state":
@@ -256,9 +267,13 @@ class CheckpointMixin:
                 state.setdefault(n, {})[k] = a
             elif kind == "param":
                 param_arrays[rest] = a
+            elif kind == "model":
+                model_arrays[rest] = a
         sd = {**meta, "state": state}
+        sd.pop("model", None)
         try:
             self._check_state_dict(sd)
+            model_state = _check_model(meta.get("model", False), model_arrays, model)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
         if not isinstance(meta.get("params"), bool):
@@ -277,6 +292,47 @@ class CheckpointMixin:
                 for n, p in zip(g.names, g.params, strict=True):
                     p[...] = _like(p, param_arrays[n])
         self.load_state_dict(sd)
+        if model_state is not None:  # the parameters just loaded, the checkpoint's buffers
+            model.load_state_dict({**model.state_dict(), **model_state})
+
+
+def _model_buffers(model: Any) -> dict[str, Any]:
+    """``model.state_dict()`` less its parameters (what the optimizer's arena holds)."""
+    if not hasattr(model, "state_dict") or getattr(model, "flat", None) is None:
+        raise TypeError(f"model: expected a built gpugd.nn model, got {type(model).__name__}")
+    params = set(model.flat)
+    return {k: a for k, a in model.state_dict().items() if k not in params}
+
+
+def _check_model(saved: Any, arrays: dict[str, np.ndarray], model: Any) -> dict[str, Any] | None:
+    """The checkpoint's model buffers, each checked against ``model``'s; None when the
+    checkpoint has none (and no model is given)."""
+    if not isinstance(saved, bool):
+        raise CheckpointError(f"'model' must be true or false in 'meta', got {saved!r}")
+    if saved and model is None:
+        raise CheckpointError(
+            "holds a model's buffers (saved with model=); pass model= to load() them"
+        )
+    if not saved:
+        if model is not None:
+            raise CheckpointError("holds no model buffers (saved without model=); drop model=")
+        if arrays:
+            raise CheckpointError(f"unexpected model arrays {sorted(arrays)[:4]}")
+        return None
+    mine = _model_buffers(model)
+    if set(arrays) != set(mine):
+        raise CheckpointError(
+            f"model buffers {sorted(arrays)[:6]} do not match the model's {sorted(mine)[:6]}"
+        )
+    for k, dst in mine.items():
+        a = arrays[k]
+        if a.shape != dst.shape or a.dtype != dst.dtype:
+            raise CheckpointError(
+                f"model buffer {k!r} is {a.dtype}{list(a.shape)}, expected "
+                f"{dst.dtype}{list(dst.shape)}"
+            )
+        _check_values(f"model buffer {k!r}", a, nonnegative=k.endswith("running_var"))
+    return arrays
 
 
 # states that are sums or averages of squares: never negative (a negative one would put a
