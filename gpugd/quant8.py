@@ -3,7 +3,7 @@ Quantization", arXiv 2110.02861): the dynamic code maps and the state layout.
 
 A state tensor of n elements is stored as n uint8 codes and one float32 scale per block of
 ``B`` elements (the block's absolute maximum). Element i of block b stands for
-``qmap[code_i] · absmax_b``. Quantizing x: r = x / absmax_b (absmax 0: r = 0), then the
+``qmap[code_i] · absmax_b``. Quantizing x: r = x · (1/absmax_b) (absmax 0: r = 0), then the
 code of the entry of the (sorted) map nearest to r — found by a binary search over the 256
 entries; a tie goes to the lower entry.
 

@@ -8,8 +8,8 @@ bit for bit. Steps of one update, per quantization block of B elements:
   1. dequantize each state: s = qmap[code] · absmax (float32);
   2. apply the rule in float32 (p and the states);
   3. new absmax = max |s| over the block (NaN ignored);
-  4. requantize: r = s / absmax (absmax 0: r = 0), code = nearest map entry (binary search
-     over the sorted map, a tie to the lower entry).
+  4. requantize: r = s · (1/absmax) (absmax 0: r = 0), code = nearest map entry (binary
+     search over the sorted map, a tie to the lower entry).
 Its float64 counterpart, the same rule without quantization, is ``gpugd.reference``.
 """
 
@@ -44,9 +44,9 @@ def quantize(x: np.ndarray, qmap: np.ndarray, block_size: int) -> tuple[np.ndarr
     """(codes uint8[n], absmax float32[blocks]) of float32 x."""
     x = np.asarray(x, F32).reshape(-1)
     absmax = _block_absmax(x, block_size)
-    scale = np.repeat(np.where(absmax > 0, absmax, F32(1)), block_size)[: x.size]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = x / scale
+    inv = F32(1) / np.where(absmax > 0, absmax, F32(1))  # one division per block
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = x * np.repeat(inv, block_size)[: x.size]
     return nearest_code(qmap, r), absmax
 
 

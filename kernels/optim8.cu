@@ -115,13 +115,14 @@ __device__ __forceinline__ void update8(float* __restrict__ p, const float* __re
     }
     const float new0 = block_max(mx0, scratch[0]);
     const float new1 = Rule::nstates > 1 ? block_max(mx1, scratch[1]) : 0.0f;
-    const float d0 = new0 > 0.0f ? new0 : 1.0f, d1 = new1 > 0.0f ? new1 : 1.0f;
+    // r = s · (1/absmax): one division per block, not per element (absmax 0: r = 0)
+    const float r0 = 1.0f / (new0 > 0.0f ? new0 : 1.0f), r1 = 1.0f / (new1 > 0.0f ? new1 : 1.0f);
 #pragma unroll
     for (int k = 0; k < ITEMS; ++k) {
       const i64 i = base + k * THREADS + threadIdx.x;
       if (i < n) {
-        q0[i] = static_cast<u8>(nearest(m0, x[k] / d0));
-        if (Rule::nstates > 1) q1[i] = static_cast<u8>(nearest(m1, y[k] / d1));
+        q0[i] = static_cast<u8>(nearest(m0, x[k] * r0));
+        if (Rule::nstates > 1) q1[i] = static_cast<u8>(nearest(m1, y[k] * r1));
       }
     }
     if (threadIdx.x == 0) {

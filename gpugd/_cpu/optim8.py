@@ -64,9 +64,9 @@ def _requantize(x, n, q, codes, lo):
         a = abs(x[k])
         if a > mx:
             mx = a
-    den = mx if mx > 0 else np.float32(1.0)
+    inv = np.float32(1.0) / (mx if mx > 0 else np.float32(1.0))  # one division per block
     for k in range(n):
-        codes[lo + k] = _nearest(q, x[k] / den)
+        codes[lo + k] = _nearest(q, x[k] * inv)
     return mx
 
 
