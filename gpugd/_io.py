@@ -46,6 +46,11 @@ def _remove_stale(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temps(path: str | os.PathLike) -> None:
+    """Delete the temporary files that writers of ``path`` killed earlier left behind."""
+    _remove_stale(Path(path))
+
+
 def _atomic(path: str | os.PathLike, mode: str, write: Callable[[IO[Any]], None]) -> Path:
     """``write`` into a temporary file beside ``path`` (``.{name}.{pid}.*.tmp``), fsync,
     give it the mode a plain ``open`` would (0666 less the umask), rename over ``path``,

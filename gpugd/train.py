@@ -8,11 +8,13 @@ per step), ``"sgd"`` (one example per step) and ``"minibatch"`` (``batch_size`` 
 shuffled every epoch from the seed. A validation split, early stopping with patience and
 best-weights restore, any gpugd optimizer, learning-rate schedule (stepped per epoch),
 global-norm or value clipping fused into the update, L1/L2 penalties and the gradient-
-health monitor. Checkpoints after every epoch (``checkpoint.npz`` from the optimizer,
-``trainer.npz`` with the loop's own state), both written atomically; ``resume=True``
-continues a run bit for bit. Launched under ``mpiexec -n R`` it trains data-parallel:
-every rank takes its share of each mini-batch and the gradients are averaged
-(``gpugd.parallel``); batch normalization then uses each rank's own shard statistics.
+health monitor. A checkpoint generation after every epoch (``checkpoint-<epoch>.npz``
+from the optimizer with the model's buffers, ``trainer-<epoch>.npz`` with the loop's own
+state, then the ``latest`` pointer; see ``gpugd._train_ckpt``): a run directory holds one
+whole state whenever the process dies, and ``resume=True`` continues a run bit for bit.
+Launched under ``mpiexec -n R`` it trains data-parallel: every rank takes its share of
+each mini-batch and the gradients are averaged (``gpugd.parallel``); batch normalization
+then uses each rank's own shard statistics.
 """
 
 from __future__ import annotations
@@ -35,7 +37,15 @@ import numpy as np
 
 from . import data as _data
 from . import nn, optim, schedules
-from ._io import atomic_savez, atomic_write_text
+from ._io import atomic_write_text
+from ._train_ckpt import (
+    TRAINER_FORMAT,
+    ResumeError,
+    checkpoint_paths,
+    resume_into,
+    run_files,
+    save_generation,
+)
 from .monitor import GradientMonitor
 
 OPTIMIZERS = {
@@ -58,27 +68,12 @@ DEFAULT_LR = {
 }
 SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
 GD_MODES = ("minibatch", "batch", "sgd")
-TRAINER_FORMAT = "gpugd-trainer-1"
-# the loop state a checkpoint carries besides arrays, the RNG and the configuration
-_LOOP_STATE = (
-    "epoch",
-    "opt_step",
-    "history",
-    "best_epoch",
-    "best_metric",
-    "bad_epochs",
-    "stopped_early",
-)
 
 
 SHOW_FLAGS = 3  # monitor flags the summary table lists
-KEEP_FLAGS = 10_000  # monitor flags kept in metrics.json and trainer.npz (the rest counted)
-# the files a run writes into its directory (what --overwrite replaces)
-RUN_FILES = ("checkpoint.npz", "trainer.npz", "metrics.json", "gradients.csv")
-
-
-class ResumeError(ValueError):
-    """A run directory whose checkpoint does not fit the configuration; nothing changed."""
+KEEP_FLAGS = 10_000  # monitor flags kept in metrics.json and the trainer file (the rest counted)
+# the files besides checkpoints a run writes into its directory (what --overwrite replaces)
+RUN_FILES = ("metrics.json", "gradients.csv")
 
 
 class RunDirError(ValueError):
@@ -93,7 +88,8 @@ class RunDirError(ValueError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during ``run``: ``epoch`` is the last epoch whose checkpoint pair
-    (checkpoint.npz + trainer.npz) was written whole in ``run_dir`` (0: none)."""
+    generation (checkpoint + trainer file + ``latest``) was written whole in ``run_dir``
+    (0: none)."""
 
     def __init__(self, epoch: int, run_dir: Path | None):
         super().__init__(epoch, run_dir)
@@ -102,8 +98,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt: the two
-    checkpoint files are written as a pair or not at all. Main thread only (elsewhere
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt: a checkpoint
+    generation is written whole before the loop stops. Main thread only (elsewhere
     Python delivers no signals), and only over Python's default handler."""
     if (
         threading.current_thread() is not threading.main_thread()
@@ -127,7 +123,7 @@ def check_run_dir(run_dir: Path, *, resume: bool = False, overwrite: bool = Fals
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"run_dir: expected a directory, {str(run_dir)!r} is a file")
     if not resume and not overwrite and run_dir.is_dir():
-        found = [f for f in RUN_FILES if (run_dir / f).exists()]
+        found = run_files(run_dir, RUN_FILES)
         if found:
             raise RunDirError(
                 f"run_dir: {str(run_dir)!r} already holds a run ({', '.join(found)}); "
@@ -241,7 +237,7 @@ class TrainConfig:
         return self
 
     def to_json(self) -> dict[str, Any]:
-        """The configuration as JSON-ready values (what metrics.json and trainer.npz hold)."""
+        """The configuration as JSON-ready values (what metrics.json and the trainer file hold)."""
         d = dataclasses.asdict(self)
         d["hidden"] = list(self.hidden)
         return d
@@ -335,7 +331,7 @@ class Trainer:
             if self.comm is not None:
                 from .parallel import average_gradients
 
-                average_gradients(self.comm, self.flat)
+                average_gradients(self.comm, self.flat, step=self.opt.step_count)
             self.opt.step()
             tot += (
                 loss * len(idx) / size + penalty * len(part),
@@ -494,61 +490,6 @@ class _Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-
-
-def _trainer_state(run: dict[str, Any], model: nn.Sequential) -> dict[str, np.ndarray]:
-    arrays = {f"buffer/{k}": _host(b) for k, b in model.buffers_dict().items()}
-    if run["best_params"] is not None:
-        arrays["best/params"] = run["best_params"]
-        for k, b in run["best_buffers"].items():
-            arrays[f"best/buffer/{k}"] = b
-    meta = {
-        k: run[k]
-        for k in ("format", "config", "rng", "monitor_flags", "monitor_flags_total", *_LOOP_STATE)
-    }
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    return arrays
-
-
-def _load_trainer_state(
-    path: Path, cfg: TrainConfig, model: nn.Sequential, opt: optim.Optimizer
-) -> dict[str, Any]:
-    """Read and check trainer.npz against the configuration and the model; returns the
-    loop state without changing anything (the caller applies it)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            files = {k: z[k] for k in z.files}
-        meta = json.loads(files.pop("meta").tobytes().decode())
-    except (OSError, ValueError, KeyError) as exc:
-        raise ResumeError(f"{path}: not a readable gpugd trainer state ({exc})") from None
-    if meta.get("format") != TRAINER_FORMAT:
-        raise ResumeError(f"{path}: format {meta.get('format')!r}, expected {TRAINER_FORMAT!r}")
-    saved = dict(meta["config"])
-    now = cfg.to_json()
-    saved_epochs, now_epochs = saved.pop("epochs"), now.pop("epochs")
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if diff:
-        k = diff[0]
-        raise ResumeError(
-            f"{path}: the run was made with {k}={saved.get(k)!r}, this configuration has "
-            f"{k}={now.get(k)!r} ({len(diff)} setting(s) differ: {diff})"
-        )
-    if now_epochs < meta["epoch"]:
-        raise ResumeError(
-            f"{path}: the run has done {meta['epoch']} epochs already; "
-            f"epochs={now_epochs} asks for fewer"
-        )
-    if cfg.schedule in ("step", "exponential", "cosine") and now_epochs != saved_epochs:
-        raise ResumeError(
-            f"{path}: the {cfg.schedule} schedule was laid out for epochs={saved_epochs}; "
-            f"resume with the same epochs (got {now_epochs})"
-        )
-    buffers = model.buffers_dict()
-    for k, b in buffers.items():
-        a = files.get(f"buffer/{k}")
-        if a is None or a.shape != b.shape or a.dtype != b.dtype:
-            raise ResumeError(f"{path}: buffer {k!r} missing or mismatched")
-    return {**meta, "files": files}
 
 
 def _flag_epochs(history: dict[str, Any], flags: list[dict[str, Any]]) -> list[int]:
@@ -746,44 +687,16 @@ def run(
     }
     rng = np.random.default_rng(cfg.seed + 1)
     if resume:
-        if rd is None or not (rd / "trainer.npz").exists():
-            raise ResumeError(f"resume: no trainer.npz in {rd} to resume from")
-        saved = _load_trainer_state(rd / "trainer.npz", cfg, model, opt)
-        try:
-            opt.load(rd / "checkpoint.npz")
-        except optim.CheckpointError as exc:
-            raise ResumeError(str(exc)) from None
-        if opt.step_count != saved["opt_step"]:
-            raise ResumeError(
-                f"{rd}: checkpoint.npz is at step {opt.step_count}, trainer.npz "
-                f"at {saved['opt_step']}: the pair is inconsistent"
-            )
-        files = saved.pop("files")
-        for k, b in model.buffers_dict().items():
-            b[...] = (
-                xp.asarray(files[f"buffer/{k}"])
-                if not isinstance(b, np.ndarray)
-                else (files[f"buffer/{k}"])
-            )
-        if "best/params" in files:
-            state["best_params"] = files["best/params"]
-            state["best_buffers"] = {
-                k[len("best/buffer/") :]: a
-                for k, a in files.items()
-                if k.startswith("best/buffer/")
-            }
-        for k in _LOOP_STATE:
-            state[k] = saved[k]
-        state["monitor_flags"] = saved.get("monitor_flags", [])
-        state["monitor_flags_total"] = saved.get("monitor_flags_total", 0)
+        if rd is None:
+            raise ResumeError("resume: needs a run_dir to resume from")
+        resume_into(rd, cfg, model, opt, state, rng)
         history = state["history"]
-        rng.bit_generator.state = saved["rng"]
     if trainer.comm is not None:  # same layout everywhere (raises on every rank if not), rank
         from .parallel import broadcast_parameters  # 0's parameters and optimizer state
 
         broadcast_parameters(trainer.comm, model.flat, optimizer=opt)
     if not resume and rd is not None and rank0 and overwrite:
-        for f in RUN_FILES:  # the previous run's files: none of them pairs with this run
+        for f in run_files(rd, RUN_FILES):  # the previous run's: none pairs with this run
             (rd / f).unlink(missing_ok=True)
     warm_up_s = _warm_up(cfg, train, bs, xp) if warm_up else 0.0
     start_epoch = state["epoch"]
@@ -841,9 +754,8 @@ def run(
             state["monitor_flags_total"] += len(new)
             n_flags = len(monitor.events)
             if rd is not None and rank0:
-                with _sigint_deferred():  # the pair is written whole, or the last pair stays
-                    opt.save(rd / "checkpoint.npz")
-                    atomic_savez(rd / "trainer.npz", _trainer_state(state, model))
+                with _sigint_deferred():  # a whole generation, then the pointer moves
+                    save_generation(rd, state, opt, model)
                 saved_epoch = epoch
     except KeyboardInterrupt:
         raise TrainingInterrupted(saved_epoch if rd is not None else 0, rd) from None
@@ -991,6 +903,7 @@ __all__ = [
     "batch_size_of",
     "build",
     "check_run_dir",
+    "checkpoint_paths",
     "load_data",
     "run",
     "summary_table",

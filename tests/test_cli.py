@@ -1,7 +1,7 @@
 """The ``gpugd`` command's exits and messages: malformed flags are refused with the flag
 named (no prefix matching, no empty layer widths, no --epochs 0 read as the default), a
 run directory that is a file or holds a previous run is refused before training, Ctrl-C
-leaves a consistent checkpoint pair and exits 130 with one line, ``python -m gpugd`` is
+leaves a consistent checkpoint generation and exits 130 with one line, ``python -m gpugd`` is
 the same command, and the progress output is a tqdm bar on a terminal and plain lines
 elsewhere."""
 
@@ -65,7 +65,7 @@ def test_malformed_flags_exit_2_naming_the_flag(capsys, argv, named):
 def test_bad_train_values_name_the_flag(capsys, tmp_path, argv, message):
     rc, err = _cli(capsys, "train", "--run-dir", str(tmp_path / "r"), *SMALL, *argv)
     assert rc == 2 and err.startswith(f"gpugd train: {message}"), err
-    assert not (tmp_path / "r" / "trainer.npz").exists()
+    assert not (tmp_path / "r" / "latest").exists()
 
 
 def test_no_command_says_which_commands_exist(capsys):
@@ -112,10 +112,10 @@ def test_run_dir_that_is_a_file_is_refused_before_training(tmp_path, capsys, mon
 def test_a_previous_run_is_refused_without_resume_or_overwrite(tmp_path, capsys):
     rd = str(tmp_path / "run")
     assert _cli(capsys, "train", "--run-dir", rd, "--epochs", "2", *SMALL)[0] == 0
-    before = {f: (Path(rd) / f).read_bytes() for f in ("checkpoint.npz", "trainer.npz")}
+    before = {p.name: p.read_bytes() for p in Path(rd).iterdir()}
     rc, err = _cli(capsys, "train", "--run-dir", rd, "--epochs", "2", *SMALL)
     assert rc == 2 and "already holds a run" in err and "--overwrite" in err and "--resume" in err
-    assert before == {f: (Path(rd) / f).read_bytes() for f in before}
+    assert before == {p.name: p.read_bytes() for p in Path(rd).iterdir()}
     rc, err = _cli(capsys, "train", "--run-dir", rd, "--resume", "--overwrite", *SMALL)
     assert rc == 2 and "exclude" in err
     assert _cli(capsys, "train", "--run-dir", rd, "--epochs", "3", "--overwrite", *SMALL)[0] == 0
@@ -141,7 +141,7 @@ def test_ctrl_c_exits_130_with_one_line_and_a_resumable_checkpoint(tmp_path):
     )
     try:
         deadline = time.monotonic() + 120
-        while not (rd / "trainer.npz").exists() and time.monotonic() < deadline:
+        while not (rd / "latest").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)  # a few more epochs, so the signal may land inside a save
         proc.send_signal(signal.SIGINT)
@@ -152,8 +152,8 @@ def test_ctrl_c_exits_130_with_one_line_and_a_resumable_checkpoint(tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpugd train: interrupted"), err
     assert "--resume" in lines[0] and "Traceback" not in err
-    # the pair is consistent: resuming from it is accepted (it checks the steps agree)
-    with np.load(rd / "trainer.npz") as z:
+    # the generation is consistent: resuming from it is accepted (it checks the steps agree)
+    with np.load(train.checkpoint_paths(rd)[1]) as z:
         meta = json.loads(z["meta"].tobytes().decode())
     cfg = train.TrainConfig.from_json(meta["config"])
     res = train.run(cfg, rd, resume=True, progress=None, plots=False, stop_after=1)
@@ -205,8 +205,8 @@ def test_warm_up_is_timed_apart_and_changes_nothing(tmp_path):
     assert a["summary"]["warm_up_s"] > 0 and b["summary"]["warm_up_s"] == 0
     assert a["history"]["train_loss"] == b["history"]["train_loss"]
     with (
-        np.load(tmp_path / "a" / "checkpoint.npz") as za,
-        np.load(tmp_path / "b" / "checkpoint.npz") as zb,
+        np.load(train.checkpoint_paths(tmp_path / "a")[0]) as za,
+        np.load(train.checkpoint_paths(tmp_path / "b")[0]) as zb,
     ):
         for k in za.files:
             np.testing.assert_array_equal(za[k], zb[k], err_msg=k)
