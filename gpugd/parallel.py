@@ -579,6 +579,7 @@ def average_gradients(
     shapes, offsets and order, dtype); otherwise ``MismatchError`` on every rank, naming
     the differing ranks and field. Every collective has the communicator's deadline."""
     buf = grads.grad_data if isinstance(grads, FlatParams) else grads
+    v.array_backend(grads=buf)  # the type gate (no subclass reaches MPI) before anything
     v.float_array("grads", buf, writable=True)
     _positive_int("bucket_bytes", bucket_bytes)
     _positive_int("first_bucket_bytes", first_bucket_bytes)
@@ -656,6 +657,7 @@ class DataParallel:
         predivide: bool = False,
     ):
         buf = grads.grad_data if isinstance(grads, FlatParams) else grads
+        v.array_backend(grads=buf)  # the type gate (no subclass reaches MPI)
         v.float_array("grads", buf, writable=True)
         self.comm, self.grads = comm, grads
         self.bucket_bytes = _positive_int("bucket_bytes", bucket_bytes)

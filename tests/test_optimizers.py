@@ -402,3 +402,9 @@ def test_zero_grad_refuses_set_to_none_and_zeroes():
     assert (flat.grad_data == 1.0).all()  # refused: nothing zeroed
     opt.zero_grad(set_to_none=False)
     assert (flat.grad_data == 0.0).all()
+
+
+def test_nadam_decoupled_flag_must_be_a_bool_named_as_given():
+    flat = gpugd.FlatParams({"w": (3,)})
+    with pytest.raises(TypeError, match="decoupled_weight_decay"):
+        optim.NAdam(flat, decoupled_weight_decay="False")

@@ -463,3 +463,19 @@ def test_nccl_takes_half_precision_gradients():
     except ImportError:
         return  # no NCCL here: the constants above are CuPy's, checked where it exists
     assert parallel.nccl_dtype(np.float16, real) == int(real.NCCL_FLOAT16)
+
+
+def test_a_subclass_never_reaches_the_collective():
+    """The array type gate runs before the allreduce (a subclass used to pass float_array
+    and be refused only by scale_, after the allreduce had written)."""
+
+    class Sub(np.ndarray):
+        pass
+
+    comm = parallel.init()
+    a = np.ones(8, np.float32).view(Sub)
+    with pytest.raises(TypeError, match="grads: expected a numpy.ndarray, got its subclass"):
+        parallel.average_gradients(comm, a)
+    with pytest.raises(TypeError, match="grads: expected a numpy.ndarray, got its subclass"):
+        parallel.DataParallel(comm, a)
+    assert (np.asarray(a) == 1).all()

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import _validate
 from ..ops import optim as _ops
 from ..reference import nadam_mu
 from ._base import Optimizer
@@ -116,7 +117,7 @@ class NAdam(Optimizer):
         h = {k: group[k] for k in self.DEFAULTS if k != "decoupled_weight_decay"}
         return _ops.nadam_kernel(
             **h,
-            decoupled=group["decoupled_weight_decay"],
+            decoupled=_validate.flag("decoupled_weight_decay", group["decoupled_weight_decay"]),
             step=step,
             mu_product=g.extra.get("mu_product", 1.0),
             grad_scale=grad_scale,
