@@ -474,8 +474,8 @@ def test_a_subclass_never_reaches_the_collective():
 
     comm = parallel.init()
     a = np.ones(8, np.float32).view(Sub)
-    with pytest.raises(TypeError, match="grads: expected a numpy.ndarray, got its subclass"):
+    with pytest.raises(TypeError, match=r"grads: expected a numpy\.ndarray, got its subclass"):
         parallel.average_gradients(comm, a)
-    with pytest.raises(TypeError, match="grads: expected a numpy.ndarray, got its subclass"):
+    with pytest.raises(TypeError, match=r"grads: expected a numpy\.ndarray, got its subclass"):
         parallel.DataParallel(comm, a)
     assert (np.asarray(a) == 1).all()
