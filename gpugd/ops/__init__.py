@@ -29,6 +29,7 @@ from .batchnorm import (
 )
 from .dropout import dropout, dropout_backward, dropout_mask
 from .optim import adagrad_, adam_, lion_, nadam_, rmsprop_, sgd_
+from .optim8 import State8, adam8bit_, momentum8bit_
 from .reduce import (
     GradStats,
     average_,
@@ -43,7 +44,9 @@ from .vector import axpy_, scale_, scale_sum_of_squares_, sum_of_squares
 __all__ = [
     "BatchNormOutput",
     "GradStats",
+    "State8",
     "adagrad_",
+    "adam8bit_",
     "adam_",
     "average_",
     "axpy_",
@@ -64,6 +67,7 @@ __all__ = [
     "leaky_relu",
     "leaky_relu_backward",
     "lion_",
+    "momentum8bit_",
     "nadam_",
     "relu",
     "relu_backward",

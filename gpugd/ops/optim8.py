@@ -51,6 +51,12 @@ def _device_maps(device: int) -> Any:
     return cupy.asarray(np.concatenate([quant8.code_map(True), quant8.code_map(False)]))
 
 
+@functools.lru_cache(maxsize=2)
+def _padded(signed: bool) -> np.ndarray:
+    """The float32 map with +inf appended (the Numba search's sentinel at [256])."""
+    return np.append(quant8.code_map(signed), np.float32(np.inf))
+
+
 def _arrays(p: Any, g: Any, states: dict[str, Any], block_size: int) -> str:
     """Validate p, g and the State8s; return the backend."""
     for name, s in states.items():
@@ -93,7 +99,7 @@ def _launch(rule: str, p, g, states: list, scalars: tuple, gs, clip, block_size,
         k = cpu("optim8")
         flat = [a.reshape(-1) for s in states for a in s]
         f32 = tuple(x if isinstance(x, bool) else np.float32(x) for x in scalars)
-        maps = [quant8.code_map(True)] + ([quant8.code_map(False)] if rule == "adam" else [])
+        maps = [_padded(True)] + ([_padded(False)] if rule == "adam" else [])
         tail = (np.float32(gs), np.float32(clip))
         getattr(k, rule)(
             p.reshape(-1), g.reshape(-1), *flat, *maps, np.int64(block_size), *f32, *tail
