@@ -4,6 +4,8 @@ running statistics (torch and Keras conventions), backward; three layouts, both 
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from conftest import assert_rel_close, emulated, to_numpy
@@ -225,7 +227,7 @@ def test_cpu_statistics_do_not_depend_on_the_thread_count(layout, shape):
 
 
 # ---- the CUDA kernels' layout paths against the Numba kernels -----------------------------
-# Each shape takes a path of kernels/batchnorm.cu (the tiling of gpugd/_cuda_batchnorm.plan):
+# Each shape takes a path of kernels/batchnorm.cu (the tiling of gpugd.ops.batchnorm.plan):
 # planes (B > 1) read in 16-byte vectors when B is a multiple of 16 / itemsize, with more,
 # exactly or fewer than 256 vectors a plane, or one element at a time (B odd); rows (B = 1,
 # channels contiguous) in vectors when C is a multiple of the width, else scalars; one or
@@ -278,7 +280,7 @@ def test_cuda_paths_match_the_numba_kernels(layout, shape, dtype, offset):
     arithmetic) — inference forward (u = w = x) and inference backward (u = dy, w = x)."""
     import cupy
 
-    from gpugd import _cuda_batchnorm
+    bn = importlib.import_module("gpugd.ops.batchnorm")
     from gpugd._lazy import cpu
 
     x0, dy0, x, dy = _cuda_and_cpu_inputs(shape, dtype, offset)
@@ -286,11 +288,11 @@ def test_cuda_paths_match_the_numba_kernels(layout, shape, dtype, offset):
         assert x.data.ptr % 16 != 0
     a, c, b = ops.batchnorm._layout(layout, x0)
     want_m, want_v = cpu("batchnorm").stats(x0.reshape(a, c, b))
-    got_m, got_v = _cuda_batchnorm.stats(x.reshape(a, c, b))
+    got_m, got_v = bn.cuda_stats(x.reshape(a, c, b))
     assert_rel_close(got_m, want_m, 1e-13, "mean")
     assert_rel_close(got_v, want_v, 1e-13, "var")
     s1, s2 = cpu("batchnorm").grad_sums(dy0.reshape(a, c, b), x0.reshape(a, c, b), want_m)
-    g1, g2 = _cuda_batchnorm.grad_sums(
+    g1, g2 = bn.cuda_grad_sums(
         dy.reshape(a, c, b), x.reshape(a, c, b), cupy.asarray(want_m)
     )
     assert_rel_close(g1, s1, 1e-13, "sum dy")
@@ -381,7 +383,7 @@ def test_cuda_plan_vector_width_and_tiles():
     of MIN_TILE to MAX_TILE elements, about TARGET_BLOCKS of them in between."""
     import cupy
 
-    from gpugd import _cuda_batchnorm as bn
+    bn = importlib.import_module("gpugd.ops.batchnorm")
 
     buf = cupy.zeros(1001, cupy.float32)
     a, b = buf[:1000], buf[1:1001]
