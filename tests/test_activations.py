@@ -244,3 +244,56 @@ def test_cuda_loops_give_the_bits_of_the_aligned_full_grid(monkeypatch, name, n,
         _call(name, "bwd", g, v, out=d)
         np.testing.assert_array_equal(_bits(d), want_dx, f"{name} backward {lay}")
         assert np.isnan(to_numpy(dbuf)[outside]), f"{name} backward {lay} wrote outside"
+
+
+EDGE_X = [-0.0, 0.0, -np.inf, np.inf, np.nan, -90.0, -103.9, -13.3, -14.0, 1e-40, -1e-40]
+
+
+def _exact_forward(name: str, x: float, a: float, b: float):
+    """f(x) in mpmath (200 bits), the independent reference of the edge test."""
+    import mpmath as mp
+
+    with mp.workprec(200):
+        v = mp.mpf(x)
+        if name == "tanh":
+            return mp.tanh(v)
+        if name == "sigmoid":
+            return 1 / (1 + mp.exp(-v))
+        if name == "elu":
+            return v if v > 0 else a * mp.expm1(v)
+        if name == "selu":
+            return ref.SELU_SCALE * (v if v > 0 else ref.SELU_ALPHA * mp.expm1(v))
+        if name == "softplus":
+            return v if a * v > b else mp.log1p(mp.exp(a * v)) / a
+        if name == "silu":
+            return v / (1 + mp.exp(-v))
+        return v * mp.ncdf(v)  # gelu
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["tanh", "sigmoid", "elu", "selu", "softplus", "silu", "gelu"])
+def test_forward_edges_keep_signed_zeros_subnormals_and_infinities(name, dtype):
+    """Against mpmath: ±0 keep their sign (tanh(−0) = −0, elu(−0) = −0), softplus(−Inf) = 0,
+    ±Inf and NaN, results in the subnormal range not flushed (silu(−90) in float32 is
+    −7.4e-38, where torch gives −0). Within 4 ulps, plus |x| units of the least subnormal
+    where f is x times a subnormal factor (silu, gelu: that factor rounds once); float64
+    GELU's deep tail within 64 (x/√2 rounded: about 2z² ulps of erfc(z))."""
+    _, _, a, b, _ = ACTS[name]
+    x = np.array(EDGE_X, dtype)
+    got = _call(name, "fwd", x.copy())
+    with np.errstate(over="ignore"):
+        want = np.array(
+            [np.nan if v != v else float(_exact_forward(name, float(v), a, b)) for v in x]
+        ).astype(dtype)
+    zero = (x == 0) & (want == 0)
+    want[zero] = x[zero]  # f(±0) = ±0 where f(0) = 0 (mpmath has no signed zero)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_array_equal(np.signbit(got[ok]), np.signbit(want[ok]))
+    np.testing.assert_array_equal(got[ok] == 0, want[ok] == 0)
+    np.testing.assert_array_equal(got[ok & ~np.isfinite(want)], want[ok & ~np.isfinite(want)])
+    fin = ok & np.isfinite(want)
+    tiny = np.finfo(dtype).smallest_subnormal
+    ulps = 64 if (name, dtype) == ("gelu", np.float64) else 4
+    tol = ulps * np.maximum(np.spacing(np.abs(want[fin])), tiny) + np.abs(x[fin]) * tiny
+    assert (np.abs(got[fin] - want[fin]) <= tol).all(), (x[fin], got[fin], want[fin])

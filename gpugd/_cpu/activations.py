@@ -46,7 +46,7 @@ def _sig(x):
 def _tanh(x):
     m = vexpm1(like(x, -2.0) * abs(x))  # tanh|x| = −m/(2 + m): no cancellation near 0
     t = -m / (like(x, 2.0) + m)
-    return t if x >= 0 else -t
+    return t if x > 0 else (-t if x < 0 else x)  # ±0 and NaN: x itself, as tanh(±0) = ±0
 
 
 # ---- per-element rules: forward f(x) and backward dx = dy·f'(·) --------------------------
@@ -133,7 +133,7 @@ def _gelu_tanh_b(dy, x, a, b):
 @njit(**_J)
 def _softplus_f(x, a, b):
     bx = a * x  # a = β, b = threshold: linear above it, as torch
-    pos = bx if bx > 0 else bx * like(x, 0.0)
+    pos = bx if bx > 0 else like(x, 0.0)  # (bx·0 would make −Inf's softplus NaN, not 0)
     return x if bx > b else (pos + np.log1p(vexp(-abs(bx)))) / a
 
 
