@@ -85,6 +85,41 @@ def momentum_rule(p, d, buf, s):
     return p - lr * d, buf
 
 
+def lion_rule(p, d, m, s):
+    """Lion in float32 (lion-pytorch's): p·(1 − lr·wd) − lr·sign(β1·m + (1−β1)·d);
+    m = β2·m + (1−β2)·d."""
+    lr, b1, omb1, b2, omb2, decay_mul = s
+    p = p * decay_mul
+    p = p - lr * np.sign(b1 * m + omb1 * d)
+    return p, b2 * m + omb2 * d
+
+
+def rmsprop_rule(p, d, v, s):
+    """RMSprop (not centered, no momentum) in float32: d = d + wd·p; v = α·v + (1−α)·d²;
+    p − lr·d/(√v + ε)."""
+    lr, wd, alpha, oma, eps = s
+    d = d + wd * p
+    v = alpha * v + oma * (d * d)
+    return p - lr * d / (np.sqrt(v) + eps), v
+
+
+def adagrad_rule(p, d, acc, s):
+    """Adagrad in float32: d = d + wd·p; acc = acc + d²; p − clr·d/(√acc + ε)."""
+    clr, wd, eps = s
+    d = d + wd * p
+    acc = acc + d * d
+    return p - clr * d / (np.sqrt(acc) + eps), acc
+
+
+RULES = {
+    "adam": adam_rule,
+    "momentum": momentum_rule,
+    "lion": lion_rule,
+    "rmsprop": rmsprop_rule,
+    "adagrad": adagrad_rule,
+}
+
+
 def step(rule: str, p, g, states, scalars, grad_scale, clip, block_size, qmaps):
     """One 8-bit update on NumPy copies: p (float32), g, states as [(codes, absmax, signed)],
     the rule's float32 scalars. Returns (p, [(codes, absmax)]). Inputs are not modified."""
@@ -93,12 +128,7 @@ def step(rule: str, p, g, states, scalars, grad_scale, clip, block_size, qmaps):
     with np.errstate(all="ignore"):
         d = _grad(np.asarray(g).reshape(-1), grad_scale, clip)
         vals = [dequantize(c, a, qmaps[sg], block_size) for c, a, sg in states]
-        if rule == "adam":
-            pv, *new = adam_rule(pv, d, *vals, s)
-        elif rule == "momentum":
-            pv, *new = momentum_rule(pv, d, *vals, s)
-        else:
-            raise ValueError(f"unknown 8-bit rule {rule!r}")
+        pv, *new = RULES[rule](pv, d, *vals, s)
         out = [
             quantize(x, qmaps[sg], block_size) for x, (_, _, sg) in zip(new, states, strict=True)
         ]

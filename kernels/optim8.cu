@@ -75,6 +75,40 @@ struct MomentumRule8 {  // reference8.momentum_rule
   }
 };
 
+struct LionRule8 {  // reference8.lion_rule (sign: ±1, or c itself for ±0 and NaN)
+  float lr, b1, omb1, b2, omb2, decay_mul;
+  static constexpr int nstates = 1;
+  static constexpr bool signed0 = true, signed1 = true;
+  __device__ __forceinline__ void operator()(float& p, float d, float& m, float&) const {
+    p = p * decay_mul;
+    const float c = b1 * m + omb1 * d;
+    p = p - lr * (c > 0.0f ? 1.0f : (c < 0.0f ? -1.0f : c));
+    m = b2 * m + omb2 * d;
+  }
+};
+
+struct RmspropRule8 {  // reference8.rmsprop_rule
+  float lr, wd, alpha, oma, eps;
+  static constexpr int nstates = 1;
+  static constexpr bool signed0 = false, signed1 = false;
+  __device__ __forceinline__ void operator()(float& p, float d, float& v, float&) const {
+    d = d + wd * p;
+    v = alpha * v + oma * (d * d);
+    p = p - lr * d / (sqrtf(v) + eps);
+  }
+};
+
+struct AdagradRule8 {  // reference8.adagrad_rule
+  float clr, wd, eps;
+  static constexpr int nstates = 1;
+  static constexpr bool signed0 = false, signed1 = false;
+  __device__ __forceinline__ void operator()(float& p, float d, float& acc, float&) const {
+    d = d + wd * p;
+    acc = acc + d * d;
+    p = p - clr * d / (sqrtf(acc) + eps);
+  }
+};
+
 // The update of n elements of p with g and the rule's 8-bit states (q1/a1 unused when the
 // rule has one state), ITEMS = B / 256 elements per thread. qmaps: the signed map then the
 // unsigned one (512 float32). A non-zero *skip returns before any access.
@@ -148,18 +182,29 @@ __device__ __forceinline__ void update8(float* __restrict__ p, const float* __re
     gpugd::q8::update8<ITEMS>(p, g, mq, ma, vq, va, qmaps, n, grad_scale, clip, rule);          \
   }
 
-#define GPUGD_OPTIM8_MOMENTUM(BS, ITEMS)                                                        \
-  extern "C" __global__ void __launch_bounds__(256) gpugd_optim8_momentum_b##BS##_f32(          \
-      float* p, const float* g, u8* bq, float* ba, const float* qmaps, i64 n, float lr,         \
-      float wd, float mom, float omd, int nesterov, int first, float grad_scale, float clip,    \
-      const int* skip) {                                                                        \
+// A one-state rule: NAME, block size, items per thread, the rule's initializer, its scalars.
+#define GPUGD_OPTIM8_ONE(NAME, BS, ITEMS, RULE, ...)                                            \
+  extern "C" __global__ void __launch_bounds__(256) gpugd_optim8_##NAME##_b##BS##_f32(          \
+      float* p, const float* g, u8* sq, float* sa, const float* qmaps, i64 n, __VA_ARGS__,      \
+      float grad_scale, float clip, const int* skip) {                                          \
     if (skip != nullptr && *skip != 0) return;                                                  \
-    const gpugd::q8::MomentumRule8 rule{lr, wd, mom, omd, nesterov, first};                     \
-    gpugd::q8::update8<ITEMS>(p, g, bq, ba, static_cast<u8*>(nullptr),                          \
+    const auto rule = RULE;                                                                     \
+    gpugd::q8::update8<ITEMS>(p, g, sq, sa, static_cast<u8*>(nullptr),                          \
                               static_cast<float*>(nullptr), qmaps, n, grad_scale, clip, rule);  \
   }
 
+#define GPUGD_OPTIM8_ONE_RULES(BS, ITEMS)                                                       \
+  GPUGD_OPTIM8_ONE(momentum, BS, ITEMS,                                                         \
+                   (gpugd::q8::MomentumRule8{lr, wd, mom, omd, nesterov, first}), float lr,     \
+                   float wd, float mom, float omd, int nesterov, int first)                     \
+  GPUGD_OPTIM8_ONE(lion, BS, ITEMS, (gpugd::q8::LionRule8{lr, b1, omb1, b2, omb2, decay_mul}),  \
+                   float lr, float b1, float omb1, float b2, float omb2, float decay_mul)        \
+  GPUGD_OPTIM8_ONE(rmsprop, BS, ITEMS, (gpugd::q8::RmspropRule8{lr, wd, alpha, oma, eps}),      \
+                   float lr, float wd, float alpha, float oma, float eps)                       \
+  GPUGD_OPTIM8_ONE(adagrad, BS, ITEMS, (gpugd::q8::AdagradRule8{clr, wd, eps}), float clr,      \
+                   float wd, float eps)
+
 GPUGD_OPTIM8_ADAM(2048, 8)
 GPUGD_OPTIM8_ADAM(256, 1)
-GPUGD_OPTIM8_MOMENTUM(2048, 8)
-GPUGD_OPTIM8_MOMENTUM(256, 1)
+GPUGD_OPTIM8_ONE_RULES(2048, 8)
+GPUGD_OPTIM8_ONE_RULES(256, 1)

@@ -15,7 +15,15 @@ from conftest import ODD_SIZES, to_numpy
 
 from gpugd import ops, quant8
 from gpugd import reference8 as r8
-from gpugd.ops.optim8 import State8, adam8bit_, momentum8bit_, state8
+from gpugd.ops.optim8 import (
+    State8,
+    adagrad8bit_,
+    adam8bit_,
+    lion8bit_,
+    momentum8bit_,
+    rmsprop8bit_,
+    state8,
+)
 
 MAPS = {True: quant8.code_map(True), False: quant8.code_map(False)}
 STEPS = 3
@@ -28,14 +36,51 @@ def adam_scalars(lr, betas, eps, weight_decay, decoupled, step):
     return (b1, 1 - b1, b2, 1 - b2, eps, wd_c, dm, lr / (1 - b1**step), 1 / math.sqrt(1 - b2**step))
 
 
-ADAM = {
+def momentum_scalars(lr, momentum, dampening, weight_decay, nesterov, step):
+    return (lr, weight_decay, momentum, 1 - dampening, nesterov, step == 1)
+
+
+def lion_scalars(lr, betas, weight_decay, step):
+    return (lr, betas[0], 1 - betas[0], betas[1], 1 - betas[1], 1 - lr * weight_decay)
+
+
+def rmsprop_scalars(lr, alpha, eps, weight_decay, step):
+    return (lr, weight_decay, alpha, 1 - alpha, eps)
+
+
+def adagrad_scalars(lr, lr_decay, weight_decay, eps, step):
+    return (lr / (1 + (step - 1) * lr_decay), weight_decay, eps)
+
+
+# rule -> (op, the scalars of the reference's rule from the hyperparameters, state signs,
+# whether the op takes step=)
+RULES = {
+    "adam": (adam8bit_, adam_scalars, (True, False), True),
+    "momentum": (momentum8bit_, momentum_scalars, (True,), True),
+    "lion": (lion8bit_, lion_scalars, (True,), False),
+    "rmsprop": (rmsprop8bit_, rmsprop_scalars, (False,), False),
+    "adagrad": (adagrad8bit_, adagrad_scalars, (False,), True),
+}
+HYPER = {
     "adam": dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, decoupled=False),
     "adamw": dict(lr=1e-2, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, decoupled=True),
-}
-MOMENTUM = {
     "momentum": dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=1e-2, nesterov=False),
     "nesterov": dict(lr=0.05, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=True),
+    "lion": dict(lr=3e-3, betas=(0.9, 0.99), weight_decay=0.1),
+    "rmsprop": dict(lr=1e-2, alpha=0.9, eps=1e-8, weight_decay=1e-2),
+    "adagrad": dict(lr=0.1, lr_decay=0.05, weight_decay=1e-2, eps=1e-10),
 }
+CASES = [
+    (rule, cid, HYPER[cid])
+    for rule, cids in {
+        "adam": ("adam", "adamw"),
+        "momentum": ("momentum", "nesterov"),
+        "lion": ("lion",),
+        "rmsprop": ("rmsprop",),
+        "adagrad": ("adagrad",),
+    }.items()
+    for cid in cids
+]
 
 
 def _same_bits(a, b, what):
@@ -53,7 +98,7 @@ def _run(xp, rule, hp, n, block_size, seed, clip=None):
     """STEPS steps of the op and of reference8 from the same start; compare every bit."""
     rng = np.random.default_rng(seed)
     p0 = rng.standard_normal(n).astype(np.float32)
-    signs = (True, False) if rule == "adam" else (True,)
+    op, scalars, signs, takes_step = RULES[rule]
     # a nonzero start state, quantized by the reference (so the first dequantize matters)
     starts = [
         r8.quantize(
@@ -67,37 +112,9 @@ def _run(xp, rule, hp, n, block_size, seed, clip=None):
     for t in range(1, STEPS + 1):
         g = rng.standard_normal(n).astype(np.float32)
         gs = 0.75 if t == 2 else 1.0
-        if rule == "adam":
-            adam8bit_(
-                p,
-                xp.asarray(g),
-                *st,
-                **hp,
-                step=t,
-                grad_scale=gs,
-                clip_value=clip,
-                block_size=block_size,
-            )
-            sc = adam_scalars(**hp, step=t)
-        else:
-            momentum8bit_(
-                p,
-                xp.asarray(g),
-                *st,
-                **hp,
-                step=t,
-                grad_scale=gs,
-                clip_value=clip,
-                block_size=block_size,
-            )
-            sc = (
-                hp["lr"],
-                hp["weight_decay"],
-                hp["momentum"],
-                1 - hp["dampening"],
-                hp["nesterov"],
-                t == 1,
-            )
+        kw = dict(hp, step=t) if takes_step else dict(hp)
+        op(p, xp.asarray(g), *st, **kw, grad_scale=gs, clip_value=clip, block_size=block_size)
+        sc = scalars(**hp, step=t)
         pr, out = r8.step(
             rule, pr, g, rs, sc, gs, math.inf if clip is None else clip, block_size, MAPS
         )
@@ -106,11 +123,6 @@ def _run(xp, rule, hp, n, block_size, seed, clip=None):
     for k, ((c, a), (rc, ra, _)) in enumerate(zip(st, rs, strict=True)):
         _same_bits(c, rc, f"state {k} codes")
         _same_bits(a, ra, f"state {k} absmax")
-
-
-CASES = [("adam", k, h) for k, h in ADAM.items()] + [
-    ("momentum", k, h) for k, h in MOMENTUM.items()
-]
 
 
 @pytest.mark.parametrize("block_size", quant8.BLOCK_SIZES)

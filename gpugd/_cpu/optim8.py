@@ -51,12 +51,30 @@ def _adam(p, d, m, v, b1, omb1, b2, omb2, eps, wd_c, decay_mul, step_size, inv_b
     return p - step_size * m / den, m, v
 
 
+MOMENTUM, LION, RMSPROP, ADAGRAD = 0, 1, 2, 3  # the one-state rules (``one_state``'s kind)
+
+
 @njit(**_RULE)
-def _momentum(p, d, buf, lr, wd, mom, omd, nesterov, first):
-    d = d + wd * p
-    buf = d if first else mom * buf + omd * d
-    d = d + mom * buf if nesterov else buf
-    return p - lr * d, buf
+def _one(kind, p, d, s, c0, c1, c2, c3, c4, c5):
+    """The one-state rules of reference8 (float32, its order); c0..c5: the rule's scalars,
+    flags as 0/1."""
+    if kind == MOMENTUM:  # lr, wd, μ, 1 − τ, nesterov, first
+        d = d + c1 * p
+        s = d if c5 != 0 else c2 * s + c3 * d
+        d = d + c2 * s if c4 != 0 else s
+        return p - c0 * d, s
+    if kind == LION:  # lr, β1, 1 − β1, β2, 1 − β2, 1 − lr·wd
+        p = p * c5
+        p = p - c0 * np.sign(c1 * s + c2 * d)
+        return p, c3 * s + c4 * d
+    d = d + c1 * p
+    if kind == RMSPROP:  # lr, wd, α, 1 − α, ε
+        s = c2 * s + c3 * (d * d)
+        eps = c4
+    else:  # ADAGRAD: clr, wd, ε
+        s = s + d * d
+        eps = c2
+    return p - c0 * d / (np.sqrt(s) + eps), s
 
 
 @njit(**_RULE)
@@ -106,7 +124,8 @@ def adam(p, g, mq, ma, vq, va, qs, qu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def momentum(p, g, bq, ba, qs, bs, lr, wd, mom, omd, nesterov, first, gs, clip):
+def one_state(kind, p, g, bq, ba, qs, bs, c0, c1, c2, c3, c4, c5, gs, clip):
+    """A one-state rule (``kind``) over 8-bit state (bq, ba) with the map qs."""
     n = p.size
     nb = (n + bs - 1) // bs
     for b in prange(nb):
@@ -116,7 +135,7 @@ def momentum(p, g, bq, ba, qs, bs, lr, wd, mom, omd, nesterov, first, gs, clip):
         s0 = ba[b]
         for k in range(cnt):
             i = lo + k
-            p[i], xb[k] = _momentum(
-                p[i], _grad(g[i], gs, clip), qs[bq[i]] * s0, lr, wd, mom, omd, nesterov, first
+            p[i], xb[k] = _one(
+                kind, p[i], _grad(g[i], gs, clip), qs[bq[i]] * s0, c0, c1, c2, c3, c4, c5
             )
         ba[b] = _requantize(xb, cnt, qs, bq, lo)

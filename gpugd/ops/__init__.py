@@ -29,7 +29,14 @@ from .batchnorm import (
 )
 from .dropout import dropout, dropout_backward, dropout_mask
 from .optim import adagrad_, adam_, lion_, nadam_, rmsprop_, sgd_
-from .optim8 import State8, adam8bit_, momentum8bit_
+from .optim8 import (
+    State8,
+    adagrad8bit_,
+    adam8bit_,
+    lion8bit_,
+    momentum8bit_,
+    rmsprop8bit_,
+)
 from .reduce import (
     GradStats,
     average_,
@@ -45,6 +52,7 @@ __all__ = [
     "BatchNormOutput",
     "GradStats",
     "State8",
+    "adagrad8bit_",
     "adagrad_",
     "adam8bit_",
     "adam_",
@@ -66,11 +74,13 @@ __all__ = [
     "global_norm",
     "leaky_relu",
     "leaky_relu_backward",
+    "lion8bit_",
     "lion_",
     "momentum8bit_",
     "nadam_",
     "relu",
     "relu_backward",
+    "rmsprop8bit_",
     "rmsprop_",
     "scale_",
     "scale_sum_of_squares_",

@@ -1,5 +1,6 @@
 """Fused updates with blockwise 8-bit states (Dettmers et al., arXiv 2110.02861):
-``adam8bit_`` (Adam/AdamW) and ``momentum8bit_`` (SGD with momentum), float32 parameters.
+``adam8bit_`` (Adam/AdamW), ``momentum8bit_`` (SGD with momentum), ``lion8bit_``,
+``rmsprop8bit_`` (plain) and ``adagrad8bit_``, float32 parameters.
 
 Each state is a ``State8``: uint8 ``codes`` (one per element) and float32 ``absmax`` (one per
 block of ``block_size`` elements, 2048 by default; 256 supported), made by ``state8`` or
@@ -26,8 +27,12 @@ from .._lazy import cpu
 from .optim import _betas, _clip_value, _grad_scale, _hyper, _moment_scalars, _skip_flag, _step
 
 CUDA_KERNELS = tuple(
-    f"gpugd_optim8_{rule}_b{bs}_f32" for rule in ("adam", "momentum") for bs in (2048, 256)
+    f"gpugd_optim8_{rule}_b{bs}_f32"
+    for rule in ("adam", "momentum", "lion", "rmsprop", "adagrad")
+    for bs in (2048, 256)
 )
+# the one-state rules: Numba kind (gpugd._cpu.optim8) and whether the state's map is signed
+ONE_STATE = {"momentum": (0, True), "lion": (1, True), "rmsprop": (2, False), "adagrad": (3, False)}
 
 
 class State8(NamedTuple):
@@ -98,11 +103,17 @@ def _launch(rule: str, p, g, states: list, scalars: tuple, gs, clip, block_size,
             return
         k = cpu("optim8")
         flat = [a.reshape(-1) for s in states for a in s]
-        f32 = tuple(x if isinstance(x, bool) else np.float32(x) for x in scalars)
-        maps = [_padded(True)] + ([_padded(False)] if rule == "adam" else [])
+        f32 = tuple(np.float32(x) for x in scalars)  # flags as 0/1
         tail = (np.float32(gs), np.float32(clip))
-        getattr(k, rule)(
-            p.reshape(-1), g.reshape(-1), *flat, *maps, np.int64(block_size), *f32, *tail
+        if rule == "adam":
+            maps, kind = (_padded(True), _padded(False)), ()
+        else:
+            kind, signed = ONE_STATE[rule]
+            maps, f32 = (_padded(signed),), f32 + (np.float32(0),) * (6 - len(f32))
+            kind = (np.int64(kind),)
+        bs = np.int64(block_size)
+        (k.adam if rule == "adam" else k.one_state)(
+            *kind, p.reshape(-1), g.reshape(-1), *flat, *maps, bs, *f32, *tail
         )
         return
     import cupy
@@ -193,3 +204,85 @@ def momentum8bit_(
     sc = (lr, weight_decay, momentum, 1 - dampening, nesterov, step == 1)
     _launch("momentum", p, g, [momentum_buffer], sc, gs, clip, block_size, skip_if, be)
     return p
+
+
+def _one_state(rule: str, p: Any, g: Any, name: str, state: Any, sc: tuple, kw: dict) -> Any:
+    """Validate the arrays and launch a one-state rule; ``kw``: grad_scale, clip_value,
+    skip_if, block_size as the caller got them."""
+    block_size = quant8.check_block_size(kw["block_size"])
+    gs, clip = _grad_scale(kw["grad_scale"]), _clip_value(kw["clip_value"])
+    be = _arrays(p, g, {name: state}, block_size)
+    skip_if = _skip_flag(kw["skip_if"], be)
+    _launch(rule, p, g, [state], sc, gs, clip, block_size, skip_if, be)
+    return p
+
+
+def lion8bit_(
+    p: Any,
+    g: Any,
+    exp_avg: State8,
+    *,
+    lr: float = 1e-4,
+    betas: tuple[float, float] = (0.9, 0.99),
+    weight_decay: float = 0.0,
+    grad_scale: float = 1.0,
+    clip_value: float | None = None,
+    skip_if: Any = None,
+    block_size: int = quant8.BLOCK,
+) -> Any:
+    """Lion (``gpugd.ops.lion_``) with an 8-bit m (signed map): p ← p·(1 − lr·wd) −
+    lr·sign(β1·m + (1−β1)·d); m = β2·m + (1−β2)·d. Returns ``p``."""
+    lr = _hyper("lr", lr)
+    b1, b2 = _betas(betas)
+    wd = _hyper("weight_decay", weight_decay)
+    sc = (lr, b1, 1 - b1, b2, 1 - b2, 1 - lr * wd)
+    kw = dict(grad_scale=grad_scale, clip_value=clip_value, skip_if=skip_if, block_size=block_size)
+    return _one_state("lion", p, g, "exp_avg", exp_avg, sc, kw)
+
+
+def rmsprop8bit_(
+    p: Any,
+    g: Any,
+    square_avg: State8,
+    *,
+    lr: float = 1e-2,
+    alpha: float = 0.99,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    grad_scale: float = 1.0,
+    clip_value: float | None = None,
+    skip_if: Any = None,
+    block_size: int = quant8.BLOCK,
+) -> Any:
+    """torch.optim.RMSprop (not centered, no momentum) with an 8-bit v (unsigned map):
+    d = s·g + wd·p; v = α·v + (1−α)·d²; p ← p − lr·d/(√v + ε). Returns ``p``."""
+    lr, alpha = _hyper("lr", lr), _hyper("alpha", alpha, 0.0, 1.0)
+    eps, wd = _hyper("eps", eps, lo_open=True), _hyper("weight_decay", weight_decay)
+    kw = dict(grad_scale=grad_scale, clip_value=clip_value, skip_if=skip_if, block_size=block_size)
+    return _one_state(
+        "rmsprop", p, g, "square_avg", square_avg, (lr, wd, alpha, 1 - alpha, eps), kw
+    )
+
+
+def adagrad8bit_(
+    p: Any,
+    g: Any,
+    state_sum: State8,
+    *,
+    lr: float = 1e-2,
+    lr_decay: float = 0.0,
+    weight_decay: float = 0.0,
+    eps: float = 1e-10,
+    step: int = 1,
+    grad_scale: float = 1.0,
+    clip_value: float | None = None,
+    skip_if: Any = None,
+    block_size: int = quant8.BLOCK,
+) -> Any:
+    """torch.optim.Adagrad with an 8-bit sum (unsigned map): d = s·g + wd·p; sum += d²;
+    p ← p − lr/(1 + (t−1)·lr_decay) · d/(√sum + ε). Returns ``p``."""
+    lr, lr_decay = _hyper("lr", lr), _hyper("lr_decay", lr_decay)
+    wd, eps = _hyper("weight_decay", weight_decay), _hyper("eps", eps, lo_open=True)
+    clr = lr / (1 + (_step(step) - 1) * lr_decay)
+    kw = dict(grad_scale=grad_scale, clip_value=clip_value, skip_if=skip_if, block_size=block_size)
+    return _one_state("adagrad", p, g, "state_sum", state_sum, (clr, wd, eps), kw)
