@@ -382,11 +382,9 @@ def _train(args: argparse.Namespace) -> int:
                 f"--run-dir {run_dir} already holds a run ({', '.join(exc.found)}): add "
                 "--resume to continue it, or --overwrite to start over"
             )
-        print(f"gpugd train: {exc}", file=sys.stderr)
-        return 2
+        return _refused(f"gpugd train: {exc}", comm)
     except (ValueError, TypeError) as exc:  # bad configuration, data or checkpoint
-        print(f"gpugd train: {_as_flag(str(exc))}", file=sys.stderr)
-        return 2
+        return _refused(f"gpugd train: {_as_flag(str(exc))}", comm)
     except tr.TrainingInterrupted as exc:
         where = (
             f"; {exc.run_dir} holds epoch {exc.epoch}: continue it with the same flags and --resume"
@@ -400,6 +398,22 @@ def _train(args: argparse.Namespace) -> int:
         if args.plots and not res.get("plots"):
             print("(no plots: pip install matplotlib)")
     return 0
+
+
+def _refused(message: str, comm: Any) -> int:
+    """Print ``message``; exit status 2. Under more than one MPI rank the other ranks may
+    already wait in a collective for this one (rank 0 alone checks the run directory):
+    abort the whole job now (``MPI_Abort`` 2, through the parallel layer's abort path)
+    rather than leave them to the collective deadline."""
+    print(message, file=sys.stderr, flush=True)
+    if comm is not None and comm.size > 1:
+        print(
+            f"gpugd train: rank {comm.rank} of {comm.size}: aborting the job (MPI_Abort 2)",
+            file=sys.stderr,
+            flush=True,
+        )
+        comm._abort(2)
+    return 2
 
 
 def _kernel_table(args: Any) -> int:
