@@ -301,3 +301,25 @@ def test_training_on_the_gpu_follows_the_cpu_run(tmp_path):
     for k in pc:
         np.testing.assert_allclose(pg[k], pc[k], rtol=1e-8, atol=1e-10, err_msg=k)
     assert gpu["summary"]["val_acc"] == pytest.approx(cpu["summary"]["val_acc"], abs=0.02)
+
+
+def test_trainer_passes_the_optimizer_step_to_average_gradients(monkeypatch):
+    """A rank that skipped a step is caught at the next call: each call carries the step
+    count the optimizer is at (a stand-in communicator of 2 ranks records the calls)."""
+    import gpugd.parallel
+
+    class TwoRanks:
+        rank, size = 0, 2
+
+        def allreduce_(self, a):
+            return a
+
+    seen = []
+    monkeypatch.setattr(
+        gpugd.parallel, "average_gradients", lambda comm, grads, **kw: seen.append(kw["step"])
+    )
+    model, opt, _ = train.build(_cfg(), 2, 2)
+    trainer = train.Trainer(model, opt, comm=TwoRanks())
+    X = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
+    trainer.train_epoch(X, (X[:, 0] > 0).astype(np.int64), 16, np.random.default_rng(1))
+    assert seen == [0, 1, 2, 3] and opt.step_count == 4
