@@ -16,8 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import gpugd
+
+# os.fork and /proc: Linux (CI's platform)
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux")
 
 ROOT = Path(gpugd.__file__).resolve().parents[1]
 KILLS = 50
