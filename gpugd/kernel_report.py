@@ -188,8 +188,16 @@ class KernelStats:
 
 _SIZE = {"f64": 8, "f32": 4, "f16": 2, "bf16": 2}
 # rule → (arrays read, arrays written) per element in the default configuration: SGD with
-# momentum (p, g, buf), Adagrad (p, g, sum), RMSprop (p, g, sq), Adam/NAdam (p, g, m, v)
-_RULE_RW = {"sgd": (3, 2), "adagrad": (3, 2), "rmsprop": (3, 2), "adam": (4, 3), "nadam": (4, 3)}
+# momentum (p, g, buf), Adagrad (p, g, sum), RMSprop (p, g, sq), Adam/NAdam (p, g, m, v),
+# Lion (p, g, m)
+_RULE_RW = {
+    "sgd": (3, 2),
+    "adagrad": (3, 2),
+    "rmsprop": (3, 2),
+    "adam": (4, 3),
+    "nadam": (4, 3),
+    "lion": (3, 2),
+}
 _ELEMENTWISE = {  # kernel (without its dtype suffix) → element-sized arrays read, written
     "gpugd_activations_forward": (1, 1),
     "gpugd_activations_backward": (2, 1),
@@ -204,9 +212,11 @@ _ELEMENTWISE = {  # kernel (without its dtype suffix) → element-sized arrays r
     "gpugd_batchnorm_affine": (1, 1),
 }
 _SUFFIX = re.compile(r"^(gpugd_\w+?)_(f64|f32|f16|bf16)$")
-_OPTIM = re.compile(r"^gpugd_optim_(sgd|adagrad|rmsprop|adam|nadam)(?:_multi|_graph)?_(f64|f32)$")
+_OPTIM = re.compile(
+    r"^gpugd_optim_(sgd|adagrad|rmsprop|adam|nadam|lion)(?:_multi|_graph)?_(f64|f32)$"
+)
 _MIXED = re.compile(
-    r"^gpugd_optim_(sgd|adagrad|rmsprop|adam|nadam)_(?:multi|graph)_(f16|bf16)p_(f32|bf16)s"
+    r"^gpugd_optim_(sgd|adagrad|rmsprop|adam|nadam|lion)_(?:multi|graph)_(f16|bf16)p_(f32|bf16)s"
     r"(_master)?$"
 )
 

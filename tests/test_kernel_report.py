@@ -240,6 +240,7 @@ def test_cache_key_is_the_tools_versions_not_their_paths(tmp_path):
 def test_bytes_per_element_of_the_default_configurations():
     assert kr.bytes_per_element("gpugd_vector_axpy_f32") == 12
     assert kr.bytes_per_element("gpugd_optim_adam_f32") == 28  # p g m v read, p m v written
+    assert kr.bytes_per_element("gpugd_optim_lion_f32") == 20  # p g m read, p m written
     assert kr.bytes_per_element("gpugd_optim_sgd_multi_f64") == 40
     # float16 p, g; float32 m, v; fp32 master read and written; the half p written only
     assert kr.bytes_per_element("gpugd_optim_adam_multi_f16p_f32s_master") == 2 + 2 + 16 + 8
@@ -255,6 +256,7 @@ _FLOORS = [
     (r"^gpugd_activations_", 4),
     (r"^gpugd_optim_\w+_(multi|graph)_", 2),
     (r"^gpugd_optim_\w+_(f32|f64)$", 4),
+    (r"^gpugd_optim8_", 4),
     (r"^gpugd_batchnorm_(stats|sums)_partial_|^gpugd_batchnorm_affine_", 2),
     (r".", 1),
 ]
@@ -262,7 +264,7 @@ _FLOORS = [
 _STREAMING = re.compile(
     r"^gpugd_(vector_(axpy|scale|sum_of_squares_partial|scale_sum_of_squares_partial)"
     r"|activations_(forward|backward)|dropout_apply|reduce_stats_partial"
-    r"|optim_(sgd|adagrad|rmsprop|adam|nadam)(_multi|_graph)?|batchnorm_affine)_(f32|f64)$"
+    r"|optim_(sgd|adagrad|rmsprop|adam|nadam|lion)(_multi|_graph)?|batchnorm_affine)_(f32|f64)$"
 )
 _PER_CHANNEL = re.compile(r"^gpugd_batchnorm_affine_")
 IN_FLIGHT_PER_SM = 32 * 1024  # bytes of loads in flight an H200 multiprocessor needs
