@@ -615,6 +615,71 @@ def _write_grad_csv(history: dict[str, Any], weight_names: list[str], path: Path
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _new_state(cfg: TrainConfig, weights: list[str]) -> dict[str, Any]:
+    """The loop state of a run at epoch 0 (what a trainer file holds, and the best
+    weights): empty history columns per epoch and per Dense weight."""
+    history: dict[str, list] = {
+        k: []
+        for k in (
+            "epoch",
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_acc",
+            "lr",
+            "time_s",
+            "steps",
+        )
+    }
+    for w in weights:
+        history[f"grad/{w}"] = []
+    state: dict[str, Any] = {
+        "format": TRAINER_FORMAT,
+        "config": cfg.to_json(),
+        "epoch": 0,
+        "opt_step": 0,
+        "history": history,
+        "best_epoch": 0,
+        "best_metric": math.inf,
+        "bad_epochs": 0,
+        "rng": None,
+        "stopped_early": False,
+        "best_params": None,
+        "best_buffers": {},
+        "monitor_flags": [],
+        "monitor_flags_total": 0,
+    }
+    return state
+
+
+def _early_stopping(
+    state: dict[str, Any], cfg: TrainConfig, epoch: int, metric: float, model: nn.Sequential
+) -> None:
+    """Track the best epoch (lowest ``metric``), keep its weights and buffers when they are
+    to be restored, count the epochs without improvement and stop after ``patience``."""
+    if metric < state["best_metric"]:
+        state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
+        if cfg.patience is not None and cfg.restore_best:
+            state["best_params"] = _host(model.flat.data).copy()
+            state["best_buffers"] = {k: _host(b).copy() for k, b in model.buffers_dict().items()}
+    else:
+        state["bad_epochs"] += 1
+    if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
+        state["stopped_early"] = True
+
+
+def _restore_best(state: dict[str, Any], cfg: TrainConfig, model: nn.Sequential) -> bool:
+    """After early stopping, put the best epoch's weights and buffers back; whether it did."""
+    if not (state["stopped_early"] and cfg.restore_best and state["best_params"] is not None):
+        return False
+    xp = model.flat.xp
+    model.flat.data[...] = xp.asarray(state["best_params"])
+    for k, b in model.buffers_dict().items():
+        best = state["best_buffers"][k]
+        b[...] = best if isinstance(b, np.ndarray) else xp.asarray(best)
+    return True
+
+
 def run(
     cfg: TrainConfig,
     run_dir: str | os.PathLike | None,
@@ -654,37 +719,8 @@ def run(
             "(gd='sgd' takes one example per step)"
         )
     weights = model.weight_names()
-    history: dict[str, list] = {
-        k: []
-        for k in (
-            "epoch",
-            "train_loss",
-            "train_acc",
-            "val_loss",
-            "val_acc",
-            "lr",
-            "time_s",
-            "steps",
-        )
-    }
-    for w in weights:
-        history[f"grad/{w}"] = []
-    state: dict[str, Any] = {
-        "format": TRAINER_FORMAT,
-        "config": cfg.to_json(),
-        "epoch": 0,
-        "opt_step": 0,
-        "history": history,
-        "best_epoch": 0,
-        "best_metric": math.inf,
-        "bad_epochs": 0,
-        "rng": None,
-        "stopped_early": False,
-        "best_params": None,
-        "best_buffers": {},
-        "monitor_flags": [],
-        "monitor_flags_total": 0,
-    }
+    state = _new_state(cfg, weights)
+    history = state["history"]
     rng = np.random.default_rng(cfg.seed + 1)
     if resume:
         if rd is None:
@@ -734,18 +770,7 @@ def run(
                 history[k].append(val_)
             for w in weights:
                 history[f"grad/{w}"].append(tr.get(f"grad/{w}", math.nan))
-            metric = ev["loss"] if len(val.X) else tr["loss"]
-            if metric < state["best_metric"]:
-                state.update(best_metric=metric, best_epoch=epoch, bad_epochs=0)
-                if cfg.patience is not None and cfg.restore_best:
-                    state["best_params"] = _host(model.flat.data).copy()
-                    state["best_buffers"] = {
-                        k: _host(b).copy() for k, b in model.buffers_dict().items()
-                    }
-            else:
-                state["bad_epochs"] += 1
-            if cfg.patience is not None and state["bad_epochs"] >= cfg.patience:
-                state["stopped_early"] = True
+            _early_stopping(state, cfg, epoch, ev["loss"] if len(val.X) else tr["loss"], model)
             state.update(epoch=epoch, opt_step=opt.step_count, rng=rng.bit_generator.state)
             bar.epoch(epoch, row)
             new = monitor.events[n_flags:]
@@ -762,16 +787,7 @@ def run(
     finally:
         bar.close()
     train_time = time.perf_counter() - t_start
-    restored = False
-    if state["stopped_early"] and cfg.restore_best and state["best_params"] is not None:
-        model.flat.data[...] = xp.asarray(state["best_params"])
-        for k, b in model.buffers_dict().items():
-            b[...] = (
-                xp.asarray(state["best_buffers"][k])
-                if not isinstance(b, np.ndarray)
-                else (state["best_buffers"][k])
-            )
-        restored = True
+    restored = _restore_best(state, cfg, model)
     final_tr = trainer.evaluate(train.X, train.y)
     final_val = trainer.evaluate(val.X, val.y)
     steps = sum(history["steps"])
@@ -794,14 +810,7 @@ def run(
         "warm_up_s": warm_up_s,
         "ranks": 1 if comm is None else comm.size,
     }
-    if weights and history[f"grad/{weights[0]}"]:
-        first = np.asarray(history[f"grad/{weights[0]}"], float)
-        last = np.asarray(history[f"grad/{weights[-1]}"], float)
-        summary["grad_first_layer"] = float(np.nanmean(first))
-        summary["grad_last_layer"] = float(np.nanmean(last))
-        summary["grad_ratio_first_last"] = summary["grad_first_layer"] / max(
-            summary["grad_last_layer"], 1e-300
-        )
+    summary.update(_grad_summary(history, weights))
     result = {
         "config": cfg.to_json(),
         "backend": backend,
@@ -814,16 +823,34 @@ def run(
         "run_dir": None if rd is None else str(rd),
     }
     if rd is not None and rank0:
-        atomic_write_text(rd / "metrics.json", json.dumps(result, indent=1, default=float))
-        _write_grad_csv(history, weights, rd / "gradients.csv")
-        if plots:
-            result["plots"] = [
-                str(p)
-                for p in _plot_run(
-                    history, weights, rd, f"gpugd train: {train.name}", state["monitor_flags"]
-                )
-            ]
+        _write_outputs(rd, result, weights, plots)
     return result
+
+
+def _grad_summary(history: dict[str, Any], weights: list[str]) -> dict[str, float]:
+    """Mean gradient norm of the first and last Dense weight over the run, and their ratio
+    (the vanishing-gradient picture); empty without Dense weights or epochs."""
+    if not weights or not history[f"grad/{weights[0]}"]:
+        return {}
+    first = float(np.nanmean(np.asarray(history[f"grad/{weights[0]}"], float)))
+    last = float(np.nanmean(np.asarray(history[f"grad/{weights[-1]}"], float)))
+    return {
+        "grad_first_layer": first,
+        "grad_last_layer": last,
+        "grad_ratio_first_last": first / max(last, 1e-300),
+    }
+
+
+def _write_outputs(rd: Path, result: dict[str, Any], weights: list[str], plots: bool) -> None:
+    """metrics.json, gradients.csv and (with ``plots``) the PNGs, listed in ``result``."""
+    history = result["history"]
+    atomic_write_text(rd / "metrics.json", json.dumps(result, indent=1, default=float))
+    _write_grad_csv(history, weights, rd / "gradients.csv")
+    if plots:
+        title = f"gpugd train: {result['data']}"
+        result["plots"] = [
+            str(p) for p in _plot_run(history, weights, rd, title, result["monitor_flags"])
+        ]
 
 
 def summary_table(result: dict[str, Any]) -> str:
