@@ -40,10 +40,10 @@ FLAGS = [
 # child and asks the server for its exit status. A kill then costs milliseconds, not a
 # Python start-up.
 ZYGOTE = r"""
-import contextlib, io, json, os, sys, tempfile
+import contextlib, io, json, os, sys
 from gpugd import cli
 with contextlib.redirect_stdout(io.StringIO()):
-    cli.main(["train", "--run-dir", tempfile.mkdtemp(), "--epochs", "2", *json.loads(sys.argv[1])])
+    cli.main(["train", "--run-dir", sys.argv[2], "--epochs", "2", *json.loads(sys.argv[1])])
 print("ready", flush=True)
 for line in sys.stdin:
     req = json.loads(line)
@@ -68,12 +68,12 @@ for line in sys.stdin:
 
 
 class _Zygote:
-    def __init__(self) -> None:
+    def __init__(self, warm_dir: Path) -> None:
         # GNU OpenMP terminates a forked child that uses it; Numba's workqueue layer runs
         # in the children
         env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_THREADING_LAYER": "workqueue"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", ZYGOTE, json.dumps(FLAGS)],
+            [sys.executable, "-c", ZYGOTE, json.dumps(FLAGS), str(warm_dir)],
             cwd=ROOT,
             env=env,
             stdin=subprocess.PIPE,
@@ -132,7 +132,7 @@ def test_every_directory_a_kill_leaves_resumes(tmp_path):
     rd = tmp_path / "run"
     rnd = random.Random(20261203)
     t0 = time.monotonic()
-    zygote = _Zygote()
+    zygote = _Zygote(tmp_path / "warm")
     try:
         for k in range(KILLS):
             before, log = _marker(rd), tmp_path / f"kill{k}.log"
