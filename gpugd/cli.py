@@ -407,12 +407,7 @@ def _refused(message: str, comm: Any) -> int:
     rather than leave them to the collective deadline."""
     print(message, file=sys.stderr, flush=True)
     if comm is not None and comm.size > 1:
-        print(
-            f"gpugd train: rank {comm.rank} of {comm.size}: aborting the job (MPI_Abort 2)",
-            file=sys.stderr,
-            flush=True,
-        )
-        comm._abort(2)
+        comm.abort("gpugd train refused its configuration", 2)
     return 2
 
 

@@ -161,6 +161,18 @@ class Communicator:
         finally:
             self.mpi.Abort(code)
 
+    def abort(self, message: str, code: int = 1) -> None:
+        """End the whole job now: print ``message`` with this rank, then ``MPI_Abort(code)``
+        after a short grace (so the launcher forwards the line) — for a fault one rank
+        finds that the others, waiting in a collective, cannot see."""
+        if isinstance(code, bool) or not isinstance(code, int) or not 0 < code < 256:
+            raise ValueError(f"code: expected an exit code in 1..255, got {code!r}")
+        _say(
+            f"gpugd.parallel: rank {self.rank} of {self.size}: {message}; aborting the job "
+            f"(MPI_Abort {code})"
+        )
+        self._abort(code)
+
     @property
     def backend(self) -> str:
         return "nccl" if self.nccl is not None else "mpi"

@@ -45,5 +45,8 @@ def test_a_run_directory_refused_on_rank_0_aborts_the_job(tmp_path, capsys):
         pytest.fail(f"the job hung (killed after {LIMIT} s):\n{err[-3000:]}")
     took = time.monotonic() - start
     assert proc.returncode != 0, (out, err)
-    assert "already holds a run" in err and "rank 0 of 2: aborting the job" in err, err
+    assert (
+        "already holds a run" in err
+        and "rank 0 of 2: gpugd train refused its configuration; aborting the job" in err
+    ), err
     assert "Traceback" not in err and took < LIMIT

@@ -479,3 +479,16 @@ def test_a_subclass_never_reaches_the_collective():
     with pytest.raises(TypeError, match=r"grads: expected a numpy\.ndarray, got its subclass"):
         parallel.DataParallel(comm, a)
     assert (np.asarray(a) == 1).all()
+
+
+def test_abort_prints_the_rank_and_calls_the_abort_path(capsys):
+    comm = parallel.init()
+    codes = []
+    comm._abort = codes.append  # the stand-in for MPI_Abort (tests)
+    comm.abort("bad configuration", 2)
+    assert codes == [2]
+    assert (
+        "rank 0 of 1: bad configuration; aborting the job (MPI_Abort 2)" in capsys.readouterr().err
+    )
+    with pytest.raises(ValueError, match="code"):
+        comm.abort("x", 0)
