@@ -32,7 +32,7 @@ from numba import njit, prange
 from gpugd import _hostmem as hostmem
 from gpugd import ops, optim
 from gpugd._cpu import optim as kernels
-from gpugd.ops.optim import _cpu_value
+from gpugd.ops._optim_tensors import _cpu_value
 
 from ..ceilings import cpu_flush
 
