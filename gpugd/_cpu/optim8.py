@@ -1,20 +1,166 @@
 """CPU (Numba) mirror of ``kernels/optim8.cu``: updates with blockwise 8-bit states.
 
-One ``prange`` task per quantization block of B elements: dequantize and apply the rule
-element by element in float32 (new p written at once, the new states kept in a block-sized
-scratch that stays in L1), the block's absmax, then requantize into the codes and write the
+One ``prange`` task per run of ``CHUNK`` quantization blocks of B elements (the scratch is
+allocated once per task). Per block: dequantize and apply the rule element by element in
+float32 (new p written at once, the new states kept in a block-sized scratch that stays in
+L1, the block's absmax accumulated on the way), then requantize into the codes and write the
 scale: every state is read once and written once. The float32 operations are
 ``gpugd.reference8``'s in its order (no fma, no fastmath), so codes, scales and p are the
 same bits as the reference and the CUDA kernels. Arguments are validated by
 ``gpugd.ops.optim8``.
+
+Quantizing by arithmetic, not by a search. The reference's code of r (the largest i with
+q[i] ≤ r, moved up when q[i+1] − r < r − q[i] in float32) is a non-decreasing step function
+of r: it steps from c to c + 1 at one float32 threshold τ_c (the smallest r whose code is
+c + 1; NaN: code 0). The kernels find it from r's bits: the sign, the exponent and the top
+8 mantissa bits name a bucket (|r| clamped to [2^-22, 2]; NaN its own bucket) whose range of
+r holds at most one threshold — the maps' entries are ≥ 0.7% apart relative to their size,
+the buckets 0.4% wide — so ``code = T[k] + (r ≥ τ[k])``: two loads from small tables
+(``bucket_tables``, built from the reference's own rule, ``gpugd.reference8.nearest_code``,
+at each bucket's ends and by bisection on the float32 order inside it). Where a bucket
+holds no threshold τ[k] is NaN (the comparison is false). ``tests/test_optim8_speed_paths.py``
+compares the two code selections over every float32 of [−2, 2] at a stride, every
+threshold ±2 ulp, every map entry ±2 ulp and the special values.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 _RULE = dict(inline="always", error_model="numpy")
+_KERNEL = dict(cache=True, nogil=True, parallel=True, error_model="numpy")
+
+CHUNK = 8  # quantization blocks per prange task (its scratch allocated once)
+
+# The bucket of r (float32 bits u): sign · K + ((clamp(|u|, A_LO, A_HI) − A_LO) >> SHIFT),
+# + 1 for NaN. The mantissa's top 23 − SHIFT bits are kept.
+SHIFT = 15
+A_LO = (127 - 22) << 23  # 2^-22: every bucket below it holds no map entry but 0
+A_HI = 128 << 23  # 2.0: every |r| ≥ 2 (∞ included) shares one bucket
+INF_BITS = 0x7F800000
+K = ((A_HI - A_LO) >> SHIFT) + 2  # magnitude buckets per sign, the last one NaN's
+
+
+@intrinsic
+def _bits(typingctx, x):
+    """The int32 bit pattern of a float32."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _from_bits(typingctx, u):
+    """The float32 of a bit pattern (an integer's low 32 bits)."""
+    if not isinstance(u, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if u.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+
+    return types.float32(u), codegen
+
+
+@intrinsic
+def _bucket(typingctx, r):
+    """The bucket of float32 r (uint32; the module text), in 32-bit integer operations
+    (Numba's own integer arithmetic would widen them to 64 bits, and the gathers with them)."""
+    if r != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        c = lambda v: ir.Constant(i32, v)  # noqa: E731
+        u = builder.bitcast(args[0], i32)
+        a = builder.and_(u, c(0x7FFFFFFF))
+        lo = builder.select(builder.icmp_signed("<", a, c(A_LO)), c(A_LO), a)
+        hi = builder.select(builder.icmp_signed(">", lo, c(A_HI)), c(A_HI), lo)
+        k = builder.lshr(builder.sub(hi, c(A_LO)), c(SHIFT))
+        k = builder.add(k, builder.zext(builder.icmp_signed(">", a, c(INF_BITS)), i32))
+        neg = builder.icmp_signed("<", u, c(0))
+        return builder.add(k, builder.select(neg, c(K), c(0)))
+
+    return types.uint32(types.float32), codegen
+
+
+@njit(**_RULE)
+def _code(r, t, tau):
+    """reference8.nearest_code of r, from its bucket's tables (see the module text)."""
+    k = _bucket(r)
+    return np.uint8(t[k] + (np.int32(1) if r >= tau[k] else 0))
+
+
+@njit(**_RULE)
+def _absbits(x):
+    """|x|'s bits, NaN as 0: their integer maximum is the float maximum, NaN ignored."""
+    a = _bits(x) & np.int32(0x7FFFFFFF)
+    return a if a <= INF_BITS else np.int32(0)
+
+
+def _order_bits(sign: int, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The magnitude bits of bucket j's lowest and highest r (in r's order), int64."""
+    lo = np.where(j == 0, 0, A_LO + (j << SHIFT)).astype(np.int64)
+    hi = np.where(j == K - 2, INF_BITS, A_LO + ((j + 1) << SHIFT) - 1).astype(np.int64)
+    return (lo, hi) if sign == 0 else (hi, lo)
+
+
+def _as_float(sign: int, mag: np.ndarray) -> np.ndarray:
+    return (mag.astype(np.uint32) | np.uint32(sign << 31)).view(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _tables(qbytes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    from ..reference8 import nearest_code
+
+    q = np.frombuffer(qbytes, np.float32)[:256]
+    code = lambda s, mag: nearest_code(q, _as_float(s, mag)).astype(np.int64)  # noqa: E731
+    t = np.zeros(2 * K, np.int32)
+    tau = np.full(2 * K, np.nan, np.float32)
+    j = np.arange(K - 1, dtype=np.int64)  # the NaN bucket: T = 0, τ = NaN
+    for s in (0, 1):
+        first, last = _order_bits(s, j)
+        c0, c1 = code(s, first), code(s, last)
+        if np.any((c1 - c0 < 0) | (c1 - c0 > 1)):
+            raise AssertionError("a bucket holds more than one threshold")
+        # bisection on the ordinal o (r's order): the first o whose code is c0 + 1
+        step = np.where(last >= first, 1, -1)
+        lo, hi = np.zeros_like(first), np.abs(last - first)  # code(lo) = c0, code(hi) = c1
+        split = c1 > c0
+        while np.any(split & (hi - lo > 1)):
+            mid = (lo + hi) // 2
+            up = code(s, first + step * mid) > c0
+            hi, lo = np.where(split & up, mid, hi), np.where(split & ~up, mid, lo)
+        t[s * K + j] = c0
+        th = _as_float(s, first + step * hi)
+        tau[s * K + j] = np.where(split, th, np.float32(np.nan))
+    for a in (t, tau):
+        a.setflags(write=False)
+    return t, tau
+
+
+def bucket_tables(qmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T int32[2K], τ float32[2K]) of a float32 map (its first 256 entries; a padded map
+    works): the quantizer's tables, built once per map."""
+    return _tables(np.ascontiguousarray(qmap, np.float32)[:256].tobytes())
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def codes(r, t, tau, out):
+    """The fast code of every r (tests): out[i] = reference8.nearest_code(q, r[i])."""
+    for i in range(r.size):
+        out[i] = _code(r[i], t, tau)
 
 
 @njit(**_RULE)
@@ -22,23 +168,6 @@ def _grad(g, gs, clip):
     d = g * gs
     d = clip if d > clip else d
     return -clip if d < -clip else d
-
-
-@njit(**_RULE)
-def _nearest(q, r):
-    """The map entry nearest to r (reference8.nearest_code): an 8-step binary search written
-    as selects (no branch: the block loop vectorizes, with gathers from the map in L1). ``q``
-    is the map padded with +inf at [256], so the last step needs no bounds test."""
-    i = 0
-    i = i + 128 if q[i + 128] <= r else i
-    i = i + 64 if q[i + 64] <= r else i
-    i = i + 32 if q[i + 32] <= r else i
-    i = i + 16 if q[i + 16] <= r else i
-    i = i + 8 if q[i + 8] <= r else i
-    i = i + 4 if q[i + 4] <= r else i
-    i = i + 2 if q[i + 2] <= r else i
-    i = i + 1 if q[i + 1] <= r else i
-    return i + 1 if (q[i + 1] - r) < (r - q[i]) else i
 
 
 @njit(**_RULE)
@@ -78,64 +207,93 @@ def _one(kind, p, d, s, c0, c1, c2, c3, c4, c5):
 
 
 @njit(**_RULE)
-def _requantize(x, n, q, codes, lo):
-    """Codes of x[:n] (one block) into codes[lo:lo+n]; returns the block's absmax."""
-    mx = np.float32(0.0)
-    for k in range(n):
-        a = abs(x[k])
-        if a > mx:
-            mx = a
-    inv = np.float32(1.0) / (mx if mx > 0 else np.float32(1.0))  # one division per block
-    for k in range(n):
-        codes[lo + k] = _nearest(q, x[k] * inv)
-    return mx
+def _inverse(mx):
+    return np.float32(1.0) / (mx if mx > 0 else np.float32(1.0))  # one division per block
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
-def adam(p, g, mq, ma, vq, va, qs, qu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss, ibc, gs, clip):
+@njit(**_KERNEL)
+def _adam8(
+    p, g, mq, ma, vq, va, qs, qu, ts, taus, tu, tauu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss,
+    ibc, gs, clip,
+):  # fmt: skip
     n = p.size
     nb = (n + bs - 1) // bs
-    for b in prange(nb):
-        lo = b * bs
-        cnt = min(bs, n - lo)
-        xm = np.empty(cnt, np.float32)
-        xv = np.empty(cnt, np.float32)
-        s0, s1 = ma[b], va[b]
-        for k in range(cnt):
-            i = lo + k
-            pi, xm[k], xv[k] = _adam(
-                p[i],
-                _grad(g[i], gs, clip),
-                qs[mq[i]] * s0,
-                qu[vq[i]] * s1,
-                b1,
-                omb1,
-                b2,
-                omb2,
-                eps,
-                wd_c,
-                dm,
-                ss,
-                ibc,
-            )
-            p[i] = pi
-        ma[b] = _requantize(xm, cnt, qs, mq, lo)
-        va[b] = _requantize(xv, cnt, qu, vq, lo)
+    for c in prange((nb + CHUNK - 1) // CHUNK):
+        xm = np.empty(bs, np.float32)
+        xv = np.empty(bs, np.float32)
+        for b in range(c * CHUNK, min(nb, (c + 1) * CHUNK)):
+            lo = b * bs
+            cnt = min(bs, n - lo)
+            s0, s1 = ma[b], va[b]
+            mx0 = np.int32(0)
+            mx1 = np.int32(0)
+            for k in range(cnt):
+                i = np.uint64(lo + k)  # unsigned: no wraparound test, the loop vectorizes
+                pi, m, v = _adam(
+                    p[i],
+                    _grad(g[i], gs, clip),
+                    qs[mq[i]] * s0,
+                    qu[vq[i]] * s1,
+                    b1,
+                    omb1,
+                    b2,
+                    omb2,
+                    eps,
+                    wd_c,
+                    dm,
+                    ss,
+                    ibc,
+                )
+                p[i] = pi
+                xm[k] = m
+                xv[k] = v
+                mx0 = max(mx0, _absbits(m))
+                mx1 = max(mx1, _absbits(v))
+            a0, a1 = _from_bits(mx0), _from_bits(mx1)
+            ma[b], va[b] = a0, a1
+            r0, r1 = _inverse(a0), _inverse(a1)
+            for k in range(cnt):
+                mq[np.uint64(lo + k)] = _code(xm[k] * r0, ts, taus)
+                vq[np.uint64(lo + k)] = _code(xv[k] * r1, tu, tauu)
 
 
-@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+@njit(**_KERNEL)
+def _one8(kind, p, g, bq, ba, qs, t, tau, bs, c0, c1, c2, c3, c4, c5, gs, clip):
+    n = p.size
+    nb = (n + bs - 1) // bs
+    for c in prange((nb + CHUNK - 1) // CHUNK):
+        xb = np.empty(bs, np.float32)
+        for b in range(c * CHUNK, min(nb, (c + 1) * CHUNK)):
+            lo = b * bs
+            cnt = min(bs, n - lo)
+            s0 = ba[b]
+            mx = np.int32(0)
+            for k in range(cnt):
+                i = np.uint64(lo + k)  # unsigned: no wraparound test, the loop vectorizes
+                pi, s = _one(
+                    kind, p[i], _grad(g[i], gs, clip), qs[bq[i]] * s0, c0, c1, c2, c3, c4, c5
+                )
+                p[i] = pi
+                xb[k] = s
+                mx = max(mx, _absbits(s))
+            a = _from_bits(mx)
+            ba[b] = a
+            r = _inverse(a)
+            for k in range(cnt):
+                bq[np.uint64(lo + k)] = _code(xb[k] * r, t, tau)
+
+
+def adam(p, g, mq, ma, vq, va, qs, qu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss, ibc, gs, clip):
+    """Adam over 8-bit m (map qs) and v (map qu), blocks of bs (gpugd.ops.optim8's call)."""
+    ts, taus = bucket_tables(qs)
+    tu, tauu = bucket_tables(qu)
+    _adam8(
+        p, g, mq, ma, vq, va, qs, qu, ts, taus, tu, tauu, bs, b1, omb1, b2, omb2, eps, wd_c, dm,
+        ss, ibc, gs, clip,
+    )  # fmt: skip
+
+
 def one_state(kind, p, g, bq, ba, qs, bs, c0, c1, c2, c3, c4, c5, gs, clip):
     """A one-state rule (``kind``) over 8-bit state (bq, ba) with the map qs."""
-    n = p.size
-    nb = (n + bs - 1) // bs
-    for b in prange(nb):
-        lo = b * bs
-        cnt = min(bs, n - lo)
-        xb = np.empty(cnt, np.float32)
-        s0 = ba[b]
-        for k in range(cnt):
-            i = lo + k
-            p[i], xb[k] = _one(
-                kind, p[i], _grad(g[i], gs, clip), qs[bq[i]] * s0, c0, c1, c2, c3, c4, c5
-            )
-        ba[b] = _requantize(xb, cnt, qs, bq, lo)
+    t, tau = bucket_tables(qs)
+    _one8(kind, p, g, bq, ba, qs, t, tau, bs, c0, c1, c2, c3, c4, c5, gs, clip)
