@@ -40,10 +40,12 @@ CHUNK = 8  # quantization blocks per prange task (its scratch allocated once)
 # The bucket of r (float32 bits u): sign · K + ((clamp(|u|, A_LO, A_HI) − A_LO) >> SHIFT),
 # + 1 for NaN. The mantissa's top 23 − SHIFT bits are kept.
 SHIFT = 15
-A_LO = (127 - 22) << 23  # 2^-22: every bucket below it holds no map entry but 0
+A_LO = (127 - 23) << 23  # 2^-23: the buckets below it hold no threshold (the first: ~1.6e-7)
 A_HI = 128 << 23  # 2.0: every |r| ≥ 2 (∞ included) shares one bucket
 INF_BITS = 0x7F800000
 K = ((A_HI - A_LO) >> SHIFT) + 2  # magnitude buckets per sign, the last one NaN's
+LOW = (1 << SHIFT) - 1  # the bits below the bucket's
+NONE = 1 << SHIFT  # an entry's threshold field when its bucket holds none (never reached)
 
 
 @intrinsic
@@ -95,11 +97,29 @@ def _bucket(typingctx, r):
     return types.uint32(types.float32), codegen
 
 
+@intrinsic
+def _pick(typingctx, r, e):
+    """code = (e >> 16) + (x ≥ (e & 0xFFFF)), x: r's low 15 bits, complemented for r < 0
+    (then x grows with r inside the bucket: the comparison is r ≥ τ)."""
+    if r != types.float32 or not isinstance(e, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        c = lambda v: ir.Constant(i32, v)  # noqa: E731
+        u = builder.bitcast(args[0], i32)
+        ev = args[1] if e.bitwidth == 32 else builder.trunc(args[1], i32)
+        x = builder.xor(builder.and_(u, c(LOW)), builder.and_(builder.ashr(u, c(31)), c(LOW)))
+        up = builder.icmp_signed(">=", x, builder.and_(ev, c(0xFFFF)))
+        return builder.add(builder.lshr(ev, c(16)), builder.zext(up, i32))
+
+    return types.uint32(types.float32, e), codegen
+
+
 @njit(**_RULE)
-def _code(r, t, tau):
-    """reference8.nearest_code of r, from its bucket's tables (see the module text)."""
-    k = _bucket(r)
-    return np.uint8(t[k] + (np.int32(1) if r >= tau[k] else 0))
+def _code(r, tab):
+    """reference8.nearest_code of r: its bucket's packed entry (see the module text)."""
+    return np.uint8(_pick(r, tab[_bucket(r)]))
 
 
 @njit(**_RULE)
@@ -121,46 +141,45 @@ def _as_float(sign: int, mag: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _tables(qbytes: bytes) -> tuple[np.ndarray, np.ndarray]:
+def _table(qbytes: bytes) -> np.ndarray:
     from ..reference8 import nearest_code
 
     q = np.frombuffer(qbytes, np.float32)[:256]
     code = lambda s, mag: nearest_code(q, _as_float(s, mag)).astype(np.int64)  # noqa: E731
-    t = np.zeros(2 * K, np.int32)
-    tau = np.full(2 * K, np.nan, np.float32)
-    j = np.arange(K - 1, dtype=np.int64)  # the NaN bucket: T = 0, τ = NaN
+    tab = np.full(2 * K, NONE, np.int32)  # the NaN buckets: code 0, no threshold
+    j = np.arange(K - 1, dtype=np.int64)
     for s in (0, 1):
         first, last = _order_bits(s, j)
         c0, c1 = code(s, first), code(s, last)
-        if np.any((c1 - c0 < 0) | (c1 - c0 > 1)):
-            raise AssertionError("a bucket holds more than one threshold")
+        split = c1 > c0
+        clamped = (j == 0) | (j == K - 2)  # their r do not share the bits above LOW
+        if np.any((c1 < c0) | (c1 > c0 + 1) | (split & clamped)):
+            raise AssertionError("a bucket holds more than one threshold, or a clamped one any")
         # bisection on the ordinal o (r's order): the first o whose code is c0 + 1
         step = np.where(last >= first, 1, -1)
         lo, hi = np.zeros_like(first), np.abs(last - first)  # code(lo) = c0, code(hi) = c1
-        split = c1 > c0
         while np.any(split & (hi - lo > 1)):
             mid = (lo + hi) // 2
             up = code(s, first + step * mid) > c0
             hi, lo = np.where(split & up, mid, hi), np.where(split & ~up, mid, lo)
-        t[s * K + j] = c0
-        th = _as_float(s, first + step * hi)
-        tau[s * K + j] = np.where(split, th, np.float32(np.nan))
-    for a in (t, tau):
-        a.setflags(write=False)
-    return t, tau
+        low = ((first + step * hi) & LOW) ^ (LOW if s else 0)  # as _pick's x of τ
+        tab[s * K + j] = (c0 << 16) | np.where(split, low, NONE)
+    tab.setflags(write=False)
+    return tab
 
 
-def bucket_tables(qmap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(T int32[2K], τ float32[2K]) of a float32 map (its first 256 entries; a padded map
-    works): the quantizer's tables, built once per map."""
-    return _tables(np.ascontiguousarray(qmap, np.float32)[:256].tobytes())
+def bucket_table(qmap: np.ndarray) -> np.ndarray:
+    """The quantizer's table of a float32 map (its first 256 entries; a padded map works):
+    int32[2K], entry k = (T << 16) | (τ's low bits as _pick compares them, or NONE), built
+    once per map from reference8.nearest_code."""
+    return _table(np.ascontiguousarray(qmap, np.float32)[:256].tobytes())
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def codes(r, t, tau, out):
+def codes(r, tab, out):
     """The fast code of every r (tests): out[i] = reference8.nearest_code(q, r[i])."""
     for i in range(r.size):
-        out[i] = _code(r[i], t, tau)
+        out[i] = _code(r[i], tab)
 
 
 @njit(**_RULE)
@@ -213,7 +232,7 @@ def _inverse(mx):
 
 @njit(**_KERNEL)
 def _adam8(
-    p, g, mq, ma, vq, va, qs, qu, ts, taus, tu, tauu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss,
+    p, g, mq, ma, vq, va, qs, qu, ts, tu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss,
     ibc, gs, clip,
 ):  # fmt: skip
     n = p.size
@@ -253,12 +272,12 @@ def _adam8(
             ma[b], va[b] = a0, a1
             r0, r1 = _inverse(a0), _inverse(a1)
             for k in range(cnt):
-                mq[np.uint64(lo + k)] = _code(xm[k] * r0, ts, taus)
-                vq[np.uint64(lo + k)] = _code(xv[k] * r1, tu, tauu)
+                mq[np.uint64(lo + k)] = _code(xm[k] * r0, ts)
+                vq[np.uint64(lo + k)] = _code(xv[k] * r1, tu)
 
 
 @njit(**_KERNEL)
-def _one8(kind, p, g, bq, ba, qs, t, tau, bs, c0, c1, c2, c3, c4, c5, gs, clip):
+def _one8(kind, p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
     n = p.size
     nb = (n + bs - 1) // bs
     for c in prange((nb + CHUNK - 1) // CHUNK):
@@ -280,20 +299,18 @@ def _one8(kind, p, g, bq, ba, qs, t, tau, bs, c0, c1, c2, c3, c4, c5, gs, clip):
             ba[b] = a
             r = _inverse(a)
             for k in range(cnt):
-                bq[np.uint64(lo + k)] = _code(xb[k] * r, t, tau)
+                bq[np.uint64(lo + k)] = _code(xb[k] * r, tab)
 
 
 def adam(p, g, mq, ma, vq, va, qs, qu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss, ibc, gs, clip):
     """Adam over 8-bit m (map qs) and v (map qu), blocks of bs (gpugd.ops.optim8's call)."""
-    ts, taus = bucket_tables(qs)
-    tu, tauu = bucket_tables(qu)
+    ts, tu = bucket_table(qs), bucket_table(qu)
     _adam8(
-        p, g, mq, ma, vq, va, qs, qu, ts, taus, tu, tauu, bs, b1, omb1, b2, omb2, eps, wd_c, dm,
+        p, g, mq, ma, vq, va, qs, qu, ts, tu, bs, b1, omb1, b2, omb2, eps, wd_c, dm,
         ss, ibc, gs, clip,
     )  # fmt: skip
 
 
 def one_state(kind, p, g, bq, ba, qs, bs, c0, c1, c2, c3, c4, c5, gs, clip):
     """A one-state rule (``kind``) over 8-bit state (bq, ba) with the map qs."""
-    t, tau = bucket_tables(qs)
-    _one8(kind, p, g, bq, ba, qs, t, tau, bs, c0, c1, c2, c3, c4, c5, gs, clip)
+    _one8(kind, p, g, bq, ba, qs, bucket_table(qs), bs, c0, c1, c2, c3, c4, c5, gs, clip)
