@@ -48,8 +48,8 @@ def _dense(signed: bool) -> np.ndarray:
     pos = np.arange(0, 0x40000001, 61, dtype=np.int64)  # [0, 2] at a stride of 61 ulps
     stride = np.concatenate([_floats(pos), _floats(pos | (1 << 31))])
     mids = np.concatenate([(q64[:-1] + q64[1:]) / 2, (q[:-1] + q[1:]) / np.float32(2)])
-    edges = k8.A_LO + (np.arange(k8.K - 1, dtype=np.int64) << k8.SHIFT)
-    edges = np.concatenate([_around(_floats(edges), 2), _around(-_floats(edges), 2)])
+    edges = _floats(np.arange(k8.INF_BUCKET + 1, dtype=np.int64) << k8.SHIFT)
+    edges = np.concatenate([_around(edges[1:-1], 2), _around(-edges[1:-1], 2)])
     tiny = np.array([0.0, 1e-45, 1e-40, 1.17e-38, 1e-30, 1e-10, 1e-7, 1.5e-7, 3e-7], np.float32)
     special = np.array([np.inf, 3.4e38, 2.0, 1.0000001, 1.0, 0.99999994], np.float32)
     nans = _floats(np.array([0x7FC00000, 0x7F800001, 0x7FFFFFFF, 0xFFC00000, 0xFF800001]))

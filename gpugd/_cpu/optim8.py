@@ -12,15 +12,18 @@ same bits as the reference and the CUDA kernels. Arguments are validated by
 Quantizing by arithmetic, not by a search. The reference's code of r (the largest i with
 q[i] ≤ r, moved up when q[i+1] − r < r − q[i] in float32) is a non-decreasing step function
 of r: it steps from c to c + 1 at one float32 threshold τ_c (the smallest r whose code is
-c + 1; NaN: code 0). The kernels find it from r's bits: the sign, the exponent and the top
-8 mantissa bits name a bucket (|r| clamped to [2^-22, 2]; NaN its own bucket) whose range of
-r holds at most one threshold — the maps' entries are ≥ 0.7% apart relative to their size,
-the buckets 0.4% wide — so ``code = T[k] + (r ≥ τ[k])``: two loads from small tables
-(``bucket_tables``, built from the reference's own rule, ``gpugd.reference8.nearest_code``,
-at each bucket's ends and by bisection on the float32 order inside it). Where a bucket
-holds no threshold τ[k] is NaN (the comparison is false). ``tests/test_optim8_speed_paths.py``
-compares the two code selections over every float32 of [−2, 2] at a stride, every
-threshold ±2 ulp, every map entry ±2 ulp and the special values.
+c + 1; NaN: code 0). The kernels find it from r's bits: u >> 15 (the sign, the exponent and
+the top 8 mantissa bits) names a bucket whose range of r holds at most one threshold — the
+maps' entries are ≥ 0.7% apart relative to their size, a bucket at most 0.4% wide — and the
+bucket's one table entry packs the code T of its lowest r with the threshold's low 15 bits
+L: ``code = T + (x ≥ L)``, x being r's low 15 bits (complemented for r < 0, so that x grows
+with r). One load from a table built once per map from the reference's own rule
+(``gpugd.reference8.nearest_code`` at each bucket's ends, bisection on the float32 order
+inside it); +inf and the NaNs that share its bucket come out as 255 and 256, the uint8 store
+wrapping 256 to NaN's 0. The integer work is written as LLVM intrinsics in 32 bits: Numba's
+own integer arithmetic widens to 64 bits and LLVM then vectorizes the loops at half width.
+``tests/test_optim8_speed_paths.py`` compares the code selection with the reference's over
+every float32 of [−1, 1] and densely beyond it (midpoints, entries, bucket edges, NaN, ∞).
 """
 
 from __future__ import annotations
@@ -37,15 +40,14 @@ _KERNEL = dict(cache=True, nogil=True, parallel=True, error_model="numpy")
 
 CHUNK = 8  # quantization blocks per prange task (its scratch allocated once)
 
-# The bucket of r (float32 bits u): sign · K + ((clamp(|u|, A_LO, A_HI) − A_LO) >> SHIFT),
-# + 1 for NaN. The mantissa's top 23 − SHIFT bits are kept.
+# The bucket of r is its float32 bits u >> SHIFT: the sign, the exponent and the mantissa's
+# top 23 − SHIFT bits, 2^17 buckets (a 512 KiB table of which a block touches a few lines).
 SHIFT = 15
-A_LO = (127 - 23) << 23  # 2^-23: the buckets below it hold no threshold (the first: ~1.6e-7)
-A_HI = 128 << 23  # 2.0: every |r| ≥ 2 (∞ included) shares one bucket
-INF_BITS = 0x7F800000
-K = ((A_HI - A_LO) >> SHIFT) + 2  # magnitude buckets per sign, the last one NaN's
 LOW = (1 << SHIFT) - 1  # the bits below the bucket's
 NONE = 1 << SHIFT  # an entry's threshold field when its bucket holds none (never reached)
+BUCKETS = 1 << (32 - SHIFT)
+INF_BITS = 0x7F800000
+INF_BUCKET = INF_BITS >> SHIFT  # +inf (low bits 0) and NaNs; the buckets above: NaNs
 
 
 @intrinsic
@@ -77,22 +79,13 @@ def _from_bits(typingctx, u):
 
 @intrinsic
 def _bucket(typingctx, r):
-    """The bucket of float32 r (uint32; the module text), in 32-bit integer operations
-    (Numba's own integer arithmetic would widen them to 64 bits, and the gathers with them)."""
+    """The bucket of float32 r: its bits >> SHIFT (uint32)."""
     if r != types.float32:
         return None
 
     def codegen(context, builder, signature, args):
         i32 = ir.IntType(32)
-        c = lambda v: ir.Constant(i32, v)  # noqa: E731
-        u = builder.bitcast(args[0], i32)
-        a = builder.and_(u, c(0x7FFFFFFF))
-        lo = builder.select(builder.icmp_signed("<", a, c(A_LO)), c(A_LO), a)
-        hi = builder.select(builder.icmp_signed(">", lo, c(A_HI)), c(A_HI), lo)
-        k = builder.lshr(builder.sub(hi, c(A_LO)), c(SHIFT))
-        k = builder.add(k, builder.zext(builder.icmp_signed(">", a, c(INF_BITS)), i32))
-        neg = builder.icmp_signed("<", u, c(0))
-        return builder.add(k, builder.select(neg, c(K), c(0)))
+        return builder.lshr(builder.bitcast(args[0], i32), ir.Constant(i32, SHIFT))
 
     return types.uint32(types.float32), codegen
 
@@ -156,13 +149,6 @@ def _absbits(typingctx, x):
     return types.int32(types.float32), codegen
 
 
-def _order_bits(sign: int, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The magnitude bits of bucket j's lowest and highest r (in r's order), int64."""
-    lo = np.where(j == 0, 0, A_LO + (j << SHIFT)).astype(np.int64)
-    hi = np.where(j == K - 2, INF_BITS, A_LO + ((j + 1) << SHIFT) - 1).astype(np.int64)
-    return (lo, hi) if sign == 0 else (hi, lo)
-
-
 def _as_float(sign: int, mag: np.ndarray) -> np.ndarray:
     return (mag.astype(np.uint32) | np.uint32(sign << 31)).view(np.float32)
 
@@ -173,31 +159,42 @@ def _table(qbytes: bytes) -> np.ndarray:
 
     q = np.frombuffer(qbytes, np.float32)[:256]
     code = lambda s, mag: nearest_code(q, _as_float(s, mag)).astype(np.int64)  # noqa: E731
-    tab = np.full(2 * K, NONE, np.int32)  # the NaN buckets: code 0, no threshold
-    j = np.arange(K - 1, dtype=np.int64)
+    half = BUCKETS // 2
+    tab = np.full(BUCKETS, NONE, np.int64)  # NaN buckets: code 0, no threshold
+    j = np.arange(INF_BUCKET, dtype=np.int64)  # the finite buckets of one sign
     for s in (0, 1):
-        first, last = _order_bits(s, j)
+        # the magnitude bits of each bucket's first and last r, in r's order
+        first, last = (j << SHIFT, (j << SHIFT) | LOW)[:: 1 if s == 0 else -1]
         c0, c1 = code(s, first), code(s, last)
         split = c1 > c0
-        clamped = (j == 0) | (j == K - 2)  # their r do not share the bits above LOW
-        if np.any((c1 < c0) | (c1 > c0 + 1) | (split & clamped)):
-            raise AssertionError("a bucket holds more than one threshold, or a clamped one any")
+        if np.any((c1 < c0) | (c1 > c0 + 1)):
+            raise AssertionError("a bucket holds more than one threshold")
         # bisection on the ordinal o (r's order): the first o whose code is c0 + 1
-        step = np.where(last >= first, 1, -1)
-        lo, hi = np.zeros_like(first), np.abs(last - first)  # code(lo) = c0, code(hi) = c1
+        step = 1 if s == 0 else -1
+        lo, hi = np.zeros_like(first), np.full_like(first, LOW)  # code(lo) = c0, code(hi) = c1
         while np.any(split & (hi - lo > 1)):
             mid = (lo + hi) // 2
             up = code(s, first + step * mid) > c0
             hi, lo = np.where(split & up, mid, hi), np.where(split & ~up, mid, lo)
         low = ((first + step * hi) & LOW) ^ (LOW if s else 0)  # as _pick's x of τ
-        tab[s * K + j] = (c0 << 16) | np.where(split, low, NONE)
-    tab.setflags(write=False)
-    return tab
+        tab[s * half + j] = (c0 << 16) | np.where(split, low, NONE)
+    # +inf is the code of 2^127·1.99 (255 or 0); a NaN in +inf's bucket (low bits ≥ 1) goes one
+    # code above: 256, which the uint8 store wraps to 0, NaN's code
+    top = int(code(0, np.array([INF_BITS - 1]))[0])
+    if top == 255:
+        tab[INF_BUCKET] = (255 << 16) | 1
+    elif top != 0:
+        raise AssertionError("+inf's code is neither 255 nor 0")
+    if int(code(1, np.array([INF_BITS - 1]))[0]) != 0:
+        raise AssertionError("-inf's code is not 0")
+    out = tab.astype(np.int32)
+    out.setflags(write=False)
+    return out
 
 
 def bucket_table(qmap: np.ndarray) -> np.ndarray:
     """The quantizer's table of a float32 map (its first 256 entries; a padded map works):
-    int32[2K], entry k = (T << 16) | (τ's low bits as _pick compares them, or NONE), built
+    int32[BUCKETS], entry k = (T << 16) | (τ's low bits as _pick compares them, or NONE), built
     once per map from reference8.nearest_code."""
     return _table(np.ascontiguousarray(qmap, np.float32)[:256].tobytes())
 
