@@ -174,3 +174,29 @@ def test_kernel_absmax_and_codes_with_nan_zeros_and_inf_in_a_block(rule):
     np.testing.assert_array_equal(p.view(np.uint32), want_p.view(np.uint32))
     np.testing.assert_array_equal(s.absmax.view(np.uint32), want_a.view(np.uint32))
     np.testing.assert_array_equal(s.codes, want_c)
+
+
+def test_bench_rows_of_the_8bit_states_count_their_bytes_and_time_the_fp32_peer():
+    """gpugd bench --suite optim (not --quick): adam8bit_ and lion8bit_ rows over fp32
+    parameters, their bytes (Adam 16 B, Lion 14 B per element and the block scales), the
+    own-traffic ceiling over their buffers, and the same rule with fp32 states as the peer."""
+    from benchmarks import ceilings
+    from benchmarks import suite_optim as so
+    from benchmarks.harness import Context, now, versions
+    from gpugd import get_backend
+
+    n = 1 << 16
+    ctx = Context(backend=get_backend("cpu"), quick=False, numel=n)
+    ctx.versions, ctx.time, ctx.log = versions("cpu"), now(), lambda *a: None
+    ceilings.setup(ctx)
+    rows = {r["kernel"]: r for r in so._state8_rows(ctx, n)}
+    nb = quant8.blocks(n)
+    assert rows["adam8bit_"]["bytes"] == 16 * n + 16 * nb
+    assert rows["lion8bit_"]["bytes"] == 14 * n + 8 * nb
+    assert rows["adam8bit_"]["ceiling"] == "r1m5" and rows["lion8bit_"]["ceiling"] == "r1m3"
+    assert set(rows["adam8bit_"]["baselines"]) == {"adam_ fp32 states"}
+    assert set(rows["lion8bit_"]["baselines"]) == {"lion_ fp32 states"}
+    for r in rows.values():
+        assert r["dtype"] == "float32" and r["numel"] == n and 0 < r["pct_of_ceiling"]
+    ctx.quick = True
+    assert so._state8_rows(ctx, n) == []
