@@ -59,7 +59,9 @@ def _wide(typingctx):
     attributes against a list without string attributes, so the set is added to directly."""
 
     def codegen(context, builder, signature, args):
-        set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        attrs = builder.function.attributes
+        if isinstance(attrs, set):  # else (another llvmlite) the default width stays
+            set.add(attrs, '"prefer-vector-width"="512"')
         return context.get_dummy_value()
 
     return types.none(), codegen
