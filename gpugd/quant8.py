@@ -35,6 +35,16 @@ BLOCK = 2048
 BLOCK_SIZES = (256, 2048)
 MIN_8BIT = 4096
 EXPONENT_LEVELS = 7
+# the optimizer states kept in 8 bits (gpugd.optim, state_bits=8) and whether each uses the
+# signed map; an 8-bit state "s" is stored as "s.codes" (uint8) and "s.absmax" (float32)
+SIGNED_STATES = {
+    "exp_avg": True,
+    "momentum_buffer": True,
+    "exp_avg_sq": False,
+    "square_avg": False,
+    "sum": False,
+}
+CODES, ABSMAX = ".codes", ".absmax"
 
 
 @functools.lru_cache(maxsize=2)

@@ -40,10 +40,18 @@ and a resumed run continues bit for bit. Hyperparameters: as torch's ``load_stat
 the checkpoint's values (lr, betas, weight decay, …) replace the optimizer's — each must be
 a legal value, and the states it needs must be the ones this optimizer holds (e.g. Adam's
 ``amsgrad`` cannot change); set ``param_groups[i]["lr"]`` after loading to override one.
+
+8-bit states: ``state_bits=8`` (Adam, AdamW, SGD with momentum, plain RMSprop, Adagrad,
+Lion; float32 parameters) keeps each state of a tensor with at least ``quant8.MIN_8BIT``
+elements as uint8 codes plus a float32 absmax per ``block_size`` elements
+(``gpugd.ops.optim8``; ``state["w"]["exp_avg.codes"]``, ``["exp_avg.absmax"]``), smaller
+tensors' states in float32. Checkpoints store codes and scales (loaded bit for bit) with
+their ``state_bits`` and ``block_size``; ``load(path, convert_states=True)`` or
+``convert_state_dict`` converts between 32-bit and 8-bit states.
 """
 
 from ._base import MASTER, NONFINITE_POLICIES, Optimizer
-from ._checkpoint import FORMAT, CheckpointError
+from ._checkpoint import FORMAT, CheckpointError, convert_state_dict
 from ._rules import SGD, Adagrad, Adam, AdamW, Lion, NAdam, RMSprop
 from ._step import StepReport
 
@@ -61,4 +69,5 @@ __all__ = [
     "Optimizer",
     "RMSprop",
     "StepReport",
+    "convert_state_dict",
 ]

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .. import _hostmem as hostmem
-from .. import _validate
+from .. import _validate, quant8
 from ..flat import FlatParams
 from ..ops import optim as _ops
 from ..ops import reduce as _reduce
@@ -20,6 +20,7 @@ from ._checkpoint import CheckpointMixin
 from ._step import StepMixin, StepReport, _Pending
 
 MASTER = "master"  # the state holding fp32 master weights (master_weights=True)
+STATE_BITS = (8, 32)
 NONFINITE_POLICIES = ("propagate", "skip", "error")
 
 
@@ -121,8 +122,17 @@ class Optimizer(StepMixin, CheckpointMixin):
         state_dtype: Any = None,
         rounding: str = "nearest",
         seed: int = 0,
+        state_bits: int = 32,
+        block_size: int = quant8.BLOCK,
         **hyper: Any,
     ):
+        """``state_bits=8``: blockwise 8-bit states (``gpugd.ops.optim8``; a separate option
+        from ``state_dtype`` because an 8-bit state is not an array of one dtype but uint8
+        codes plus a float32 scale per ``block_size`` elements, as bitsandbytes'
+        ``optim_bits``). Each fp32 tensor of at least ``quant8.MIN_8BIT`` elements keeps its
+        states as ``<state>.codes`` (uint8, the tensor's shape) and ``<state>.absmax``
+        (float32 per block); smaller ones keep float32 ``<state>``. The CUDA step is then
+        decided on the host (the 8-bit ops take no device-side scale)."""
         self.max_grad_norm = (
             None if max_grad_norm is None else _positive("max_grad_norm", max_grad_norm)
         )
@@ -176,7 +186,7 @@ class Optimizer(StepMixin, CheckpointMixin):
             }
         )
         self._groups = groups
-        self._precision(master_weights, state_dtype, rounding, seed)
+        self._precision(master_weights, state_dtype, rounding, seed, state_bits, block_size)
         self.param_groups: list[dict[str, Any]] = [
             {**self.defaults, **g.hyper, "names": g.names} for g in groups
         ]
@@ -184,20 +194,33 @@ class Optimizer(StepMixin, CheckpointMixin):
         self._decision: Any = None  # its buffers (gpugd._step_decision.StepDecision)
         self._step_count = 0
         self.scheduler: Any = None  # set by a schedule from gpugd.schedules
-        self.monitor: Any = None  # set by gpugd.monitor.GradientMonitor
+        self.monitor = None  # set by gpugd.monitor.GradientMonitor
         self.loss_scaler: Any = None  # set by gpugd.amp.LossScaler
         self._skipped_steps = 0  # steps skipped for non-finite gradients (nonfinite="skip")
         self._last_report: StepReport | None = None
         self._grad_reduction: _reduce.Reduction | None = None
         for gi, group in enumerate(self.param_groups):
             self._kernel(group, 1, 1.0, self._groups[gi])  # validate every hyperparameter now
+            if self.state_bits == 8:
+                self._op8(group, 1)  # refuses what the 8-bit ops do not support
+        if self.state_bits == 8:
+            self._device_decides = False  # the 8-bit ops take no dev_scale: host decides
         self._allocate()
 
     # ---- precision policy
 
-    def _precision(self, master_weights: Any, state_dtype: Any, rounding: str, seed: Any) -> None:
+    def _precision(
+        self,
+        master_weights: Any,
+        state_dtype: Any,
+        rounding: str,
+        seed: Any,
+        state_bits: Any = 32,
+        block_size: Any = quant8.BLOCK,
+    ) -> None:
         """Check and record the precision policy: the parameters' dtype (one for every
-        group), the states' dtype, fp32 master weights, the rounding of the parameters."""
+        group), the states' dtype and bits, fp32 master weights, the rounding of the
+        parameters."""
         dtypes = {np.dtype(p.dtype) for g in self._groups for p in g.params}
         if len(dtypes) != 1:
             raise TypeError(
@@ -205,6 +228,7 @@ class Optimizer(StepMixin, CheckpointMixin):
             )
         pdt = dtypes.pop()
         self.param_dtype = pdt
+        self._check_state_bits(state_bits, block_size, pdt, master_weights, state_dtype)
         half = pdt.name in ("float16", "bfloat16")
         if not isinstance(master_weights, bool):
             raise TypeError(f"master_weights: expected a bool, got {master_weights!r}")
@@ -242,6 +266,54 @@ class Optimizer(StepMixin, CheckpointMixin):
         self.master_weights = master_weights
         self.rounding, self.seed = rounding, int(seed)
 
+    def _check_state_bits(
+        self, state_bits: Any, block_size: Any, pdt: np.dtype, master_weights: Any, sdt: Any
+    ) -> None:
+        if isinstance(state_bits, bool) or state_bits not in STATE_BITS:
+            raise ValueError(f"state_bits: expected one of {STATE_BITS}, got {state_bits!r}")
+        self.state_bits = int(state_bits)
+        self.block_size = quant8.check_block_size(block_size)
+        if self.state_bits == 32:
+            return
+        if pdt != np.float32:
+            raise ValueError(
+                f"state_bits=8: 8-bit states are for float32 parameters, these are {pdt}; "
+                "half-precision parameters keep float32 or bfloat16 states (state_dtype=)"
+            )
+        if master_weights is True:
+            raise ValueError("state_bits=8: master weights are not supported with 8-bit states")
+        try:
+            ok = sdt is None or np.dtype(sdt) == np.float32
+        except TypeError:  # a name NumPy does not know ("bfloat16" without ml_dtypes)
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"state_bits=8: the small tensors' states are float32, got state_dtype={sdt!r}"
+            )
+
+    def _op8(self, group: dict[str, Any], step: int) -> tuple[Any, dict[str, str], dict] | None:
+        """The 8-bit update of this group: (``gpugd.ops.optim8`` op, its state arguments →
+        state names in the op's order, hyperparameter keywords), or None when the group
+        keeps no state. Raises ValueError naming what the 8-bit ops do not support."""
+        raise ValueError(
+            f"state_bits=8: {type(self).__name__} has no 8-bit-state update (supported: SGD "
+            "with momentum, Adagrad, RMSprop without momentum or centering, Adam, AdamW, Lion)"
+        )
+
+    @property
+    def monitor(self) -> Any:
+        """The attached ``gpugd.monitor.GradientMonitor`` (None if none)."""
+        return self._monitor
+
+    @monitor.setter
+    def monitor(self, value: Any) -> None:
+        if value is not None and self.state_bits == 8:
+            raise ValueError(
+                "monitor: a GradientMonitor records per-tensor update statistics, which the "
+                "8-bit-state ops do not compute; monitor an optimizer with state_bits=32"
+            )
+        self._monitor = value
+
     def _rounding_key(self, t: int) -> int | None:
         """This step's stochastic-rounding key (a new stream every step), or None."""
         return _ops.rounding_key(self.rounding, self.seed * (1 << 32) + t)
@@ -268,6 +340,9 @@ class Optimizer(StepMixin, CheckpointMixin):
     def _allocate(self) -> None:
         self.state: dict[str, dict[str, Any]] = {n: {} for g in self._groups for n in g.names}
         self._buffers: dict[str, Any] = {}
+        if self.state_bits == 8:
+            self._allocate8()
+            return
         arena = next((g.flat for g in self._groups if g.flat is not None), None)
         for sname in self._all_state_names():
             if arena is not None:
@@ -287,6 +362,25 @@ class Optimizer(StepMixin, CheckpointMixin):
                         self.state[n][sname] = _full_like(p, fill, self.state_dtype)
         if self.master_weights:
             self._copy_masters(arena)
+        for g in self._groups:
+            g.tensors = None
+
+    def _allocate8(self) -> None:
+        """8-bit states, per tensor (arena tensors too): codes and absmax of the state's
+        initial value (Adagrad's initial_accumulator_value through ``quant8.quantize``) for
+        tensors of at least ``quant8.MIN_8BIT`` elements, float32 arrays for smaller ones."""
+        for group, g in zip(self.param_groups, self._groups, strict=True):
+            for sname, fill in self._state_fills(group).items():
+                for n, p in zip(g.names, g.params, strict=True):
+                    if quant8.use_8bit(p.size):
+                        full = np.full(p.size, fill, np.float32)
+                        codes, absmax = quant8.quantize(
+                            full, quant8.SIGNED_STATES[sname], self.block_size
+                        )
+                        self.state[n][sname + quant8.CODES] = _on(p, codes.reshape(p.shape))
+                        self.state[n][sname + quant8.ABSMAX] = _on(p, absmax)
+                    else:
+                        self.state[n][sname] = _full_like(p, fill, np.float32)
         for g in self._groups:
             g.tensors = None
 
@@ -355,7 +449,8 @@ class Optimizer(StepMixin, CheckpointMixin):
             lines.append(f"Parameter Group {gi} ({len(g.names)} tensors, {n:,} elements, {where})")
             lines += [f"    {k}: {group[k]}" for k in sorted(self.DEFAULTS)]
         lines.append(
-            f"params {self.param_dtype}, states {self.state_dtype}, master_weights="
+            f"params {self.param_dtype}, states {self.state_dtype}, state_bits="
+            f"{self.state_bits}, master_weights="
             f"{self.master_weights}, rounding={self.rounding!r}, max_grad_norm="
             f"{self.max_grad_norm}, clip_value={self.clip_value}, nonfinite={self.nonfinite!r}"
         )
@@ -391,6 +486,15 @@ class Optimizer(StepMixin, CheckpointMixin):
             if g.flat is None:
                 for a in g.grads:
                     a.fill(0)
+
+
+def _on(p: Any, host: np.ndarray) -> Any:
+    """``host`` on ``p``'s backend."""
+    if isinstance(p, np.ndarray):
+        return host
+    import cupy
+
+    return cupy.asarray(host)
 
 
 def _full_like(a: Any, fill: float, dtype: Any) -> Any:

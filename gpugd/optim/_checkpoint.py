@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .. import quant8
 from .._io import atomic_savez, load_npz
 
 FORMAT = "gpugd-checkpoint-1"
@@ -57,6 +58,8 @@ class CheckpointMixin:
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "skipped_steps": self.skipped_steps,
             "loss_scaler": None if self.loss_scaler is None else self.loss_scaler.state_dict(),
+            "state_bits": self.state_bits,
+            "block_size": self.block_size,
         }
 
     def _check_state_dict(self, sd: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -81,6 +84,7 @@ class CheckpointMixin:
             raise CheckpointError("state dict: layout and state must be mappings")
         if not isinstance(sd["param_groups"], list | tuple):
             raise CheckpointError("state dict: param_groups must be a list")
+        self._check_state_bits_of(sd)
         layout = sd["layout"]
         mine_names = [n for g in self._groups for n in g.names]
         if list(layout) != mine_names:
@@ -117,6 +121,8 @@ class CheckpointMixin:
             group = {**hyper, "names": g.names}
             try:
                 self._kernel(group, max(int(step), 1), 1.0, g)
+                if self.state_bits == 8:
+                    self._op8(group, max(int(step), 1))
             except (TypeError, ValueError) as exc:
                 raise CheckpointError(f"state dict: param_groups[{gi}]: {exc}") from None
             if self._state_fills(group).keys() != self._state_fills(self.param_groups[gi]).keys():
@@ -140,7 +146,8 @@ class CheckpointMixin:
                         f"state dict: {n!r}.{k} is {b.dtype}{list(b.shape)}, expected "
                         f"{a.dtype}{list(a.shape)}"
                     )
-                _check_values(f"state dict: {n!r}.{k}", b, nonnegative=k in SQUARED_STATES)
+                nonneg = k in SQUARED_STATES or k.endswith(quant8.ABSMAX)
+                _check_values(f"state dict: {n!r}.{k}", b, nonnegative=nonneg)
         gstate = sd.get("group_state", [{} for _ in self._groups])
         if not isinstance(gstate, list | tuple) or len(gstate) != len(self._groups):
             raise CheckpointError("state dict: group_state does not match the param groups")
@@ -169,6 +176,20 @@ class CheckpointMixin:
                 raise CheckpointError(f"state dict: {exc}") from None
         return new_groups
 
+    def _check_state_bits_of(self, sd: Mapping[str, Any]) -> None:
+        """The state dict's state bits and block size are this optimizer's."""
+        bits, bs = sd.get("state_bits", 32), sd.get("block_size", quant8.BLOCK)
+        if (bits, bs if bits == 8 else None) != (
+            self.state_bits,
+            self.block_size if self.state_bits == 8 else None,
+        ):
+            held = "32-bit" if bits == 32 else f"{bits!r}-bit (block_size {bs!r})"
+            mine = "32-bit" if self.state_bits == 32 else f"8-bit (block_size {self.block_size})"
+            raise CheckpointError(
+                f"state dict: holds {held} states, this optimizer keeps {mine} states; "
+                "load with convert_states=True to convert them"
+            )
+
     GROUP_STATE: ClassVar[dict[str, tuple[float, float]]] = {}  # name -> [lo, hi]: NAdam's Π μ
 
     def _check_group_state(self, gi: int, extra: Any) -> None:
@@ -189,10 +210,14 @@ class CheckpointMixin:
                     f"got {val!r}"
                 )
 
-    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
+    def load_state_dict(self, sd: Mapping[str, Any], *, convert_states: bool = False) -> None:
         """Restore a ``state_dict()``; everything is checked first, so a state dict that does
         not fit raises ``CheckpointError`` and changes nothing. Its hyperparameters replace
-        the optimizer's (torch's behaviour), validated as the constructor validates them."""
+        the optimizer's (torch's behaviour), validated as the constructor validates them.
+        ``convert_states=True``: states of other bits or block size are first converted to
+        this optimizer's (``convert_state_dict``); otherwise they are refused."""
+        if convert_states:
+            sd = convert_state_dict(sd, self.state_bits, self.block_size)
         new_groups = self._check_state_dict(sd)
         for n, st in self.state.items():
             for k, a in st.items():
@@ -235,11 +260,14 @@ class CheckpointMixin:
         atomic_savez(path, arrays)
         return path
 
-    def load(self, path: str | os.PathLike, *, model: Any = None) -> None:
+    def load(
+        self, path: str | os.PathLike, *, model: Any = None, convert_states: bool = False
+    ) -> None:
         """Load a checkpoint written by ``save``: parameters (when it has them), state and,
         with ``model``, the model's buffers (the checkpoint must have been saved with a
         model, and only then may ``model`` be given). Everything — the model's buffers
-        too — is validated before anything is written (``CheckpointError``)."""
+        too — is validated before anything is written (``CheckpointError``).
+        ``convert_states=True`` converts 32-bit and 8-bit states (``convert_state_dict``)."""
         path = Path(path)
         try:
             files = load_npz(path)
@@ -272,6 +300,8 @@ class CheckpointMixin:
         sd = {**meta, "state": state}
         sd.pop("model", None)
         try:
+            if convert_states:
+                sd = convert_state_dict(sd, self.state_bits, self.block_size)
             self._check_state_dict(sd)
             model_state = _check_model(meta.get("model", False), model_arrays, model)
         except CheckpointError as exc:
@@ -294,6 +324,65 @@ class CheckpointMixin:
         self.load_state_dict(sd)
         if model_state is not None:  # the parameters just loaded, the checkpoint's buffers
             model.load_state_dict({**model.state_dict(), **model_state})
+
+
+def convert_state_dict(
+    sd: Mapping[str, Any], state_bits: int, block_size: int = quant8.BLOCK
+) -> dict[str, Any]:
+    """A copy of a state dict (``state_dict()``'s, or a checkpoint's) with its states in
+    ``state_bits`` (8 or 32) and ``block_size``: an 8-bit state becomes float32
+    ``quant8.dequantize`` (qmap[code]·absmax); a float32 state of a tensor of at least
+    ``quant8.MIN_8BIT`` elements becomes ``quant8.quantize``'s codes and absmax (8 → 8 with
+    another block size goes through float32). Other states (and small tensors' states) are
+    kept. Raises CheckpointError on an 8-bit state whose arrays are not what they claim."""
+    if isinstance(state_bits, bool) or state_bits not in (8, 32):
+        raise ValueError(f"state_bits: expected 8 or 32, got {state_bits!r}")
+    block_size = quant8.check_block_size(block_size)
+    if not isinstance(sd.get("layout"), Mapping) or not isinstance(sd.get("state"), Mapping):
+        raise CheckpointError("state dict: layout and state must be mappings")
+    src_bits, src_bs = sd.get("state_bits", 32), sd.get("block_size", quant8.BLOCK)
+    if src_bits not in (8, 32) or (src_bits == 8 and src_bs not in quant8.BLOCK_SIZES):
+        raise CheckpointError(
+            f"state dict: state_bits {src_bits!r} / block_size {src_bs!r} are not 8 or 32 / "
+            f"one of {quant8.BLOCK_SIZES}"
+        )
+    state = {}
+    for n, st in sd["state"].items():
+        if n not in sd["layout"] or not isinstance(st, Mapping):
+            raise CheckpointError(f"state dict: tensor {n!r} has no layout or no state mapping")
+        shape = tuple(sd["layout"][n]["shape"])
+        out = dict(st)
+        for s, signed in quant8.SIGNED_STATES.items():
+            if s + quant8.CODES in st or s + quant8.ABSMAX in st:
+                x = _dequantized(f"{n!r}.{s}", st, s, shape, signed, src_bs)
+                del out[s + quant8.CODES], out[s + quant8.ABSMAX]
+            elif s in st:
+                x = np.asarray(st[s])
+            else:
+                continue
+            if state_bits == 8 and quant8.use_8bit(x.size) and x.dtype == np.float32:
+                codes, absmax = quant8.quantize(x.reshape(-1), signed, block_size)
+                out.pop(s, None)
+                out[s + quant8.CODES], out[s + quant8.ABSMAX] = codes.reshape(x.shape), absmax
+            else:
+                out[s] = x
+        state[n] = out
+    return {**sd, "state": state, "state_bits": state_bits, "block_size": block_size}
+
+
+def _dequantized(what: str, st: Mapping, s: str, shape: tuple, signed: bool, bs: int) -> Any:
+    """float32 values of an 8-bit state in a state dict, its arrays checked first."""
+    codes, absmax = st.get(s + quant8.CODES), st.get(s + quant8.ABSMAX)
+    if codes is None or absmax is None:
+        raise CheckpointError(f"state dict: {what} needs both .codes and .absmax")
+    codes, absmax = np.asarray(codes), np.asarray(absmax)
+    nb = quant8.blocks(int(np.prod(shape)), bs)
+    if codes.dtype != np.uint8 or codes.shape != shape:
+        raise CheckpointError(f"state dict: {what}.codes must be uint8{list(shape)}")
+    if absmax.dtype != np.float32 or absmax.shape != (nb,):
+        raise CheckpointError(f"state dict: {what}.absmax must be float32[{nb}]")
+    _check_values(f"state dict: {what}.absmax", absmax, nonnegative=True)
+    return quant8.dequantize(codes.reshape(-1), absmax, signed, bs).reshape(shape)
 
 
 def _model_buffers(model: Any) -> dict[str, Any]:

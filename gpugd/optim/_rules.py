@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import _validate
 from ..ops import optim as _ops
+from ..ops import optim8 as _ops8
 from ..reference import nadam_mu
 from ._base import Optimizer
 
@@ -26,6 +27,12 @@ class SGD(Optimizer):
     def _kernel(self, group, step, grad_scale, g):
         h = {k: group[k] for k in self.DEFAULTS}
         return _ops.sgd_kernel(**h, step=step, grad_scale=grad_scale)
+
+    def _op8(self, group, step):
+        if group["momentum"] == 0:
+            return None
+        h = {k: group[k] for k in self.DEFAULTS}
+        return _ops8.momentum8bit_, {"momentum_buffer": "momentum_buffer"}, {**h, "step": step}
 
 
 class Adagrad(Optimizer):
@@ -50,6 +57,10 @@ class Adagrad(Optimizer):
         h = {k: group[k] for k in self.DEFAULTS if k != "initial_accumulator_value"}
         return _ops.adagrad_kernel(**h, step=step, grad_scale=grad_scale)
 
+    def _op8(self, group, step):
+        h = {k: group[k] for k in self.DEFAULTS if k != "initial_accumulator_value"}
+        return _ops8.adagrad8bit_, {"state_sum": "sum"}, {**h, "step": step}
+
 
 class RMSprop(Optimizer):
     """torch.optim.RMSprop: alpha, eps, momentum, centered (``gpugd.ops.rmsprop_``)."""
@@ -70,6 +81,15 @@ class RMSprop(Optimizer):
         h = {k: group[k] for k in self.DEFAULTS}
         return _ops.rmsprop_kernel(**h, grad_scale=grad_scale)
 
+    def _op8(self, group, step):
+        if group["centered"] or group["momentum"] > 0:
+            raise ValueError(
+                "state_bits=8: RMSprop's 8-bit update is the plain rule; centered=True or "
+                "momentum > 0 need state_bits=32"
+            )
+        h = {k: group[k] for k in ("lr", "alpha", "eps", "weight_decay")}
+        return _ops8.rmsprop8bit_, {"square_avg": "square_avg"}, h
+
 
 class Adam(Optimizer):
     """torch.optim.Adam (with amsgrad), coupled L2 weight decay (``gpugd.ops.adam_``)."""
@@ -88,6 +108,13 @@ class Adam(Optimizer):
     def _kernel(self, group, step, grad_scale, g):
         h = {k: group[k] for k in self.DEFAULTS}
         return _ops.adam_kernel(**h, decoupled=self.DECOUPLED, step=step, grad_scale=grad_scale)
+
+    def _op8(self, group, step):
+        if group["amsgrad"]:
+            raise ValueError("state_bits=8: amsgrad=True needs state_bits=32 (no 8-bit AMSGrad)")
+        h = {k: group[k] for k in ("lr", "betas", "eps", "weight_decay")}
+        states = {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}
+        return _ops8.adam8bit_, states, {**h, "decoupled": self.DECOUPLED, "step": step}
 
 
 class AdamW(Adam):
@@ -144,3 +171,6 @@ class Lion(Optimizer):
     def _kernel(self, group, step, grad_scale, g):
         h = {k: group[k] for k in self.DEFAULTS}
         return _ops.lion_kernel(**h, grad_scale=grad_scale)
+
+    def _op8(self, group, step):
+        return _ops8.lion8bit_, {"exp_avg": "exp_avg"}, {k: group[k] for k in self.DEFAULTS}

@@ -8,6 +8,9 @@ import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numpy as np
+
+from .. import quant8
 from ..ops import optim as _ops
 from ..ops import reduce as _reduce
 
@@ -120,9 +123,12 @@ class StepMixin:
         clip = math.inf if self.clip_value is None else self.clip_value
         key = self._rounding_key(t)
         update_stats = []
-        for gi, k in enumerate(kernels):
-            k = k._replace(grad_scale=k.grad_scale * coef, clip=clip, key=key)
-            update_stats.append(k.launch(self._tensors(gi, k), skip_if, stats=watch))
+        kernels = [k._replace(grad_scale=k.grad_scale * coef, clip=clip, key=key) for k in kernels]
+        if self.state_bits == 8:
+            self._launch8(t, kernels, skip_if)
+        else:
+            for gi, k in enumerate(kernels):
+                update_stats.append(k.launch(self._tensors(gi, k), skip_if, stats=watch))
         if skip_if is not None and int(skip_if.reshape(-1)[0]) != 0:
             self._last_report = report._replace(skipped=True)
             return loss  # skipped: no state touched, the step counter not advanced
@@ -134,6 +140,59 @@ class StepMixin:
         if watch:
             self.monitor._record(t, gstats, abs(grad_scale), update_stats)
         return loss
+
+    # ---- 8-bit states (state_bits=8)
+
+    def _launch8(self, t: int, kernels: list[Any], skip_if: Any) -> None:
+        """One step of every group with 8-bit states: per group, the float32 kernel over its
+        small tensors (one multi-tensor launch) and the group's ``gpugd.ops.optim8`` op on
+        each tensor with 8-bit states, with the kernel's grad scale (clip coefficient
+        folded in), clip value and ``skip_if``. Everything is validated before any launch."""
+        from ..ops.optim8 import State8
+
+        be = "cpu" if isinstance(self._groups[0].params[0], np.ndarray) else "cuda"
+        skip_if = _ops._skip_flag(skip_if, be)
+        plans = []
+        for gi, k in enumerate(kernels):
+            g = self._groups[gi]
+            op = self._op8(self.param_groups[gi], t)
+            if op is None:  # no state (SGD without momentum): the float32 kernel as it is
+                plans.append((k, self._tensors(gi, k), []))
+                continue
+            fn, args, hyper = op
+            first = next(iter(args.values())) + quant8.ABSMAX
+            small = [j for j, n in enumerate(g.names) if first not in self.state[n]]
+            small_tensors = self._small_tensors(gi, k, small) if small else None
+            clip = None if math.isinf(k.clip) else k.clip
+            kw = dict(hyper, grad_scale=k.grad_scale, clip_value=clip, block_size=self.block_size)
+            calls = []
+            for j, n in enumerate(g.names):
+                if j in small:
+                    continue
+                st = self.state[n]
+                s8 = [State8(st[s + quant8.CODES], st[s + quant8.ABSMAX]) for s in args.values()]
+                calls.append((fn, g.params[j], g.grads[j], s8, kw))
+            plans.append((k, small_tensors, calls))
+        for k, tensors, calls in plans:
+            if tensors is not None:
+                k.launch(tensors, skip_if)
+            for fn, p, gr, s8, kw in calls:
+                fn(p, gr, *s8, **kw, skip_if=skip_if)
+
+    def _small_tensors(self, gi: int, k: Any, small: list[int]) -> Any:
+        """The float32 kernel's arrays over a group's small tensors (cached)."""
+        g = self._groups[gi]
+        key = ("small8", *(why is not None for why in k.states.values()))
+        if g.tensors is None or g.tensors_key != key:
+            names = [g.names[j] for j in small]
+            given = {
+                arg: [self.state[n][self.STATE_KEYS.get(arg, arg)] for n in names]
+                for arg, why in k.states.items()
+                if why is not None
+            }
+            p, gr = [g.params[j] for j in small], [g.grads[j] for j in small]
+            g.tensors, g.tensors_key = k.tensors(p, gr, given, None), key
+        return g.tensors
 
     # ---- the CUDA step decided on the device
 
