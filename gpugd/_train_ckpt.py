@@ -211,6 +211,7 @@ def load_trainer(
     if not isinstance(meta["config"], dict) or "epochs" not in meta["config"]:
         raise ResumeError(f"{path}: config: expected the run's configuration")
     saved = dict(meta["config"])
+    saved.setdefault("state_bits", 32)  # runs saved before the option had 32-bit states
     now = cfg.to_json()
     saved_epochs, now_epochs = saved.pop("epochs"), now.pop("epochs")
     diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))

@@ -212,7 +212,17 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
         "--lr",
         type=float,
         default=None,
-        help="learning rate (default: 0.1 sgd, 0.05 adagrad, 1e-3 rmsprop, 1e-2 adam/adamw/nadam)",
+        help="learning rate (default: 0.1 sgd, 0.05 adagrad, 1e-3 rmsprop/lion, "
+        "1e-2 adam/adamw/nadam)",
+    )
+    t.add_argument(
+        "--state-bits",
+        type=int,
+        choices=(32, 8),
+        default=d.state_bits,
+        help="optimizer state precision: 8 = blockwise 8-bit states (codes + one float32 "
+        "absmax per 2048 elements; tensors under 4096 elements stay float32); float32 "
+        "parameters, not nadam or rmsprop with momentum; no gradient monitor",
     )
     t.add_argument("--momentum", type=float, default=d.momentum, help="sgd, rmsprop")
     t.add_argument("--nesterov", action="store_true", help="sgd with momentum")
@@ -359,6 +369,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=0 if args.seed is None else args.seed,
         dtype=args.dtype,
         monitor_every=args.monitor_every,
+        state_bits=args.state_bits,
     )
     comm = None
     if _world_size() > 1:

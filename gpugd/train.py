@@ -55,6 +55,7 @@ OPTIMIZERS = {
     "adam": optim.Adam,
     "adamw": optim.AdamW,
     "nadam": optim.NAdam,
+    "lion": optim.Lion,
 }
 # learning rates when none is given: larger than torch's Adam default, since the
 # embedded problems train for tens of epochs, not thousands
@@ -65,7 +66,9 @@ DEFAULT_LR = {
     "adam": 1e-2,
     "adamw": 1e-2,
     "nadam": 1e-2,
+    "lion": 1e-3,  # Lion's sign update takes a learning rate ~10x smaller than Adam's
 }
+STATE_BITS = (32, 8)
 SCHEDULES = ("none", "step", "exponential", "cosine", "plateau")
 GD_MODES = ("minibatch", "batch", "sgd")
 
@@ -169,6 +172,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     monitor_every: int = 1
+    state_bits: int = 32  # 8: blockwise 8-bit optimizer states (float32 parameters only)
     extra: dict[str, Any] = field(default_factory=dict)  # optimizer keyword overrides
 
     def validate(self) -> TrainConfig:
@@ -234,6 +238,15 @@ class TrainConfig:
             "nesterov",
             "False unless optimizer='sgd' with momentum > 0",
         )
+        need(self.state_bits in STATE_BITS, "state_bits", f"one of {STATE_BITS}")
+        if self.state_bits == 8:
+            need(self.optimizer != "nadam", "state_bits", "32 with optimizer='nadam'")
+            need(self.dtype == "float32", "state_bits", "32 unless dtype='float32'")
+            need(
+                self.optimizer != "rmsprop" or self.momentum == 0,
+                "state_bits",
+                "32 with rmsprop momentum > 0",
+            )
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -404,6 +417,8 @@ def build(cfg: TrainConfig, n_in: int, n_classes: int, xp: Any = np) -> tuple:
     if cfg.nesterov:
         hyper["nesterov"] = True
     hyper.update(cfg.extra)
+    if cfg.state_bits != 32:
+        hyper["state_bits"] = cfg.state_bits
     opt = OPTIMIZERS[cfg.optimizer](
         flat, max_grad_norm=cfg.max_grad_norm, clip_value=cfg.clip_value, **hyper
     )
@@ -597,7 +612,8 @@ def _warm_up(cfg: TrainConfig, train: _data.Dataset, batch_size: int, xp: Any) -
     optimizer and random streams are not touched."""
     t0 = time.perf_counter()
     model, opt, sched = build(cfg, train.X.shape[1], train.n_classes, xp)
-    trainer = Trainer(model, opt, schedule=sched, monitor=GradientMonitor(opt))
+    mon = GradientMonitor(opt) if cfg.state_bits == 32 else None  # 8-bit: no monitor
+    trainer = Trainer(model, opt, schedule=sched, monitor=mon)
     n = min(len(train.X), max(batch_size, 2))
     X, y = train.X[:n], train.y[:n]
     trainer.train_epoch(X, y, n, np.random.default_rng(0))
@@ -710,7 +726,8 @@ def run(
     xp = _xp(backend)
     train, val = load_data(cfg)
     model, opt, sched = build(cfg, train.X.shape[1], train.n_classes, xp)
-    monitor = GradientMonitor(opt, every=cfg.monitor_every)
+    # the monitor reads float32 states; 8-bit states run without it (no flags recorded)
+    monitor = GradientMonitor(opt, every=cfg.monitor_every) if cfg.state_bits == 32 else None
     trainer = Trainer(model, opt, schedule=sched, monitor=monitor, l1=cfg.l1, l2=cfg.l2, comm=comm)
     bs = batch_size_of(cfg, len(train.X))
     if cfg.batch_norm and (len(train.X) < 2 or (cfg.gd == "sgd")):
@@ -773,11 +790,11 @@ def run(
             _early_stopping(state, cfg, epoch, ev["loss"] if len(val.X) else tr["loss"], model)
             state.update(epoch=epoch, opt_step=opt.step_count, rng=rng.bit_generator.state)
             bar.epoch(epoch, row)
-            new = monitor.events[n_flags:]
+            new = monitor.events[n_flags:] if monitor is not None else []
             room = KEEP_FLAGS - len(state["monitor_flags"])
             state["monitor_flags"].extend(_flags(new[: max(room, 0)]))
             state["monitor_flags_total"] += len(new)
-            n_flags = len(monitor.events)
+            n_flags += len(new)
             if rd is not None and rank0:
                 with _sigint_deferred():  # a whole generation, then the pointer moves
                     save_generation(rd, state, opt, model)
@@ -832,6 +849,8 @@ def _grad_summary(history: dict[str, Any], weights: list[str]) -> dict[str, floa
     (the vanishing-gradient picture); empty without Dense weights or epochs."""
     if not weights or not history[f"grad/{weights[0]}"]:
         return {}
+    if np.isnan(np.asarray(history[f"grad/{weights[0]}"], float)).all():
+        return {}  # no monitor (8-bit states): no gradient norms recorded
     first = float(np.nanmean(np.asarray(history[f"grad/{weights[0]}"], float)))
     last = float(np.nanmean(np.asarray(history[f"grad/{weights[-1]}"], float)))
     return {
