@@ -362,3 +362,12 @@ def test_thousand_steps_of_the_8bit_class_stay_near_its_32bit_trajectory():
     bound_apart, bound_opt = QUAD_BOUNDS["adam"]
     assert 0 < apart <= bound_apart, apart
     assert np.linalg.norm(p8 - c) / scale <= bound_opt
+
+
+def test_repr_names_the_8bit_states():
+    ps = {"w": np.zeros(5000, np.float32)}
+    gs = {"w": np.zeros(5000, np.float32)}
+    r8 = repr(_opt(Adam, ps, gs, state_bits=8, block_size=256))
+    assert "states 8-bit (block 256; float32 under 4,096 elements), state_bits=8" in r8
+    r32 = repr(_opt(Adam, ps, gs))
+    assert "states float32, state_bits=32" in r32 and "8-bit" not in r32

@@ -448,9 +448,14 @@ class Optimizer(StepMixin, CheckpointMixin):
             where = "arena" if g.flat is not None else "list"
             lines.append(f"Parameter Group {gi} ({len(g.names)} tensors, {n:,} elements, {where})")
             lines += [f"    {k}: {group[k]}" for k in sorted(self.DEFAULTS)]
+        states = f"states {self.state_dtype}, state_bits={self.state_bits}"
+        if self.state_bits == 8:
+            states = (
+                f"states 8-bit (block {self.block_size}; {self.state_dtype} under "
+                f"{quant8.MIN_8BIT:,} elements), state_bits=8"
+            )
         lines.append(
-            f"params {self.param_dtype}, states {self.state_dtype}, state_bits="
-            f"{self.state_bits}, master_weights="
+            f"params {self.param_dtype}, {states}, master_weights="
             f"{self.master_weights}, rounding={self.rounding!r}, max_grad_norm="
             f"{self.max_grad_norm}, clip_value={self.clip_value}, nonfinite={self.nonfinite!r}"
         )
