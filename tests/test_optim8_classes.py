@@ -371,3 +371,23 @@ def test_repr_names_the_8bit_states():
     assert "states 8-bit (block 256; float32 under 4,096 elements), state_bits=8" in r8
     r32 = repr(_opt(Adam, ps, gs))
     assert "states float32, state_bits=32" in r32 and "8-bit" not in r32
+
+
+@pytest.mark.parametrize("bad", ["w", "b"])  # a non-finite gradient in an 8-bit / fp32 tensor
+def test_nonfinite_skip_changes_nothing(xp, bad):
+    p0, grads = _inputs(xp)
+    opt, ps, gs = _build(Adam, {}, xp, False, p0, nonfinite="skip", max_grad_norm=1e3)
+    for n in SHAPES:
+        gs[n][...] = xp.asarray(grads[0][n])
+    gs[bad].reshape(-1)[3] = xp.inf
+    before = {n: {k: to_numpy(a).copy() for k, a in st.items()} for n, st in opt.state.items()}
+    opt.step()
+    assert opt.step_count == 0 and opt.last_report.skipped
+    for n in SHAPES:
+        np.testing.assert_array_equal(to_numpy(ps[n]), p0[n])
+        for k, a in before[n].items():
+            np.testing.assert_array_equal(to_numpy(opt.state[n][k]), a)
+    gs[bad].reshape(-1)[3] = 0.0  # finite again: the step runs
+    opt.step()
+    assert opt.step_count == 1 and not opt.last_report.skipped
+    assert not np.array_equal(to_numpy(ps["w"]), p0["w"])
