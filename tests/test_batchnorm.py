@@ -292,9 +292,7 @@ def test_cuda_paths_match_the_numba_kernels(layout, shape, dtype, offset):
     assert_rel_close(got_m, want_m, 1e-13, "mean")
     assert_rel_close(got_v, want_v, 1e-13, "var")
     s1, s2 = cpu("batchnorm").grad_sums(dy0.reshape(a, c, b), x0.reshape(a, c, b), want_m)
-    g1, g2 = bn.cuda_grad_sums(
-        dy.reshape(a, c, b), x.reshape(a, c, b), cupy.asarray(want_m)
-    )
+    g1, g2 = bn.cuda_grad_sums(dy.reshape(a, c, b), x.reshape(a, c, b), cupy.asarray(want_m))
     assert_rel_close(g1, s1, 1e-13, "sum dy")
     assert_rel_close(g2, s2, 1e-13, "sum dy (x - mean)")
     rm, rv = want_m.astype(dtype), want_v.astype(dtype)
