@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
+import re
 import statistics
 import sys
 import time
@@ -304,9 +305,31 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 # What each ceiling class is (the name in a row's ``ceiling`` column).
 CEILING_NOTES = {
     "inplace": "best of the copy, triad and in-place loops (streams that read and write)",
-    "read": "best of the read loop and the inplace ceiling",
+    "read": "the read loop (one array summed, nothing written)",
     "matmul": "the step's matrix products alone (suite_train): % = matmul time / step time",
 }
+
+
+def ceiling_note(name: str) -> str:
+    """What a row's ceiling is: a class (``CEILING_NOTES``), a loop over the kernel's own
+    buffers with its traffic mix (``r2w1``: two arrays read, one written fresh; ``a+b``: two
+    passes) or a compute bound (``...math``)."""
+    if name in CEILING_NOTES:
+        return CEILING_NOTES[name]
+    if "math" in name:
+        from .ceilings import MIX_NOTES
+
+        return MIX_NOTES["math"]
+    mix = re.fullmatch(r"(?:[rmw]\d+)+(?:\+(?:[rmw]\d+)+)*", name)
+    if mix is None:
+        return "see the suite module"
+    passes = []
+    for part in name.split("+"):
+        words = {"r": "read", "m": "rewritten in place", "w": "written fresh"}
+        passes.append(", ".join(f"{k} {words[c]}" for c, k in re.findall(r"([rmw])(\d+)", part)))
+    what = "; then ".join(passes)
+    return f"a loop over the kernel's own buffers with its traffic (arrays): {what}"
+
 
 # Why a row can read above 100% of its ceiling, by cause (footnotes under a suite's table).
 OVER_CEILING = {
@@ -351,7 +374,7 @@ def format_suite(
     used = sorted({r["ceiling"] for r in rows})
     lines = [f"== {name} ({len(rows)} rows)", format_table(marked)]
     for c in used:
-        lines.append(f"  ceiling {c}: {CEILING_NOTES.get(c, 'see the suite module')}")
+        lines.append(f"  ceiling {c}: {ceiling_note(c)}")
     for cause, mark in marks.items():
         lines.append(f"  {mark} above 100%: {OVER_CEILING[cause]}")
     return "\n".join(lines)
