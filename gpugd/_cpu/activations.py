@@ -24,13 +24,14 @@ import numpy as np
 from numba import njit, prange
 
 from .vector import CHUNK, PARALLEL_MIN
-from .vmath import BLOCK, fma, like, prefetch_block, vexp, vexpm1, vphi, vphi_gauss
+from .vmath import BLOCK, fma, like, mul_rn, prefetch_block, vexp, vexpm1, vphi, vphi_gauss
 
 # kernel ids, the same in kernels/activations.cu; selu runs as elu with its constants
 KINDS = ("sigmoid", "tanh", "relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "softplus", "silu")
-_K = 0.7978845608028654  # √(2/π)
-_C = 0.044715
 _INV_SQRT_2PI = 0.3989422804014327
+# gelu_tanh's argument 2u = A·x + B·x³, A = 2√(2/π), B = 0.044715·A: float64 heads and tails
+_A, _A_LO = 1.5957691216057308, -9.96930880911092e-17
+_B, _B_LO = 0.07135481627260025, -6.175149918155315e-19
 
 _J = dict(inline="always", error_model="numpy", fastmath={"contract"})
 
@@ -40,6 +41,15 @@ def _sig(x):
     one = like(x, 1.0)
     e = vexp(-abs(x))
     return one / (one + e) if x >= 0 else e / (one + e)
+
+
+@njit(**_J)
+def _sig_pair(x):
+    """(σ(x), 1 − σ(x)) from one exponential: 1 − σ(x) as σ(−x), not by cancellation."""
+    one = like(x, 1.0)
+    e = vexp(-abs(x))
+    big, small = one / (one + e), e / (one + e)
+    return (big, small) if x >= 0 else (small, big)
 
 
 @njit(**_J)
@@ -77,12 +87,14 @@ def _tanh_b(dy, y, a, b):
 
 @njit(**_J)
 def _relu_f(x, a, b):
-    return x if x > 0 else x * like(x, 0.0)
+    return like(x, 0.0) if x < 0 else x  # relu(−Inf) = +0, relu(−0) = −0, NaN kept (torch)
 
 
 @njit(**_J)
 def _relu_b(dy, x, a, b):
-    return dy if x > 0 else dy * like(dy, 0.0)
+    # torch's select: dy where x > 0, else +0 (for every dy, ±Inf included); NaN in x or dy
+    # gives NaN (a NaN is not a point where the derivative is 0)
+    return dy if x > 0 else (x + dy if x != x or dy != dy else like(dy, 0.0))
 
 
 @njit(**_J)
@@ -92,7 +104,7 @@ def _leaky_relu_f(x, a, b):
 
 @njit(**_J)
 def _leaky_relu_b(dy, x, a, b):
-    return dy if x > 0 else a * dy
+    return dy if x > 0 else (a * dy if x == x else x)  # NaN x: NaN, not the slope's side
 
 
 @njit(**_J)
@@ -102,32 +114,73 @@ def _elu_f(x, a, b):
 
 @njit(**_J)
 def _elu_b(dy, x, a, b):
-    return b * dy if x > 0 else b * a * dy * vexp(x)
+    return b * dy if x > 0 else dy * (b * a * vexp(x))  # dy ⊗ f'(x): Inf·0 is NaN
 
 
 @njit(**_J)
 def _gelu_f(x, a, b):
-    return x * vphi(x)  # x·Φ(x) = ½x(1 + erf(x/√2)), Φ from erfc: accurate in both tails
+    # x·Φ(x) = ½x(1 + erf(x/√2)), Φ from erfc: accurate in both tails; gelu(−Inf) = −0
+    return x * vphi(x) if x != like(x, -np.inf) else like(x, -0.0)
 
 
 @njit(**_J)
 def _gelu_b(dy, x, a, b):
-    cdf, gauss = vphi_gauss(x)  # Φ(x) and e^(−x²/2) from one exponential
-    return dy * (cdf + x * like(x, _INV_SQRT_2PI) * gauss)
+    # f'(x) = Φ(x) + x·φ(x), Φ and e^(−x²/2) from one exponential. Past |x| = 40 it is 1
+    # or a negative value below every subnormal: x clamped there (Inf·0 at ±Inf), and a 0
+    # for x < −1 (where f' < 0) is −0
+    xc = like(x, 40.0) if x > like(x, 40.0) else (like(x, -40.0) if x < like(x, -40.0) else x)
+    cdf, gauss = vphi_gauss(xc)
+    d = cdf + xc * like(x, _INV_SQRT_2PI) * gauss
+    return dy * (like(x, -0.0) if d == like(x, 0.0) and x < like(x, -1.0) else d)
+
+
+@njit(**_J)
+def _sig_gelu_tanh(x):
+    """(s, 1 − s), s = σ(2u), 2u = A·x + B·x³ (A = 2√(2/π), B = 0.044715·A), 2u as t + δ.
+
+    In the tail σ(t) has relative condition |t| (~240 at x = −14.5): a t rounded alone, or
+    constants rounded to x's type, cost |t| ulps; σ(t + δ) = σ(t)(1 + (1 − σ(t))·δ) keeps
+    the roundings of x³ (fma), of the constants (heads and tails) and of the sums in δ.
+    1 − s is σ(−t), exact where s rounds to 1 (f' needs it for x > 0). δ is 0 past
+    |x| = 10^4, where σ is 0 or 1 (and x³ may overflow).
+    """
+    a = like(x, _A)
+    a_lo = like(x, (_A - np.float64(a)) + _A_LO)  # float32: the head's rounding, float64: _A_LO
+    b = like(x, _B)
+    b_lo = like(x, (_B - np.float64(b)) + _B_LO)
+    p = x * x
+    q = p * x  # x³ = q + eq
+    eq = fma(p, x, -q) + fma(x, x, -p) * x
+    h1 = mul_rn(b, q)  # rounded, not fused into t: the two-sum needs h1 and h2 as floats
+    e1 = fma(b, q, -h1) + (b * eq + b_lo * q)
+    h2 = mul_rn(a, x)
+    e2 = fma(a, x, -h2) + a_lo * x
+    t = h1 + h2
+    r = t - h1
+    d = ((h1 - (t - r)) + (h2 - r)) + (e1 + e2)  # two-sum of h1 + h2, then the tails
+    d = d if abs(x) < like(x, 1e4) else like(x, 0.0)
+    s, c = _sig_pair(t)
+    sc = s * c * d
+    return s + sc, c - sc
 
 
 @njit(**_J)
 def _gelu_tanh_f(x, a, b):
-    half, one = like(x, 0.5), like(x, 1.0)
-    return half * x * (one + _tanh(like(x, _K) * (x + like(x, _C) * x * x * x)))
+    # ½x(1 + tanh u) = x·σ(2u), u = √(2/π)(x + 0.044715x³): 1 + tanh u cancels for x ≪ 0
+    # (−0 from x = −10 in float32), σ(2u) keeps its relative accuracy; gelu_tanh(−Inf) = −0
+    return x * _sig_gelu_tanh(x)[0] if x != like(x, -np.inf) else like(x, -0.0)
 
 
 @njit(**_J)
 def _gelu_tanh_b(dy, x, a, b):
-    half, one, k, c = like(x, 0.5), like(x, 1.0), like(x, _K), like(x, _C)
-    t = _tanh(k * (x + c * x * x * x))
-    dt = (one - t * t) * k * (one + like(x, 3.0) * c * x * x)
-    return dy * (half * (one + t) + half * x * dt)
+    # f'(x) = s + x·s(1 − s)·(A + 3B·x²), s = σ(2u); past |x| = 10^4 it is 1 (x > 0) or a
+    # negative value below every subnormal (x·s·(1 − s) with s = e^(−10^12)), where
+    # 3Bx² would overflow and s(1 − s) be 0: Inf·0. A 0 for x < −1 (f' < 0 there) is −0.
+    s, c = _sig_gelu_tanh(x)
+    d = s + x * s * c * (like(x, _A) + like(x, 3.0 * _B) * x * x)
+    d = like(x, -0.0) if d == like(x, 0.0) and x < like(x, -1.0) else d
+    far = dy if x > 0 else dy * like(x, -0.0)
+    return far if abs(x) > like(x, 1e4) else dy * d
 
 
 @njit(**_J)
@@ -145,14 +198,15 @@ def _softplus_b(dy, x, a, b):
 
 @njit(**_J)
 def _silu_f(x, a, b):
-    return x * _sig(x)
+    return x * _sig(x) if x != like(x, -np.inf) else like(x, -0.0)  # silu(−Inf) = −0
 
 
 @njit(**_J)
 def _silu_b(dy, x, a, b):
-    one = like(x, 1.0)
-    s = _sig(x)
-    return dy * s * (one + x * (one - s))
+    s, c = _sig_pair(x)  # c = 1 − s, exact where s rounds to 1
+    far = dy if x > 0 else dy * like(x, -0.0)  # f'(±Inf) = 1, −0 (s(1 + x(1 − s)): Inf·0)
+    # f' first, then dy: dy·s would round a subnormal s(x) twice (x = −103 in float32)
+    return far if abs(x) == like(x, np.inf) else dy * (s * (like(x, 1.0) + x * c))
 
 
 # ---- loops: the kind picked outside, one vectorizable loop each --------------------------

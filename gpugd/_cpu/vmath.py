@@ -65,6 +65,20 @@ def fma(typingctx, a, b, c):
     return a(a, b, c), codegen
 
 
+@intrinsic
+def mul_rn(typingctx, a, b):
+    """a·b rounded once and never contracted into a following add (an exact-sum step such
+    as Fast2Sum needs the rounded product, not a fused one). Numba's fastmath pass flags
+    only unflagged instructions, so this one carries ``arcp``, which has no effect on ·."""
+    if not (a == b and a in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fmul(args[0], args[1], flags=("arcp",))
+
+    return a(a, b), codegen
+
+
 # Elements per block of the streaming loops (``stream``): an inner loop of fixed length
 # that vectorizes; the prefetches run once per block, PREFETCH_BYTES ahead of it.
 BLOCK = 64
@@ -385,9 +399,31 @@ def _phi32(x):
     return _phi_gauss32(x)[0]
 
 
+# 1/√2 = _RSQRT2 + _RSQRT2_LO (float64 head and tail); 2/√π
+_RSQRT2, _RSQRT2_LO = 0.7071067811865476, -4.833646656726457e-17
+_TWO_RSQRTPI = 1.1283791670955126
+
+
 @njit(error_model="numpy", fastmath={"contract"})
 def _phi64(x):
-    return 0.5 * math.erfc(-x * 0.7071067811865476)
+    # Φ(x) = ½·erfc(z), z = −x/√2 carried as z + lo: a rounded z alone costs 2z² ulps in
+    # erfc's tail (~340 at x = −26); erfc(z + lo) = erfc(z) − (2/√π)·e^(−z²)·lo, the
+    # square's own rounding only in that small correction. lo is 0 past |x| = 10^30 (Inf − Inf
+    # at ±Inf), where the correction is 0 anyway.
+    z = -x * _RSQRT2
+    lo = fma(-x, _RSQRT2, -z) - x * _RSQRT2_LO
+    lo = lo if abs(x) <= 1e30 else 0.0
+    return 0.5 * (math.erfc(z) - _TWO_RSQRTPI * math.exp(-z * z) * lo)
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def _gauss64(x):
+    # e^(−x²/2) with x² = hi + lo split exactly (a rounded x²/2 costs x²/2 ulps: ~340 at
+    # |x| = 26); |x| clamped at 40, past which it is 0, so lo stays finite at ±Inf
+    xa = min(abs(x), 40.0)
+    hi = xa * xa
+    lo = fma(xa, xa, -hi)
+    return _exp64(-0.5 * hi) * (1.0 - 0.5 * lo)
 
 
 @overload(vphi_gauss, inline="always")
@@ -395,7 +431,7 @@ def _vphi_gauss(x):
     if x == types.float32:
         return lambda x: _phi_gauss32(x)
     if x == types.float64:
-        return lambda x: (_phi64(x), _exp64(-0.5 * x * x))
+        return lambda x: (_phi64(x), _gauss64(x) if x == x else x)
     return None
 
 
