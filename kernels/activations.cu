@@ -16,60 +16,133 @@ __device__ __forceinline__ T sig(T x) {
   return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
 }
 
+// σ(x) and 1 − σ(x) = σ(−x) from one exponential (no cancellation where σ rounds to 1)
+template <typename T>
+__device__ __forceinline__ void sig_pair(T x, T& s, T& c) {
+  const T e = exp(-fabs(x));
+  const T big = T(1) / (T(1) + e), small = e / (T(1) + e);
+  s = x >= T(0) ? big : small;
+  c = x >= T(0) ? small : big;
+}
+
 template <typename T>
 __device__ __forceinline__ T stable_tanh(T x) {
   const T m = expm1(T(-2) * fabs(x));  // tanh|x| = −m/(2 + m)
   const T t = -m / (T(2) + m);
-  return x >= T(0) ? t : -t;
+  return x > T(0) ? t : (x < T(0) ? -t : x);  // ±0 and NaN: x itself
 }
 
+// Φ(x) = ½·erfc(z), z = −x/√2 carried as z + lo (a rounded z alone costs 2z² ulps in
+// erfc's tail): erfc(z + lo) = erfc(z) − (2/√π)·e^(−z²)·lo. lo is 0 past |x| = 10^30
+// (Inf − Inf at ±Inf), where the correction is 0 anyway.
+template <typename T>
+__device__ __forceinline__ T phi(T x) {
+  const double R = 0.7071067811865476, R_LO = -4.833646656726457e-17;  // 1/√2, head + tail
+  const T r = T(R), r_lo = T((R - double(r)) + R_LO);
+  const T z = -x * r;
+  T lo = fma(-x, r, -z) - x * r_lo;
+  lo = fabs(x) <= T(1e30) ? lo : T(0);
+  return T(0.5) * (erfc(z) - T(1.1283791670955126) * exp(-z * z) * lo);
+}
+
+// e^(−x²/2) with x² = hi + lo split exactly (a rounded x²/2 costs x²/2 ulps); |x| clamped
+// at 40, past which it is 0, so lo stays finite at ±Inf
+template <typename T>
+__device__ __forceinline__ T gauss(T x) {
+  const T xa = fabs(x) < T(40) ? fabs(x) : T(40);
+  const T hi = xa * xa, lo = fma(xa, xa, -hi);
+  return x == x ? exp(T(-0.5) * hi) * (T(1) - T(0.5) * lo) : x;
+}
+
+// (s, 1 − s), s = σ(2u), 2u = A·x + B·x³ (A = 2√(2/π), B = 0.044715·A), 2u as t + δ: in
+// the tail σ(t) has relative condition |t| (~240 at x = −14.5), so the roundings of x³,
+// of the constants (heads and tails) and of the sums go into δ, and
+// σ(t + δ) = σ(t)(1 + (1 − σ(t))·δ). δ is 0 past |x| = 10^4 (σ is 0 or 1, x³ may overflow).
+// With --fmad=false nothing is contracted, so t = h1 + h2 is the rounded sum the two-sum
+// step needs.
+template <typename T>
+__device__ __forceinline__ void sig_gelu_tanh(T x, T& s, T& c) {
+  const double A = 1.5957691216057308, A_LO = -9.96930880911092e-17;
+  const double B = 0.07135481627260025, B_LO = -6.175149918155315e-19;
+  const T a = T(A), a_lo = T((A - double(a)) + A_LO);
+  const T b = T(B), b_lo = T((B - double(b)) + B_LO);
+  const T p = x * x, q = p * x;  // x³ = q + eq
+  const T eq = fma(p, x, -q) + fma(x, x, -p) * x;
+  const T h1 = b * q, e1 = fma(b, q, -h1) + (b * eq + b_lo * q);
+  const T h2 = a * x, e2 = fma(a, x, -h2) + a_lo * x;
+  const T t = h1 + h2, r = t - h1;
+  T d = ((h1 - (t - r)) + (h2 - r)) + (e1 + e2);
+  d = fabs(x) < T(1e4) ? d : T(0);
+  sig_pair(t, s, c);
+  const T sc = s * c * d;
+  s = s + sc;
+  c = c - sc;
+}
+
+// Edge values as torch where torch is right, exact where it is not (tests/
+// test_activation_edges.py): f(−Inf) = −0 for gelu/gelu_tanh/silu, f'(±Inf) = 1 and −0,
+// NaN in x (or dy) gives NaN, a zero keeps the sign of the exact value.
 template <typename T>
 struct Act {
   int kind;
   T a, b;
 
   __device__ __forceinline__ T fwd(T x) const {
-    const T K = T(0.7978845608028654), C = T(0.044715);
+    const bool neg_inf = isinf(x) && x < T(0);
     switch (kind) {
       case 0: return sig(x);
       case 1: return stable_tanh(x);
-      case 2: return x > T(0) ? x : x * T(0);
+      case 2: return x < T(0) ? T(0) : x;  // relu(−Inf) = +0, relu(−0) = −0, NaN kept
       case 3: return x > T(0) ? x : a * x;
       case 4: return x > T(0) ? b * x : b * a * expm1(x);
-      case 5: return x * T(0.5) * erfc(-x * T(0.7071067811865476));  // x·Φ(x), both tails
-      case 6: return T(0.5) * x * (T(1) + stable_tanh(K * (x + C * x * x * x)));
-      case 7: {
-        const T bx = a * x;
-        return bx > b ? x : ((bx > T(0) ? bx : bx * T(0)) + log1p(exp(-fabs(bx)))) / a;
+      case 5: return neg_inf ? T(-0.0) : x * phi(x);  // x·Φ(x), both tails
+      case 6: {
+        // ½x(1 + tanh u) = x·σ(2u): 1 + tanh u cancels for x ≪ 0, σ(2u) does not
+        T s, c;
+        sig_gelu_tanh(x, s, c);
+        return neg_inf ? T(-0.0) : x * s;
       }
-      default: return x * sig(x);
+      case 7: {
+        const T bx = a * x;  // bx·0 would make −Inf's softplus NaN, not 0
+        return bx > b ? x : ((bx > T(0) ? bx : T(0)) + log1p(exp(-fabs(bx)))) / a;
+      }
+      default: return neg_inf ? T(-0.0) : x * sig(x);
     }
   }
 
   __device__ __forceinline__ T bwd(T dy, T v) const {
-    const T K = T(0.7978845608028654), C = T(0.044715);
+    // gelu, gelu_tanh, silu at ±Inf (and gelu_tanh past 10^4): f' = 1, or −0 (f' < 0)
+    const T far = v > T(0) ? dy : dy * T(-0.0);
     switch (kind) {
       case 0: return dy * v * (T(1) - v);
       case 1: return dy * fma(-v, v, T(1));  // 1 − y², one rounding, as the Numba mirror
-      case 2: return v > T(0) ? dy : dy * T(0);
-      case 3: return v > T(0) ? dy : a * dy;
-      case 4: return v > T(0) ? b * dy : b * a * dy * exp(v);
+      case 2: return v > T(0) ? dy : ((v != v || dy != dy) ? v + dy : T(0));  // torch's select
+      case 3: return v > T(0) ? dy : (v == v ? a * dy : v);
+      case 4: return v > T(0) ? b * dy : dy * (b * a * exp(v));  // dy ⊗ f'(x): Inf·0 is NaN
       case 5: {
-        const T cdf = T(0.5) * erfc(-v * T(0.7071067811865476));  // Φ(v), no cancellation
-        return dy * (cdf + v * T(0.3989422804014327) * exp(T(-0.5) * v * v));
+        // f' = Φ(x) + x·φ(x); past |x| = 40 it is 1 or below every subnormal: x clamped
+        // there (Inf·0 at ±Inf), and a 0 for x < −1 (where f' < 0) is −0
+        const T xc = v > T(40) ? T(40) : (v < T(-40) ? T(-40) : v);
+        const T d = phi(xc) + xc * T(0.3989422804014327) * gauss(xc);
+        return dy * ((d == T(0) && v < T(-1)) ? T(-0.0) : d);
       }
       case 6: {
-        const T t = stable_tanh(K * (v + C * v * v * v));
-        const T dt = (T(1) - t * t) * K * (T(1) + T(3) * C * v * v);
-        return dy * (T(0.5) * (T(1) + t) + T(0.5) * v * dt);
+        // f' = s + x·s(1 − s)·(A + 3B·x²), s = σ(2u)
+        T s, c;
+        sig_gelu_tanh(v, s, c);
+        T d = s + v * s * c * (T(1.5957691216057308) + T(3.0 * 0.07135481627260025) * v * v);
+        d = (d == T(0) && v < T(-1)) ? T(-0.0) : d;
+        return fabs(v) > T(1e4) ? far : dy * d;
       }
       case 7: {
         const T bx = a * v;
         return bx > b ? dy : dy * sig(bx);
       }
       default: {
-        const T s = sig(v);
-        return dy * s * (T(1) + v * (T(1) - s));
+        // f' first, then dy: dy·s would round a subnormal σ(x) twice (x = −103 in float32)
+        T s, c;
+        sig_pair(v, s, c);
+        return isinf(v) ? far : dy * (s * (T(1) + v * c));
       }
     }
   }
@@ -78,10 +151,12 @@ struct Act {
 // 16-byte packs each thread loads before it computes and stores, per iteration of the main
 // loops (common.cuh's stream_items), from ptxas sm_90 at 256 threads per block (registers
 // → blocks/SM → bytes in flight per SM = blocks × 256 × bytes per thread):
-//   forward  f32: 2 packs, 32 registers, 8 blocks, 64 KB (4 packs: 40, 6, 96 KB)
-//   forward  f64: 3 packs, 46 registers, 5 blocks, 60 KB (2 packs: 46, 5, 40 KB; 4: 54, 4, 64 KB)
-//   backward f32: 2 packs of each input, 40 registers, 6 blocks, 96 KB (1 pack: 40, 6, 48 KB)
-//   backward f64: 2 packs of each input, 54 registers, 4 blocks, 64 KB (1 pack: 48, 5, 40 KB)
+//   forward  f32: 2 packs, 34 registers, 6 blocks, 48 KB
+//   forward  f64: 3 packs, 52 registers, 4 blocks, 48 KB
+//   backward f32: 2 packs of each input, 40 registers, 6 blocks, 96 KB
+//   backward f64: 2 packs of each input, 76 registers, 3 blocks, 48 KB (1 pack: 76, 3,
+//                 24 KB; __launch_bounds__(256, 4) spills); the compensated GELU and
+//                 tanh-GELU derivatives (exact edges) cost the registers, sm_80 takes 60
 // The scalar paths (misaligned pointers) take kActScalarUnroll elements.
 template <typename T>
 struct ActUnroll {
