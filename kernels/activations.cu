@@ -10,12 +10,6 @@
 
 namespace gpugd {
 
-template <typename T>
-__device__ __forceinline__ T sig(T x) {
-  const T e = exp(-fabs(x));
-  return x >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
-}
-
 // σ(x) and 1 − σ(x) = σ(−x) from one exponential (no cancellation where σ rounds to 1)
 template <typename T>
 __device__ __forceinline__ void sig_pair(T x, T& s, T& c) {
@@ -24,6 +18,31 @@ __device__ __forceinline__ void sig_pair(T x, T& s, T& c) {
   s = x >= T(0) ? big : small;
   c = x >= T(0) ? small : big;
 }
+
+template <typename T>
+__device__ __forceinline__ T sig(T x) {
+  T s, c;
+  sig_pair(x, s, c);
+  return s;
+}
+
+// f'(x) past the range where it is computed (±Inf; gelu_tanh past 10^4): 1 for x > 0, else
+// a negative value below every subnormal, so dy·f' is dy or dy·(−0)
+template <typename T>
+__device__ __forceinline__ T dy_times_far_slope(T dy, T x) {
+  return x > T(0) ? dy : dy * T(-0.0);
+}
+
+// a derivative that underflowed to 0 where it is negative (x < −1 for gelu and gelu_tanh)
+// is −0: the sign of the exact value
+template <typename T>
+__device__ __forceinline__ T signed_underflow(T d, T x) {
+  return (d == T(0) && x < T(-1)) ? T(-0.0) : d;
+}
+
+// gelu_tanh's argument 2u = A·x + B·x³, A = 2√(2/π), B = 0.044715·A: float64 heads, tails
+constexpr double kGeluTanhA = 1.5957691216057308, kGeluTanhA_LO = -9.96930880911092e-17;
+constexpr double kGeluTanhB = 0.07135481627260025, kGeluTanhB_LO = -6.175149918155315e-19;
 
 template <typename T>
 __device__ __forceinline__ T stable_tanh(T x) {
@@ -62,10 +81,8 @@ __device__ __forceinline__ T gauss(T x) {
 // step needs.
 template <typename T>
 __device__ __forceinline__ void sig_gelu_tanh(T x, T& s, T& c) {
-  const double A = 1.5957691216057308, A_LO = -9.96930880911092e-17;
-  const double B = 0.07135481627260025, B_LO = -6.175149918155315e-19;
-  const T a = T(A), a_lo = T((A - double(a)) + A_LO);
-  const T b = T(B), b_lo = T((B - double(b)) + B_LO);
+  const T a = T(kGeluTanhA), a_lo = T((kGeluTanhA - double(a)) + kGeluTanhA_LO);
+  const T b = T(kGeluTanhB), b_lo = T((kGeluTanhB - double(b)) + kGeluTanhB_LO);
   const T p = x * x, q = p * x;  // x³ = q + eq
   const T eq = fma(p, x, -q) + fma(x, x, -p) * x;
   const T h1 = b * q, e1 = fma(b, q, -h1) + (b * eq + b_lo * q);
@@ -111,8 +128,6 @@ struct Act {
   }
 
   __device__ __forceinline__ T bwd(T dy, T v) const {
-    // gelu, gelu_tanh, silu at ±Inf (and gelu_tanh past 10^4): f' = 1, or −0 (f' < 0)
-    const T far = v > T(0) ? dy : dy * T(-0.0);
     switch (kind) {
       case 0: return dy * v * (T(1) - v);
       case 1: return dy * fma(-v, v, T(1));  // 1 − y², one rounding, as the Numba mirror
@@ -124,15 +139,14 @@ struct Act {
         // there (Inf·0 at ±Inf), and a 0 for x < −1 (where f' < 0) is −0
         const T xc = v > T(40) ? T(40) : (v < T(-40) ? T(-40) : v);
         const T d = phi(xc) + xc * T(0.3989422804014327) * gauss(xc);
-        return dy * ((d == T(0) && v < T(-1)) ? T(-0.0) : d);
+        return dy * signed_underflow(d, v);
       }
       case 6: {
         // f' = s + x·s(1 − s)·(A + 3B·x²), s = σ(2u)
         T s, c;
         sig_gelu_tanh(v, s, c);
-        T d = s + v * s * c * (T(1.5957691216057308) + T(3.0 * 0.07135481627260025) * v * v);
-        d = (d == T(0) && v < T(-1)) ? T(-0.0) : d;
-        return fabs(v) > T(1e4) ? far : dy * d;
+        const T d = s + v * s * c * (T(kGeluTanhA) + T(3.0 * kGeluTanhB) * v * v);
+        return fabs(v) > T(1e4) ? dy_times_far_slope(dy, v) : dy * signed_underflow(d, v);
       }
       case 7: {
         const T bx = a * v;
@@ -142,7 +156,7 @@ struct Act {
         // f' first, then dy: dy·s would round a subnormal σ(x) twice (x = −103 in float32)
         T s, c;
         sig_pair(v, s, c);
-        return isinf(v) ? far : dy * (s * (T(1) + v * c));
+        return isinf(v) ? dy_times_far_slope(dy, v) : dy * (s * (T(1) + v * c));
       }
     }
   }

@@ -37,19 +37,31 @@ _J = dict(inline="always", error_model="numpy", fastmath={"contract"})
 
 
 @njit(**_J)
-def _sig(x):
-    one = like(x, 1.0)
-    e = vexp(-abs(x))
-    return one / (one + e) if x >= 0 else e / (one + e)
-
-
-@njit(**_J)
 def _sig_pair(x):
     """(σ(x), 1 − σ(x)) from one exponential: 1 − σ(x) as σ(−x), not by cancellation."""
     one = like(x, 1.0)
     e = vexp(-abs(x))
     big, small = one / (one + e), e / (one + e)
     return (big, small) if x >= 0 else (small, big)
+
+
+@njit(**_J)
+def _sig(x):
+    return _sig_pair(x)[0]
+
+
+@njit(**_J)
+def _dy_times_far_slope(dy, x):
+    """dy·f'(x) past the computed range (±Inf; gelu_tanh past 10^4): f' is 1 for x > 0, else
+    a negative value below every subnormal, so dy or dy·(−0)."""
+    return dy if x > 0 else dy * like(x, -0.0)
+
+
+@njit(**_J)
+def _signed_underflow(d, x):
+    """A derivative that underflowed to 0 where it is negative (x < −1 for gelu and
+    gelu_tanh) is −0, the sign of the exact value."""
+    return like(x, -0.0) if d == like(x, 0.0) and x < like(x, -1.0) else d
 
 
 @njit(**_J)
@@ -131,7 +143,7 @@ def _gelu_b(dy, x, a, b):
     xc = like(x, 40.0) if x > like(x, 40.0) else (like(x, -40.0) if x < like(x, -40.0) else x)
     cdf, gauss = vphi_gauss(xc)
     d = cdf + xc * like(x, _INV_SQRT_2PI) * gauss
-    return dy * (like(x, -0.0) if d == like(x, 0.0) and x < like(x, -1.0) else d)
+    return dy * _signed_underflow(d, x)
 
 
 @njit(**_J)
@@ -178,9 +190,7 @@ def _gelu_tanh_b(dy, x, a, b):
     # 3Bx² would overflow and s(1 − s) be 0: Inf·0. A 0 for x < −1 (f' < 0 there) is −0.
     s, c = _sig_gelu_tanh(x)
     d = s + x * s * c * (like(x, _A) + like(x, 3.0 * _B) * x * x)
-    d = like(x, -0.0) if d == like(x, 0.0) and x < like(x, -1.0) else d
-    far = dy if x > 0 else dy * like(x, -0.0)
-    return far if abs(x) > like(x, 1e4) else dy * d
+    return _dy_times_far_slope(dy, x) if abs(x) > like(x, 1e4) else dy * _signed_underflow(d, x)
 
 
 @njit(**_J)
@@ -204,9 +214,11 @@ def _silu_f(x, a, b):
 @njit(**_J)
 def _silu_b(dy, x, a, b):
     s, c = _sig_pair(x)  # c = 1 − s, exact where s rounds to 1
-    far = dy if x > 0 else dy * like(x, -0.0)  # f'(±Inf) = 1, −0 (s(1 + x(1 − s)): Inf·0)
-    # f' first, then dy: dy·s would round a subnormal s(x) twice (x = −103 in float32)
-    return far if abs(x) == like(x, np.inf) else dy * (s * (like(x, 1.0) + x * c))
+    # f' first, then dy: dy·s would round a subnormal s(x) twice (x = −103 in float32); at
+    # ±Inf s(1 + x(1 − s)) is Inf·0, so the far slope
+    if abs(x) == like(x, np.inf):
+        return _dy_times_far_slope(dy, x)
+    return dy * (s * (like(x, 1.0) + x * c))
 
 
 # ---- loops: the kind picked outside, one vectorizable loop each --------------------------
