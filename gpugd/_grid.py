@@ -31,13 +31,15 @@ def chunk_blocks(nchunks: int, wave: int) -> int:
 _SSQ = re.compile(r"^gpugd_vector_(scale_)?sum_of_squares_partial_")
 _STATS = re.compile(r"^gpugd_reduce_stats_partial_")
 _MULTI = re.compile(r"^gpugd_optim_\w+_(multi|graph)_")
+_OPTIM8 = re.compile(r"^gpugd_optim8_\w+_b(\d+)_")
 
 
 def kernel_blocks(name: str, n: int, wave: int) -> int | None:
     """The blocks gpugd launches kernel ``name`` with over one tensor of ``n`` elements when
     a wave is ``wave`` blocks: the chunked kernels (``stats_partial``: ``ops.reduce.CHUNK``;
     the multi-tensor and graph optimizer kernels: ``ops.optim.CUDA_CHUNK``) a block per
-    chunk; the sums of squares' stage 1 at 8 items per thread, at most
+    chunk; the 8-bit-state optimizers (``gpugd_optim8_<rule>_b<B>_f32``) a block per
+    quantization block of B elements; the sums of squares' stage 1 at 8 items per thread, at most
     ``ops.vector._SSQ_BLOCKS_MAX``; every other streaming kernel at 4 items per thread
     (``_cuda.launch``). None for batch norm, whose grid is its tiling of the shape."""
     if name.startswith("gpugd_batchnorm_"):
@@ -50,6 +52,9 @@ def kernel_blocks(name: str, n: int, wave: int) -> int | None:
         from .ops.optim import CUDA_CHUNK
 
         return chunk_blocks(-(-n // CUDA_CHUNK), wave)
+    m = _OPTIM8.match(name)
+    if m:
+        return chunk_blocks(-(-n // int(m[1])), wave)
     if _SSQ.match(name):
         from .ops.vector import _SSQ_BLOCKS_MAX
 

@@ -211,6 +211,10 @@ _ELEMENTWISE = {  # kernel (without its dtype suffix) → element-sized arrays r
     "gpugd_batchnorm_sums_partial": (2, 0),
     "gpugd_batchnorm_affine": (1, 1),
 }
+# 8-bit-state rules: (states, whether p is read) — each state moves a code read and written
+# (2 B) and a float32 absmax per block of B elements read and written (8/B B)
+_OPTIM8_STATES = {"adam": 2, "momentum": 1, "lion": 1, "rmsprop": 1, "adagrad": 1}
+_OPTIM8 = re.compile(r"^gpugd_optim8_(adam|momentum|lion|rmsprop|adagrad)_b(\d+)_f32$")
 _SUFFIX = re.compile(r"^(gpugd_\w+?)_(f64|f32|f16|bf16)$")
 _OPTIM = re.compile(
     r"^gpugd_optim_(sgd|adagrad|rmsprop|adam|nadam|lion)(?:_multi|_graph)?_(f64|f32)$"
@@ -237,6 +241,9 @@ def bytes_per_element(name: str) -> float | None:
         master = 4 * 2 if m[4] else 0  # fp32 master weights, read and written
         reads_p = 0 if m[4] else p  # with a master copy the half p is written only
         return float(reads_p + p + p + 2 * states * s + master)  # (p read) g read, p written
+    m = _OPTIM8.match(name)
+    if m:  # p read and written, g read (float32), then the states' codes and scales
+        return 12.0 + _OPTIM8_STATES[m[1]] * (2.0 + 8.0 / int(m[2]))
     m = _SUFFIX.match(name)
     if m and m[1] in _ELEMENTWISE:
         r, w = _ELEMENTWISE[m[1]]

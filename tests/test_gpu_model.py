@@ -115,3 +115,29 @@ def test_cuda_bench_counts_launches_and_prints_measured_over_predicted(capsys):
         assert r["predicted_s"] == pytest.approx(want)
         assert r["measured_over_predicted"] == pytest.approx(r["median_s"] / want)
     assert "meas/pred" in capsys.readouterr().out
+
+
+def test_8bit_states_are_predicted_faster_than_fp32_adam_on_the_h200():
+    """The committed H200 table has the 8-bit-state rows (issue 22): 8-bit Adam over fp32 p
+    (16 + 16/B bytes per element) is predicted ≥ 1.6× faster than fp32-state Adam (28 B)
+    from 2^24 elements, and 8-bit Lion (14 + 8/B B) faster still; each grid is a block per
+    quantization block, at most one wave."""
+    from pathlib import Path
+
+    text = Path(gpu_model.TABLE).read_text()
+    us = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 9 and cells[0].startswith("gpugd_optim"):
+            us[cells[0], cells[1]] = (float(cells[3]), cells[5])
+    assert kr.bytes_per_element("gpugd_optim8_adam_b2048_f32") == 16 + 16 / 2048
+    assert kr.bytes_per_element("gpugd_optim8_lion_b256_f32") == 14 + 8 / 256
+    for size in ("2^24", "2^28"):
+        fp32 = us["gpugd_optim_adam_f32", size][0]
+        adam8 = us["gpugd_optim8_adam_b2048_f32", size][0]
+        lion8 = us["gpugd_optim8_lion_b2048_f32", size][0]
+        assert fp32 / adam8 >= 1.6, (size, fp32, adam8)
+        assert adam8 > lion8
+    # 2^16 elements are 32 quantization blocks of 2048: 32 blocks, not a stride grid's 64
+    assert us["gpugd_optim8_adam_b2048_f32", "2^16"][1] == "32"
+    assert us["gpugd_optim8_adam_b256_f32", "2^16"][1] == "256"

@@ -118,7 +118,7 @@ def _launch(rule: str, p, g, states: list, scalars: tuple, gs, clip, block_size,
         return
     import cupy
 
-    from .. import _cuda
+    from .. import _cuda, _grid
 
     null = np.uint64(0)
     args = [p, g, *[a for s in states for a in s], _device_maps(cupy.cuda.Device().id)]
@@ -126,8 +126,7 @@ def _launch(rule: str, p, g, states: list, scalars: tuple, gs, clip, block_size,
     args += [np.int64(p.size), *cu, np.float32(gs), np.float32(clip)]
     args.append(skip_if if skip_if is not None else null)
     name = f"gpugd_optim8_{rule}_b{block_size}_f32"
-    nb = quant8.blocks(p.size, block_size)
-    blocks = max(1, min(nb, _cuda.max_blocks("optim8", name)))
+    blocks = _grid.kernel_blocks(name, p.size, _cuda.max_blocks("optim8", name))
     _cuda.get_kernel("optim8", name)((blocks,), (_cuda.THREADS,), tuple(args))
 
 
