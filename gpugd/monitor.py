@@ -12,8 +12,10 @@ exactly-zero gradient elements (dead ReLU units) and the count of non-finite one
 gradient figures come from the optimizer's read-only norm pass, the parameter and update
 norms from the fused update kernel itself (it sums p² and Δp² per chunk while the data
 is in registers or cache), so monitoring adds no pass over memory; what is kept is
-O(number of tensors) per recorded step. ``every=k`` records every k-th step only; the
-other steps run exactly as without a monitor.
+O(number of tensors) per recorded step. With 8-bit states (``state_bits=8``) the update
+ops do not sum p² and Δp²: a recorded step copies p before the update and reads p and the
+copy after it (two passes over p, on recorded steps only). ``every=k`` records every k-th
+step only; the other steps run exactly as without a monitor.
 
 Flags, per step and tensor:
 * vanishing: gradient norm below ``vanishing_ratio`` × the reference tensor's (by default

@@ -612,7 +612,7 @@ def _warm_up(cfg: TrainConfig, train: _data.Dataset, batch_size: int, xp: Any) -
     optimizer and random streams are not touched."""
     t0 = time.perf_counter()
     model, opt, sched = build(cfg, train.X.shape[1], train.n_classes, xp)
-    mon = GradientMonitor(opt) if cfg.state_bits == 32 else None  # 8-bit: no monitor
+    mon = GradientMonitor(opt)
     trainer = Trainer(model, opt, schedule=sched, monitor=mon)
     n = min(len(train.X), max(batch_size, 2))
     X, y = train.X[:n], train.y[:n]
@@ -726,8 +726,7 @@ def run(
     xp = _xp(backend)
     train, val = load_data(cfg)
     model, opt, sched = build(cfg, train.X.shape[1], train.n_classes, xp)
-    # the monitor reads float32 states; 8-bit states run without it (no flags recorded)
-    monitor = GradientMonitor(opt, every=cfg.monitor_every) if cfg.state_bits == 32 else None
+    monitor = GradientMonitor(opt, every=cfg.monitor_every)  # 8-bit states too
     trainer = Trainer(model, opt, schedule=sched, monitor=monitor, l1=cfg.l1, l2=cfg.l2, comm=comm)
     bs = batch_size_of(cfg, len(train.X))
     if cfg.batch_norm and (len(train.X) < 2 or (cfg.gd == "sgd")):
@@ -850,7 +849,7 @@ def _grad_summary(history: dict[str, Any], weights: list[str]) -> dict[str, floa
     if not weights or not history[f"grad/{weights[0]}"]:
         return {}
     if np.isnan(np.asarray(history[f"grad/{weights[0]}"], float)).all():
-        return {}  # no monitor (8-bit states): no gradient norms recorded
+        return {}  # no gradient norms recorded
     first = float(np.nanmean(np.asarray(history[f"grad/{weights[0]}"], float)))
     last = float(np.nanmean(np.asarray(history[f"grad/{weights[-1]}"], float)))
     return {

@@ -222,12 +222,38 @@ def test_half_parameters_and_master_weights_are_refused():
                 Adam(ps, grads=gs, state_bits=8, master_weights=mw)
 
 
-def test_monitor_is_refused_with_a_message():
-    ps, gs = _lists()
-    opt = Adam(ps, grads=gs, state_bits=8)
-    with pytest.raises(ValueError, match=r"monitor: .*8-bit"):
-        GradientMonitor(opt)
-    assert opt.monitor is None
+@pytest.mark.parametrize("every", [1, 2])
+def test_monitor_records_8bit_steps_without_changing_them(xp, every):
+    """A GradientMonitor on an 8-bit optimizer records, on its steps, the gradient norms and
+    the parameter and update norms of every tensor (the 8-bit ones and the small float32
+    one), computed here in float64 from copies; the updates are the unmonitored optimizer's
+    bit for bit, and the steps it does not record run as without it."""
+    p0, grads = _inputs(xp)
+    opt, ps, gs = _build(Adam, dict(lr=1e-2), xp, False, p0)
+    plain, ps2, gs2 = _build(Adam, dict(lr=1e-2), xp, False, p0)
+    mon = GradientMonitor(opt, every=every)
+    want = {m: [] for m in ("grad_norm", "param_norm", "update_ratio")}
+    for t, gt in enumerate(grads, start=1):
+        for n in SHAPES:
+            gs[n][...] = xp.asarray(gt[n])
+            gs2[n][...] = xp.asarray(gt[n])
+        before = {n: to_numpy(ps[n]).astype(np.float64) for n in SHAPES}
+        opt.step()
+        plain.step()
+        for n in SHAPES:
+            np.testing.assert_array_equal(to_numpy(ps[n]), to_numpy(ps2[n]))
+        if (t - 1) % every == 0:  # every k-th step from step 1
+            after = {n: to_numpy(ps[n]).astype(np.float64) for n in SHAPES}
+            want["grad_norm"].append([np.linalg.norm(gt[n].astype(np.float64)) for n in SHAPES])
+            pn = [np.linalg.norm(after[n]) for n in SHAPES]
+            dn = [np.linalg.norm(after[n] - before[n]) for n in SHAPES]
+            want["param_norm"].append(pn)
+            want["update_ratio"].append([d / q for d, q in zip(dn, pn, strict=True)])
+    assert mon.names == list(SHAPES) and mon.steps == list(range(1, STEPS + 1, every))
+    for m, rows in want.items():
+        got = np.array([np.asarray(r, np.float64) for r in mon.history[m]])
+        np.testing.assert_allclose(got, np.array(rows), rtol=1e-6, err_msg=m)
+        assert np.all(got > 0), m
 
 
 def _run(opt, gs, grads):

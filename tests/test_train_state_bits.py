@@ -46,6 +46,10 @@ def test_lion_and_state_bits_are_recorded_and_checked_on_resume(tmp_path, capsys
     assert rc == 0, err
     cfg = json.loads((rd / "metrics.json").read_text())["config"]
     assert (cfg["optimizer"], cfg["state_bits"]) == ("lion", 8)
+    # the monitor runs with 8-bit states too: a finite, positive gradient norm per epoch
+    history = json.loads((rd / "metrics.json").read_text())["history"]
+    norms = history["grad/dense1.weight"]
+    assert len(norms) == 2 and all(0 < x < float("inf") for x in norms)
     # resume with other bits: refused in one line, naming the setting
     rc, err = _cli(capsys, *argv[:-2], "--epochs", "3", "--run-dir", str(rd), "--resume",
                    "--optimizer", "lion")  # fmt: skip

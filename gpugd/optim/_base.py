@@ -307,11 +307,6 @@ class Optimizer(StepMixin, CheckpointMixin):
 
     @monitor.setter
     def monitor(self, value: Any) -> None:
-        if value is not None and self.state_bits == 8:
-            raise ValueError(
-                "monitor: a GradientMonitor records per-tensor update statistics, which the "
-                "8-bit-state ops do not compute; monitor an optimizer with state_bits=32"
-            )
         self._monitor = value
 
     def _rounding_key(self, t: int) -> int | None:

@@ -125,7 +125,10 @@ class StepMixin:
         update_stats = []
         kernels = [k._replace(grad_scale=k.grad_scale * coef, clip=clip, key=key) for k in kernels]
         if self.state_bits == 8:
+            before = [[p.copy() for p in g.params] for g in self._groups] if watch else None
             self._launch8(t, kernels, skip_if)
+            if watch:
+                update_stats = self._update_stats8(before)
         else:
             for gi, k in enumerate(kernels):
                 update_stats.append(k.launch(self._tensors(gi, k), skip_if, stats=watch))
@@ -178,6 +181,21 @@ class StepMixin:
                 k.launch(tensors, skip_if)
             for fn, p, gr, s8, kw in calls:
                 fn(p, gr, *s8, **kw, skip_if=skip_if)
+
+    def _update_stats8(self, before: list[list[Any]]) -> list[Any]:
+        """Per group, (Σp², Σ(p − p_before)²) per tensor in float64, the monitor's figures
+        that the fused float32 kernels sum on the way and the 8-bit ops do not: a recorded
+        step with 8-bit states copies p before the update and reads p and the copy after."""
+        out = []
+        for g, old in zip(self._groups, before, strict=True):
+            rows = []
+            for p, p0 in zip(g.params, old, strict=True):
+                pf = p.reshape(-1).astype(np.float64)
+                d = pf - p0.reshape(-1).astype(np.float64)
+                rows.append((pf @ pf, d @ d))  # 0-d arrays: no host sync on CUDA
+            xp = np if isinstance(g.params[0], np.ndarray) else __import__("cupy")
+            out.append(xp.stack([xp.stack(r) for r in rows]))
+        return out
 
     def _small_tensors(self, gi: int, k: Any, small: list[int]) -> Any:
         """The float32 kernel's arrays over a group's small tensors (cached)."""
