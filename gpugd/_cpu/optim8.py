@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import functools
 
-import llvmlite.binding as ll
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import config
 from numba.extending import intrinsic
+
+from .host import AMD_ZEN
 
 _RULE = dict(inline="always", error_model="numpy")
 _KERNEL = dict(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -52,9 +52,8 @@ INF_BITS = 0x7F800000
 INF_BUCKET = INF_BITS >> SHIFT  # +inf (low bits 0) and NaNs; the buckets above: NaNs
 
 
-# AMD Zen hosts (their gathers are microcoded): the kernels are compiled without gathers.
-# Numba's cache is keyed by the host CPU, so a cache built elsewhere is not reused here.
-NO_GATHER = (config.CPU_NAME or ll.get_host_cpu_name()).startswith("znver")
+# AMD Zen hosts (their gathers are microcoded): the kernels are compiled without gathers
+NO_GATHER = AMD_ZEN
 
 
 @intrinsic
