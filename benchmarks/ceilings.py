@@ -193,7 +193,7 @@ _MATH_BLOCK = 2048  # elements per thread: dy, x and dx of fp32 in 24 KiB of L1
 def _act_math_loop(kind, dy, v, dx, a, b, reps):
     for t in prange(dy.shape[0]):
         for _ in range(reps):
-            _act._backward_serial(kind, dy[t], v[t], dx[t], a, b, _act.SEPARATE)
+            _act._backward_serial(kind, dy[t], v[t], dx[t], a, b, _act.SEPARATE, False)
 
 
 def act_math(kind: int, a: float, b: float, bytes_per_elem: int = 12, numel: int = 1 << 22) -> Loop:

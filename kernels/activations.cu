@@ -14,7 +14,7 @@ namespace gpugd {
 template <typename T>
 __device__ __forceinline__ void sig_pair(T x, T& s, T& c) {
   const T e = exp(-fabs(x));
-  const T big = T(1) / (T(1) + e), small = e / (T(1) + e);
+  const T big = T(1) / (T(1) + e), small = e * big;  // σ(−|x|) = e·σ(|x|): one division
   s = x >= T(0) ? big : small;
   c = x >= T(0) ? small : big;
 }
