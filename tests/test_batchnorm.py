@@ -16,8 +16,9 @@ from gpugd import reference as ref
 # Two values per channel would make dx the residue of an exact cancellation (x̂ = ±1), a
 # test of fp32 rounding rather than of the kernels: the smallest batch here has three.
 SHAPES = {
-    # the last two: several row tiles with tails, four rows a step and one row a step
-    "NC": [(1000, 7), (3, 5), (700, 33), (5001, 40), (601, 300)],
+    # the last three: several row tiles with tails, four rows a step, one row a step, and
+    # the wide-channel loops (C ≥ batchnorm.WIDE: eight rows a step, a tail of seven)
+    "NC": [(1000, 7), (3, 5), (700, 33), (5001, 40), (601, 300), (263, 1030)],
     "NCHW": [(4, 3, 5, 7), (5, 16, 1, 1), (3, 2, 33, 17)],
     "NHWC": [(4, 5, 7, 3), (5, 1, 1, 16), (3, 33, 17, 2)],
 }
@@ -202,7 +203,9 @@ def test_bad_input_is_refused_before_any_write(call, exc, match):
     assert (x == 5.0).all() and (c[0] == 0).all() and (c[1] == 1).all()
 
 
-@pytest.mark.parametrize(("layout", "shape"), [("NCHW", (6, 5, 33, 31)), ("NC", (9001, 24))])
+@pytest.mark.parametrize(
+    ("layout", "shape"), [("NCHW", (6, 5, 33, 31)), ("NC", (9001, 24)), ("NC", (1037, 1030))]
+)
 def test_cpu_statistics_do_not_depend_on_the_thread_count(layout, shape):
     # plane / row-tile results are merged in a fixed order, whatever thread ran them
     import numba
