@@ -56,6 +56,17 @@ def test_nonfinite_is_counted_and_flagged(xp, bad, where):
     assert math.isfinite(float(to_numpy(st.norms)[0]))
 
 
+def test_zero_counts_are_exact_over_full_chunks(xp):
+    # the CPU counts in float32 lanes (exact below 2^24 a lane): whole 65,536-element tasks
+    # of zeros, a partial one, and -0.0, which is a zero too
+    a = np.zeros((1 << 17) + 3, np.float32)
+    a[5] = -0.0
+    a[-1] = 1.5
+    st = ops.tensor_norms([xp.asarray(a), xp.zeros(7, np.float32)])
+    np.testing.assert_array_equal(to_numpy(st.zero_counts), [(1 << 17) + 2, 7])
+    assert float(st.norm) == 1.5
+
+
 def test_empty_list_is_norm_zero(xp):
     st = ops.tensor_norms([])
     assert float(st.norm) == 0.0 and len(st.norms) == 0
