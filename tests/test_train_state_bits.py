@@ -100,7 +100,8 @@ def test_mlp_with_8bit_adam_ends_within_half_a_point_of_32bit():
         acc[bits], loss[bits] = res["summary"]["val_acc"], res["summary"]["val_loss"]
     assert acc[32] > 0.9  # the runs really learned
     assert loss[8] != loss[32]  # the 8-bit states were really in use
-    assert abs(acc[8] - acc[32]) <= 0.005, acc
+    # within 0.5 points, inclusive: 0.98 − 0.975 is 0.0050000000000000044 in binary64
+    assert abs(acc[8] - acc[32]) <= 0.005 + 1e-12, acc
 
 
 EPOCHS = 20
