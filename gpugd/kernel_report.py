@@ -214,7 +214,9 @@ _ELEMENTWISE = {  # kernel (without its dtype suffix) → element-sized arrays r
 # 8-bit-state rules: (states, whether p is read) — each state moves a code read and written
 # (2 B) and a float32 absmax per block of B elements read and written (8/B B)
 _OPTIM8_STATES = {"adam": 2, "momentum": 1, "lion": 1, "rmsprop": 1, "adagrad": 1}
-_OPTIM8 = re.compile(r"^gpugd_optim8_(adam|momentum|lion|rmsprop|adagrad)_b(\d+)_f32$")
+_OPTIM8 = re.compile(
+    r"^gpugd_optim8_(adam|momentum|lion|rmsprop|adagrad)_b(\d+)_(f32|f16p|bf16p)(_master)?$"
+)
 _SUFFIX = re.compile(r"^(gpugd_\w+?)_(f64|f32|f16|bf16)$")
 _OPTIM = re.compile(
     r"^gpugd_optim_(sgd|adagrad|rmsprop|adam|nadam|lion)(?:_multi|_graph)?_(f64|f32)$"
@@ -242,8 +244,10 @@ def bytes_per_element(name: str) -> float | None:
         reads_p = 0 if m[4] else p  # with a master copy the half p is written only
         return float(reads_p + p + p + 2 * states * s + master)  # (p read) g read, p written
     m = _OPTIM8.match(name)
-    if m:  # p read and written, g read (float32), then the states' codes and scales
-        return 12.0 + _OPTIM8_STATES[m[1]] * (2.0 + 8.0 / int(m[2]))
+    if m:  # p read and written, g read (or masters read and written, p written), the states
+        p = 4.0 if m[3] == "f32" else 2.0
+        params = p + p + (8.0 if m[4] else p)
+        return params + _OPTIM8_STATES[m[1]] * (2.0 + 8.0 / int(m[2]))
     m = _SUFFIX.match(name)
     if m and m[1] in _ELEMENTWISE:
         r, w = _ELEMENTWISE[m[1]]

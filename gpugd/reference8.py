@@ -10,6 +10,10 @@ bit for bit. Steps of one update, per quantization block of B elements:
   3. new absmax = max |s| over the block (NaN ignored);
   4. requantize: r = s · (1/absmax) (absmax 0: r = 0), code = nearest map entry (binary
      search over the sorted map, a tie to the lower entry).
+Half-precision parameters (``step_mixed``): p and g are loaded as float32; the rule updates
+p itself, or fp32 master weights when given, and p receives the new value rounded to its
+format (float16: NumPy's round-to-nearest-even cast; bfloat16: to nearest even, or
+stochastically with 16 bits of ``mix32(key, element index)``, written here on the bits).
 Its float64 counterpart, the same rule without quantization, is ``gpugd.reference``.
 """
 
@@ -133,3 +137,58 @@ def step(rule: str, p, g, states, scalars, grad_scale, clip, block_size, qmaps):
             quantize(x, qmaps[sg], block_size) for x, (_, _, sg) in zip(new, states, strict=True)
         ]
     return pv, out
+
+
+U32 = np.uint32
+
+
+def mix32(key, index):
+    """32 mixed bits of (key, element index): lowbias32 of the index's halves folded into
+    the key (kernels/precision.cuh's mix32), in NumPy uint32 arithmetic (wrapping)."""
+    i = np.asarray(index, np.int64).astype(np.uint64)
+    lo = (i & np.uint64(0xFFFFFFFF)).astype(U32)
+    hi = (i >> np.uint64(32)).astype(U32)
+    with np.errstate(over="ignore"):
+        z = (lo * U32(0x9E3779B9)) ^ U32(key) ^ (hi * U32(0x85EBCA6B))
+        z ^= z >> U32(16)
+        z *= U32(0x7FEB352D)
+        z ^= z >> U32(15)
+        z *= U32(0x846CA68B)
+    return z ^ (z >> U32(16))
+
+
+def round_bf16_bits(x: np.ndarray, key: int | None = None) -> np.ndarray:
+    """uint16 bfloat16 bits of float32 x: (bits + 0x7FFF + lowest kept bit) >> 16 (nearest
+    even), or (bits + 16 random bits of mix32(key, i)) >> 16 (stochastic); NaN → its quiet
+    NaN, sign and top payload kept."""
+    b = np.asarray(x, F32).reshape(-1).view(U32).astype(np.uint64)
+    if key is None:
+        add = np.uint64(0x7FFF) + ((b >> np.uint64(16)) & np.uint64(1))
+    else:
+        add = (mix32(key, np.arange(b.size)) & U32(0xFFFF)).astype(np.uint64)
+    r = (b + add) >> np.uint64(16)
+    nan = np.isnan(np.asarray(x, F32).reshape(-1))
+    r = np.where(nan, (b >> np.uint64(16)) | np.uint64(0x0040), r)
+    return r.astype(np.uint16)
+
+
+def store_as(x: np.ndarray, dtype: np.dtype, key: int | None = None) -> np.ndarray:
+    """float32 x stored in ``dtype`` (float32, float16, or bfloat16 as ml_dtypes names it)."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return np.asarray(x, F32).copy()
+    if dtype == np.float16:
+        return np.asarray(x, F32).astype(np.float16)
+    return round_bf16_bits(x, key).view(dtype)
+
+
+def step_mixed(rule, p, g, states, scalars, grad_scale, clip, block_size, qmaps, master=None,
+               key=None):  # fmt: skip
+    """``step`` with p and g in float32, float16 or bfloat16 and optional fp32 ``master``
+    weights (which the rule then updates); ``key``: the (stream-mixed) stochastic-rounding key
+    of bfloat16 p, None for nearest. Returns (p in its dtype, new master or None, states)."""
+    p = np.asarray(p).reshape(-1)
+    w = np.asarray(master if master is not None else p).reshape(-1).astype(F32)
+    gf = np.asarray(g).reshape(-1).astype(F32)
+    wn, out = step(rule, w, gf, states, scalars, grad_scale, clip, block_size, qmaps)
+    return store_as(wn, p.dtype, key), (wn if master is not None else None), out

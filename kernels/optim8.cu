@@ -8,7 +8,11 @@
 // The arithmetic is gpugd/reference8.py's, operation by operation (no fma in these rules;
 // NVRTC compiles with --fmad=false), so codes, scales and p match it and the Numba mirror
 // (gpugd/_cpu/optim8.py) bit for bit.
+// Parameters P: float32, or float16/bfloat16 (loaded as float, the rule in float32, the new
+// value stored rounded: precision.cuh); with MASTER the rule updates fp32 master weights and
+// `out` (the half-precision parameters) receives their rounding in the same pass.
 #include "common.cuh"
+#include "precision.cuh"
 
 typedef unsigned char u8;
 
@@ -110,14 +114,17 @@ struct AdagradRule8 {  // reference8.adagrad_rule
 };
 
 // The update of n elements of p with g and the rule's 8-bit states (q1/a1 unused when the
-// rule has one state), ITEMS = B / 256 elements per thread. qmaps: the signed map then the
+// rule has one state), ITEMS = B / 256 elements per thread. W: what the rule updates (P, or
+// float masters with `out` the P parameters); rnd: the rounding of the parameters (key
+// already mixed with the tensor's stream on the host). qmaps: the signed map then the
 // unsigned one (512 float32). A non-zero *skip returns before any access.
-template <int ITEMS, typename Rule>
-__device__ __forceinline__ void update8(float* __restrict__ p, const float* __restrict__ g,
-                                        u8* __restrict__ q0, float* __restrict__ a0,
-                                        u8* __restrict__ q1, float* __restrict__ a1,
-                                        const float* __restrict__ qmaps, i64 n, float grad_scale,
-                                        float clip, const Rule& rule) {
+template <int ITEMS, typename W, typename P, bool MASTER, typename Rule>
+__device__ __forceinline__ void update8(W* __restrict__ p, const P* __restrict__ g,
+                                        P* __restrict__ out, u8* __restrict__ q0,
+                                        float* __restrict__ a0, u8* __restrict__ q1,
+                                        float* __restrict__ a1, const float* __restrict__ qmaps,
+                                        i64 n, float grad_scale, float clip, const Rule& rule,
+                                        const Rounding& rnd) {
   constexpr i64 B = static_cast<i64>(ITEMS) * THREADS;
   __shared__ float smap[512];
   __shared__ float scratch[2][THREADS / 32];
@@ -138,8 +145,8 @@ __device__ __forceinline__ void update8(float* __restrict__ p, const float* __re
     for (int k = 0; k < ITEMS; ++k) {
       const i64 i = base + k * THREADS + threadIdx.x;
       if (i < n) {
-        pv[k] = p[i];
-        gv[k] = g[i];
+        pv[k] = to_float(p[i]);
+        gv[k] = to_float(g[i]);
         c0[k] = q0[i];
         c1[k] = Rule::nstates > 1 ? q1[i] : 0u;
       }
@@ -154,7 +161,8 @@ __device__ __forceinline__ void update8(float* __restrict__ p, const float* __re
         x[k] = m0[c0[k]] * s0;
         if (Rule::nstates > 1) y[k] = m1[c1[k]] * s1;
         rule(pv[k], grad_in(gv[k], grad_scale, clip), x[k], y[k]);
-        p[i] = pv[k];
+        store(p[i], pv[k], rnd, i);
+        if (MASTER) store(out[i], pv[k], rnd, i);
         const float ax = fabsf(x[k]), ay = fabsf(y[k]);
         mx0 = ax > mx0 ? ax : mx0;
         mx1 = ay > mx1 ? ay : mx1;
@@ -183,41 +191,61 @@ __device__ __forceinline__ void update8(float* __restrict__ p, const float* __re
 }  // namespace q8
 }  // namespace gpugd
 
-#define GPUGD_OPTIM8_ADAM(BS, ITEMS)                                                            \
-  extern "C" __global__ void __launch_bounds__(256) gpugd_optim8_adam_b##BS##_f32(              \
-      float* p, const float* g, u8* mq, float* ma, u8* vq, float* va, const float* qmaps,       \
-      i64 n, float b1, float omb1, float b2, float omb2, float eps, float wd_c,                 \
-      float decay_mul, float step_size, float inv_bc2_sqrt, float grad_scale, float clip,      \
-      const int* skip) {                                                                        \
-    if (skip != nullptr && *skip != 0) return;                                                  \
-    const gpugd::q8::AdamRule8 rule{b1,        omb1,      b2, omb2, eps, wd_c, decay_mul,        \
-                                    step_size, inv_bc2_sqrt};                                   \
-    gpugd::q8::update8<ITEMS>(p, g, mq, ma, vq, va, qmaps, n, grad_scale, clip, rule);          \
+// Kernel suffixes: W (what the rule updates), P (parameters and gradients), MASTER.
+#define GPUGD_OPTIM8_F32 f32, float, float, false
+#define GPUGD_OPTIM8_F16P f16p, gpugd::f16_t, gpugd::f16_t, false
+#define GPUGD_OPTIM8_F16P_MASTER f16p_master, float, gpugd::f16_t, true
+#define GPUGD_OPTIM8_BF16P bf16p, gpugd::bf16_t, gpugd::bf16_t, false
+#define GPUGD_OPTIM8_BF16P_MASTER bf16p_master, float, gpugd::bf16_t, true
+
+// Adam: at least 3 resident blocks (bf16 masters took 87 registers, 2 blocks; bounded to 80,
+// no spills)
+#define GPUGD_OPTIM8_ADAM_(BS, ITEMS, SFX, W, P, M)                                           \
+  extern "C" __global__ void __launch_bounds__(256, 3) gpugd_optim8_adam_b##BS##_##SFX(        \
+      W* p, const P* g, P* out, u8* mq, float* ma, u8* vq, float* va, const float* qmaps,     \
+      i64 n, float b1, float omb1, float b2, float omb2, float eps, float wd_c,               \
+      float decay_mul, float step_size, float inv_bc2_sqrt, float grad_scale, float clip,     \
+      unsigned key, int stochastic, const int* skip) {                                         \
+    if (skip != nullptr && *skip != 0) return;                                                 \
+    const gpugd::q8::AdamRule8 rule{b1,        omb1,      b2, omb2, eps, wd_c, decay_mul,       \
+                                    step_size, inv_bc2_sqrt};                                  \
+    gpugd::q8::update8<ITEMS, W, P, M>(p, g, out, mq, ma, vq, va, qmaps, n, grad_scale, clip,  \
+                                       rule, gpugd::Rounding{key, stochastic});                \
   }
 
-// A one-state rule: NAME, block size, items per thread, the rule's initializer, its scalars.
-#define GPUGD_OPTIM8_ONE(NAME, BS, ITEMS, RULE, ...)                                            \
-  extern "C" __global__ void __launch_bounds__(256) gpugd_optim8_##NAME##_b##BS##_f32(          \
-      float* p, const float* g, u8* sq, float* sa, const float* qmaps, i64 n, __VA_ARGS__,      \
-      float grad_scale, float clip, const int* skip) {                                          \
-    if (skip != nullptr && *skip != 0) return;                                                  \
-    const auto rule = RULE;                                                                     \
-    gpugd::q8::update8<ITEMS>(p, g, sq, sa, static_cast<u8*>(nullptr),                          \
-                              static_cast<float*>(nullptr), qmaps, n, grad_scale, clip, rule);  \
+// A one-state rule: NAME, the rule's initializer, block size, items per thread, the policy
+// (SFX, W, P, MASTER), the rule's scalars.
+#define GPUGD_OPTIM8_ONE_(NAME, RULE, BS, ITEMS, SFX, W, P, M, ...)                           \
+  extern "C" __global__ void __launch_bounds__(256) gpugd_optim8_##NAME##_b##BS##_##SFX(       \
+      W* p, const P* g, P* out, u8* sq, float* sa, const float* qmaps, i64 n, __VA_ARGS__,     \
+      float grad_scale, float clip, unsigned key, int stochastic, const int* skip) {           \
+    if (skip != nullptr && *skip != 0) return;                                                 \
+    const auto rule = RULE;                                                                    \
+    gpugd::q8::update8<ITEMS, W, P, M>(p, g, out, sq, sa, static_cast<u8*>(nullptr),           \
+                                       static_cast<float*>(nullptr), qmaps, n, grad_scale,     \
+                                       clip, rule, gpugd::Rounding{key, stochastic});          \
   }
 
-#define GPUGD_OPTIM8_ONE_RULES(BS, ITEMS)                                                       \
-  GPUGD_OPTIM8_ONE(momentum, BS, ITEMS,                                                         \
-                   (gpugd::q8::MomentumRule8{lr, wd, mom, omd, nesterov, first}), float lr,     \
-                   float wd, float mom, float omd, int nesterov, int first)                     \
-  GPUGD_OPTIM8_ONE(lion, BS, ITEMS, (gpugd::q8::LionRule8{lr, b1, omb1, b2, omb2, decay_mul}),  \
-                   float lr, float b1, float omb1, float b2, float omb2, float decay_mul)        \
-  GPUGD_OPTIM8_ONE(rmsprop, BS, ITEMS, (gpugd::q8::RmspropRule8{lr, wd, alpha, oma, eps}),      \
-                   float lr, float wd, float alpha, float oma, float eps)                       \
-  GPUGD_OPTIM8_ONE(adagrad, BS, ITEMS, (gpugd::q8::AdagradRule8{clr, wd, eps}), float clr,      \
-                   float wd, float eps)
+// Every rule for one block size and one policy (the last arguments: SFX, W, P, MASTER).
+#define GPUGD_OPTIM8_RULES(BS, ITEMS, ...)                                                     \
+  GPUGD_OPTIM8_ADAM_(BS, ITEMS, __VA_ARGS__)                                                   \
+  GPUGD_OPTIM8_ONE_(momentum, (gpugd::q8::MomentumRule8{lr, wd, mom, omd, nesterov, first}),   \
+                    BS, ITEMS, __VA_ARGS__, float lr, float wd, float mom, float omd,          \
+                    int nesterov, int first)                                                   \
+  GPUGD_OPTIM8_ONE_(lion, (gpugd::q8::LionRule8{lr, b1, omb1, b2, omb2, decay_mul}), BS,      \
+                    ITEMS, __VA_ARGS__, float lr, float b1, float omb1, float b2, float omb2,  \
+                    float decay_mul)                                                           \
+  GPUGD_OPTIM8_ONE_(rmsprop, (gpugd::q8::RmspropRule8{lr, wd, alpha, oma, eps}), BS, ITEMS,   \
+                    __VA_ARGS__, float lr, float wd, float alpha, float oma, float eps)        \
+  GPUGD_OPTIM8_ONE_(adagrad, (gpugd::q8::AdagradRule8{clr, wd, eps}), BS, ITEMS, __VA_ARGS__, \
+                    float clr, float wd, float eps)
 
-GPUGD_OPTIM8_ADAM(2048, 8)
-GPUGD_OPTIM8_ADAM(256, 1)
-GPUGD_OPTIM8_ONE_RULES(2048, 8)
-GPUGD_OPTIM8_ONE_RULES(256, 1)
+#define GPUGD_OPTIM8_POLICIES(BS, ITEMS)              \
+  GPUGD_OPTIM8_RULES(BS, ITEMS, GPUGD_OPTIM8_F32)      \
+  GPUGD_OPTIM8_RULES(BS, ITEMS, GPUGD_OPTIM8_F16P)     \
+  GPUGD_OPTIM8_RULES(BS, ITEMS, GPUGD_OPTIM8_F16P_MASTER) \
+  GPUGD_OPTIM8_RULES(BS, ITEMS, GPUGD_OPTIM8_BF16P)    \
+  GPUGD_OPTIM8_RULES(BS, ITEMS, GPUGD_OPTIM8_BF16P_MASTER)
+
+GPUGD_OPTIM8_POLICIES(2048, 8)
+GPUGD_OPTIM8_POLICIES(256, 1)

@@ -86,7 +86,7 @@ CASES = [
 def _same_bits(a, b, what):
     a, b = to_numpy(a).reshape(-1), np.asarray(b).reshape(-1)
     assert a.dtype == b.dtype, what
-    bits = np.uint8 if a.itemsize == 1 else np.uint32
+    bits = {1: np.uint8, 2: np.uint16, 4: np.uint32}[a.itemsize]
     ua, ub = a.view(bits), b.view(bits)
     bad = np.flatnonzero(ua != ub)
     assert not bad.size, (

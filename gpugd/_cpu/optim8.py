@@ -36,6 +36,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from .host import AMD_ZEN
+from .precision import kernel_view, ld, put, st
 
 _RULE = dict(inline="always", error_model="numpy")
 _KERNEL = dict(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -305,10 +306,12 @@ def _inverse(mx):
 
 @njit(**_KERNEL)
 def _adam8(
-    p, g, mq, ma, vq, va, qs, qu, ts, tu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss,
-    ibc, gs, clip,
+    w, g, out, rnd, mq, ma, vq, va, qs, qu, ts, tu, bs, b1, omb1, b2, omb2, eps, wd_c, dm,
+    ss, ibc, gs, clip,
 ):  # fmt: skip
-    n = p.size
+    """w: what the rule updates (p, or fp32 master weights), out: the half-precision p
+    receiving round(w) (None without masters), rnd: stochastic rounding (None: nearest)."""
+    n = w.size
     nb = (n + bs - 1) // bs
     for c in prange((nb + CHUNK - 1) // CHUNK):
         _wide()
@@ -323,8 +326,8 @@ def _adam8(
             for k in range(cnt):
                 i = np.uint64(lo + k)  # unsigned: no wraparound test, the loop vectorizes
                 pi, m, v = _adam(
-                    p[i],
-                    _grad(g[i], gs, clip),
+                    ld(w, i),
+                    _grad(ld(g, i), gs, clip),
                     _at(qs, mq[i]) * s0,
                     _at(qu, vq[i]) * s1,
                     b1,
@@ -337,7 +340,8 @@ def _adam8(
                     ss,
                     ibc,
                 )
-                p[i] = pi
+                st(w, i, pi, rnd)
+                put(out, i, pi, rnd)
                 xm[k] = m
                 xv[k] = v
                 mx0 = max(mx0, _absbits(m))
@@ -351,11 +355,11 @@ def _adam8(
 
 
 @njit(**_RULE)
-def _one8(kind, p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
+def _one8(kind, w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
     """A one-state rule over 8-bit state (bq, ba), inlined into one kernel per rule: with the
     kind a constant the loop holds that rule alone and vectorizes (one kernel branching on
-    the kind ran 2–3× slower)."""
-    n = p.size
+    the kind ran 2–3× slower). w, out, rnd as in ``_adam8``."""
+    n = w.size
     nb = (n + bs - 1) // bs
     for c in prange((nb + CHUNK - 1) // CHUNK):
         _wide()
@@ -368,9 +372,11 @@ def _one8(kind, p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
             for k in range(cnt):
                 i = np.uint64(lo + k)  # unsigned: no wraparound test, the loop vectorizes
                 pi, s = _one(
-                    kind, p[i], _grad(g[i], gs, clip), _at(qs, bq[i]) * s0, c0, c1, c2, c3, c4, c5
-                )
-                p[i] = pi
+                    kind, ld(w, i), _grad(ld(g, i), gs, clip), _at(qs, bq[i]) * s0,
+                    c0, c1, c2, c3, c4, c5,
+                )  # fmt: skip
+                st(w, i, pi, rnd)
+                put(out, i, pi, rnd)
                 xb[k] = s
                 mx = max(mx, _absbits(s))
             a = _from_bits(mx)
@@ -381,37 +387,49 @@ def _one8(kind, p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
 
 
 @njit(**_KERNEL)
-def _momentum8(p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
-    _one8(MOMENTUM, p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip)
+def _momentum8(w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
+    _one8(MOMENTUM, w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip)
 
 
 @njit(**_KERNEL)
-def _lion8(p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
-    _one8(LION, p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip)
+def _lion8(w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
+    _one8(LION, w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip)
 
 
 @njit(**_KERNEL)
-def _rmsprop8(p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
-    _one8(RMSPROP, p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip)
+def _rmsprop8(w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
+    _one8(RMSPROP, w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip)
 
 
 @njit(**_KERNEL)
-def _adagrad8(p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
-    _one8(ADAGRAD, p, g, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip)
+def _adagrad8(w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip):
+    _one8(ADAGRAD, w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs, clip)
 
 
 _ONE = {MOMENTUM: _momentum8, LION: _lion8, RMSPROP: _rmsprop8, ADAGRAD: _adagrad8}
 
 
-def adam(p, g, mq, ma, vq, va, qs, qu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss, ibc, gs, clip):
+def _precision(p, g, master, key):
+    """The kernels' (w, g, out, rnd) of p, g, optional fp32 master weights and the tensor's
+    stochastic-rounding key (None: nearest; the element index counts from 0)."""
+    w, out = (master, kernel_view(p)) if master is not None else (kernel_view(p), None)
+    rnd = None if key is None else (np.uint32(key), np.uint64(0))
+    return w, kernel_view(g), out, rnd
+
+
+def adam(p, g, master, key, mq, ma, vq, va, qs, qu, bs, b1, omb1, b2, omb2, eps, wd_c,
+         dm, ss, ibc, gs, clip):  # fmt: skip
     """Adam over 8-bit m (map qs) and v (map qu), blocks of bs (gpugd.ops.optim8's call)."""
     ts, tu = bucket_table(qs), bucket_table(qu)
     _adam8(
-        p, g, mq, ma, vq, va, qs, qu, ts, tu, bs, b1, omb1, b2, omb2, eps, wd_c, dm,
-        ss, ibc, gs, clip,
+        *_precision(p, g, master, key), mq, ma, vq, va, qs, qu, ts, tu, bs, b1, omb1,
+        b2, omb2, eps, wd_c, dm, ss, ibc, gs, clip,
     )  # fmt: skip
 
 
-def one_state(kind, p, g, bq, ba, qs, bs, c0, c1, c2, c3, c4, c5, gs, clip):
+def one_state(kind, p, g, master, key, bq, ba, qs, bs, c0, c1, c2, c3, c4, c5, gs, clip):
     """A one-state rule (``kind``) over 8-bit state (bq, ba) with the map qs."""
-    _ONE[int(kind)](p, g, bq, ba, qs, bucket_table(qs), bs, c0, c1, c2, c3, c4, c5, gs, clip)
+    _ONE[int(kind)](
+        *_precision(p, g, master, key), bq, ba, qs, bucket_table(qs), bs,
+        c0, c1, c2, c3, c4, c5, gs, clip,
+    )  # fmt: skip
