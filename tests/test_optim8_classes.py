@@ -212,14 +212,36 @@ def test_unsupported_configurations_are_refused(cls, kw, match):
         cls(ps, grads=gs, **{"state_bits": 8, **kw})
 
 
-def test_half_parameters_and_master_weights_are_refused():
+def test_float64_parameters_are_refused():
+    ps, gs = [np.zeros(5000, np.float64)], [np.zeros(5000, np.float64)]
+    with pytest.raises(ValueError, match="state_bits=8: 8-bit states are for float32, float16"):
+        Adam(ps, grads=gs, state_bits=8)
+
+
+def test_half_parameters_with_masters_save_and_load_bit_identically(tmp_path):
+    """bf16 parameters, fp32 master weights, stochastic rounding, 8-bit states: the
+    checkpoint holds codes, scales and masters; a restored optimizer continues bit for bit."""
     ml = pytest.importorskip("ml_dtypes")
-    for dt in (np.float16, ml.bfloat16):
-        ps = [np.zeros(5000, dt)]
-        gs = [np.zeros(5000, dt)]
-        for mw in (False, True):
-            with pytest.raises(ValueError, match="state_bits=8: 8-bit states are for float32"):
-                Adam(ps, grads=gs, state_bits=8, master_weights=mw)
+    p0, grads = _inputs(np)
+    half = {n: p.astype(ml.bfloat16) for n, p in p0.items()}
+    hg = [{n: g.astype(ml.bfloat16) for n, g in gt.items()} for gt in grads]
+    kw = dict(master_weights=True, rounding="stochastic", seed=3)
+    a, pa, ga = _build(Adam, dict(lr=1e-2), np, False, half, **kw)
+    _run(a, ga, hg[:2])
+    assert a.state["w"]["master"].dtype == np.float32 and "exp_avg.codes" in a.state["w"]
+    path = a.save(tmp_path / "ck.npz")
+    b, pb, gb = _build(Adam, dict(lr=1e-2), np, False, {n: p * 0 for n, p in half.items()}, **kw)
+    b.load(path)
+    for n in SHAPES:
+        np.testing.assert_array_equal(pb[n].view(np.uint16), pa[n].view(np.uint16))
+        for k, x in a.state[n].items():
+            np.testing.assert_array_equal(b.state[n][k], x)
+    _run(a, ga, hg[2:])
+    _run(b, gb, hg[2:])
+    for n in SHAPES:
+        np.testing.assert_array_equal(pa[n].view(np.uint16), pb[n].view(np.uint16))
+        for k, x in a.state[n].items():
+            np.testing.assert_array_equal(b.state[n][k], x)
 
 
 @pytest.mark.parametrize("every", [1, 2])

@@ -188,3 +188,98 @@ def test_traffic_of_the_half_precision_kernels():
     assert kr.bytes_per_element("gpugd_optim8_adam_b2048_bf16p_master") == 12 + per_block
     assert kr.bytes_per_element("gpugd_optim8_lion_b256_f16p") == 6 + 2 + 8 / 256
     assert quant8.BLOCK == 2048
+
+
+# ---------------------------------------------------------------- the optimizer classes
+# The class over SHAPES ("b" small: float32 states through gpugd.ops; "w", "v" in 8 bits)
+# equals the hand-called ops with the class's rounding streams: the step's key is
+# rounding_key(seed·2^32 + t); the small tensors' table takes streams 0 .. (here "b": 0), the
+# 8-bit tensors the next ones in order ("w": 1, "v": 2).
+CLASS_SHAPES = {"w": (70, 80), "b": (33,), "v": (4100,)}
+CLASS_POLICIES = [(F16, False, "nearest"), (BF16, True, "stochastic"), (BF16, False, "stochastic")]
+
+
+def _class_ref(cls_name):
+    from gpugd import ops
+
+    def adam(p, g, st, t, kw, small, stream):
+        a = dict(lr=1e-2, weight_decay=0.01, step=t, **kw)
+        if small:
+            ops.adam_(p, g, st["exp_avg"], st["exp_avg_sq"], **a)
+        else:
+            adam8bit_(p, g, st["exp_avg"], st["exp_avg_sq"], **a, stream=stream)
+
+    def lion(p, g, st, t, kw, small, stream):
+        a = dict(lr=1e-3, weight_decay=0.1, **kw)
+        if small:
+            ops.lion_(p, g, st["exp_avg"], **a)
+        else:
+            lion8bit_(p, g, st["exp_avg"], **a, stream=stream)
+
+    return {"Adam": adam, "Lion": lion}[cls_name]
+
+
+@pytest.mark.parametrize("arena", [False, True], ids=["lists", "arena"])
+@pytest.mark.parametrize(
+    "pol", CLASS_POLICIES, ids=[PIDS[POLICIES.index(p)] for p in CLASS_POLICIES]
+)
+@pytest.mark.parametrize("cls_name", ["Adam", "Lion"])
+def test_class_with_half_parameters_equals_the_ops(xp, cls_name, pol, arena):
+    from gpugd import FlatParams
+    from gpugd.optim import Adam, Lion
+
+    pdt, master, rounding = pol
+    cls = {"Adam": Adam, "Lion": Lion}[cls_name]
+    hyper = (
+        dict(lr=1e-2, weight_decay=0.01) if cls_name == "Adam" else dict(lr=1e-3, weight_decay=0.1)
+    )
+    fills = ["exp_avg", "exp_avg_sq"] if cls_name == "Adam" else ["exp_avg"]
+    rng = np.random.default_rng(4)
+    p0 = {n: rng.standard_normal(s).astype(np.float32).astype(pdt) for n, s in CLASS_SHAPES.items()}
+    opt_kw = dict(state_bits=8, master_weights=master, rounding=rounding, seed=7, clip_value=2.0)
+    if arena:
+        flat = FlatParams(CLASS_SHAPES, dtype=pdt, xp=xp)
+        for n in CLASS_SHAPES:
+            flat[n][...] = xp.asarray(p0[n])
+        ps, gs = {n: flat[n] for n in CLASS_SHAPES}, {n: flat.grads[n] for n in CLASS_SHAPES}
+        opt = cls(flat, **hyper, **opt_kw)
+    else:
+        ps = {n: xp.asarray(p0[n].copy()) for n in CLASS_SHAPES}
+        gs = {n: xp.zeros_like(p) for n, p in ps.items()}
+        groups = [{"params": list(ps.values()), "grads": list(gs.values()), "names": list(ps)}]
+        opt = cls(groups, **hyper, **opt_kw)
+    ref = _class_ref(cls_name)
+    rp = {n: xp.asarray(p0[n].copy()) for n in CLASS_SHAPES}
+    rm = {n: xp.asarray(p0[n].astype(np.float32)) if master else None for n in CLASS_SHAPES}
+    rs = {}
+    for n, p in rp.items():
+        if quant8.use_8bit(p.size):
+            rs[n] = {s: state8(p.shape, quant8.SIGNED_STATES[s], xp=xp) for s in fills}
+        else:
+            rs[n] = {s: xp.zeros(p.shape, xp.float32) for s in fills}
+    streams = {"w": 1, "b": 0, "v": 2}
+    for t in range(1, 4):
+        gt = {
+            n: rng.standard_normal(s).astype(np.float32).astype(pdt)
+            for n, s in CLASS_SHAPES.items()
+        }
+        for n in CLASS_SHAPES:
+            gs[n][...] = xp.asarray(gt[n])
+        opt.step()
+        kw = dict(clip_value=2.0, master=None, rounding=rounding, seed=7 * (1 << 32) + t)
+        for n in CLASS_SHAPES:
+            small = not quant8.use_8bit(rp[n].size)
+            ref(rp[n], xp.asarray(gt[n]), rs[n], t, {**kw, "master": rm[n]}, small, streams[n])
+            _same_bits(to_numpy(ps[n]).view(np.uint16), to_numpy(rp[n]).view(np.uint16), f"{n} p")
+            if master:
+                _same_bits(opt.state[n]["master"], to_numpy(rm[n]), f"{n} master")
+            for s in fills:
+                if small:
+                    _same_bits(opt.state[n][s], to_numpy(rs[n][s]), f"{n} {s}")
+                else:
+                    _same_bits(
+                        opt.state[n][s + quant8.CODES], to_numpy(rs[n][s].codes), f"{n} {s} codes"
+                    )
+                    _same_bits(
+                        opt.state[n][s + quant8.ABSMAX], to_numpy(rs[n][s].absmax), f"{n} {s}"
+                    )

@@ -132,7 +132,8 @@ class Optimizer(StepMixin, CheckpointMixin):
         ``optim_bits``). Each fp32 tensor of at least ``quant8.MIN_8BIT`` elements keeps its
         states as ``<state>.codes`` (uint8, the tensor's shape) and ``<state>.absmax``
         (float32 per block); smaller ones keep float32 ``<state>``. The CUDA step is then
-        decided on the host (the 8-bit ops take no device-side scale)."""
+        decided on the host (the 8-bit ops take no device-side scale). Beside float16 or
+        bfloat16 parameters, with or without ``master_weights``, as the 32-bit states."""
         self.max_grad_norm = (
             None if max_grad_norm is None else _positive("max_grad_norm", max_grad_norm)
         )
@@ -275,13 +276,11 @@ class Optimizer(StepMixin, CheckpointMixin):
         self.block_size = quant8.check_block_size(block_size)
         if self.state_bits == 32:
             return
-        if pdt != np.float32:
+        if pdt == np.float64:
             raise ValueError(
-                f"state_bits=8: 8-bit states are for float32 parameters, these are {pdt}; "
-                "half-precision parameters keep float32 or bfloat16 states (state_dtype=)"
+                "state_bits=8: 8-bit states are for float32, float16 or bfloat16 parameters, "
+                "these are float64"
             )
-        if master_weights is True:
-            raise ValueError("state_bits=8: master weights are not supported with 8-bit states")
         try:
             ok = sdt is None or np.dtype(sdt) == np.float32
         except TypeError:  # a name NumPy does not know ("bfloat16" without ml_dtypes)
@@ -376,6 +375,8 @@ class Optimizer(StepMixin, CheckpointMixin):
                         self.state[n][sname + quant8.ABSMAX] = _on(p, absmax)
                     else:
                         self.state[n][sname] = _full_like(p, fill, np.float32)
+        if self.master_weights:
+            self._copy_masters(next((g.flat for g in self._groups if g.flat is not None), None))
         for g in self._groups:
             g.tensors = None
 

@@ -14,6 +14,8 @@ from .. import quant8
 from ..ops import optim as _ops
 from ..ops import reduce as _reduce
 
+_MASTER = "master"  # the fp32 master weights' state (``gpugd.optim.MASTER``)
+
 
 class StepReport(NamedTuple):
     """What ``step()`` did: the step number it took (or tried), whether it was skipped, the
@@ -125,7 +127,7 @@ class StepMixin:
         update_stats = []
         kernels = [k._replace(grad_scale=k.grad_scale * coef, clip=clip, key=key) for k in kernels]
         if self.state_bits == 8:
-            before = [[p.copy() for p in g.params] for g in self._groups] if watch else None
+            before = [[w.copy() for w in self._updated(g)] for g in self._groups] if watch else None
             self._launch8(t, kernels, skip_if)
             if watch:
                 update_stats = self._update_stats8(before)
@@ -154,6 +156,7 @@ class StepMixin:
         from ..ops.optim8 import State8
 
         be = "cpu" if isinstance(self._groups[0].params[0], np.ndarray) else "cuda"
+        sr = dict(rounding=self.rounding, seed=self.seed * (1 << 32) + t)  # _rounding_key(t)
         skip_if = _ops._skip_flag(skip_if, be)
         plans = []
         for gi, k in enumerate(kernels):
@@ -174,7 +177,9 @@ class StepMixin:
                     continue
                 st = self.state[n]
                 s8 = [State8(st[s + quant8.CODES], st[s + quant8.ABSMAX]) for s in args.values()]
-                calls.append((fn, g.params[j], g.grads[j], s8, kw))
+                # the small tensors' table streams are 0 .. len(small) − 1, then these
+                mix = dict(sr, master=st.get(_MASTER), stream=len(small) + len(calls))
+                calls.append((fn, g.params[j], g.grads[j], s8, {**kw, **mix}))
             plans.append((k, small_tensors, calls))
         for k, tensors, calls in plans:
             if tensors is not None:
@@ -182,14 +187,21 @@ class StepMixin:
             for fn, p, gr, s8, kw in calls:
                 fn(p, gr, *s8, **kw, skip_if=skip_if)
 
+    def _updated(self, g: Any) -> list[Any]:
+        """The arrays the rule updates in a group: p, or the fp32 master weights."""
+        if not self.master_weights:
+            return list(g.params)
+        return [self.state[n][_MASTER] for n in g.names]
+
     def _update_stats8(self, before: list[list[Any]]) -> list[Any]:
         """Per group, (Σp², Σ(p − p_before)²) per tensor in float64, the monitor's figures
         that the fused float32 kernels sum on the way and the 8-bit ops do not: a recorded
-        step with 8-bit states copies p before the update and reads p and the copy after."""
+        step with 8-bit states copies p (the masters, with master weights) before the update
+        and reads them and the copy after."""
         out = []
         for g, old in zip(self._groups, before, strict=True):
             rows = []
-            for p, p0 in zip(g.params, old, strict=True):
+            for p, p0 in zip(self._updated(g), old, strict=True):
                 pf = p.reshape(-1).astype(np.float64)
                 d = pf - p0.reshape(-1).astype(np.float64)
                 rows.append((pf @ pf, d @ d))  # 0-d arrays: no host sync on CUDA
@@ -209,7 +221,8 @@ class StepMixin:
                 if why is not None
             }
             p, gr = [g.params[j] for j in small], [g.grads[j] for j in small]
-            g.tensors, g.tensors_key = k.tensors(p, gr, given, None), key
+            masters = [self.state[n][_MASTER] for n in names] if self.master_weights else None
+            g.tensors, g.tensors_key = k.tensors(p, gr, given, masters), key
         return g.tensors
 
     # ---- the CUDA step decided on the device
