@@ -214,9 +214,10 @@ __device__ __forceinline__ void update8(W* __restrict__ p, const P* __restrict__
   }
 
 // A one-state rule: NAME, the rule's initializer, block size, items per thread, the policy
-// (SFX, W, P, MASTER), the rule's scalars.
+// (SFX, W, P, MASTER), the rule's scalars. At least 4 resident blocks (bf16 masters took 66
+// registers, 3 blocks; bounded to 64, no spills).
 #define GPUGD_OPTIM8_ONE_(NAME, RULE, BS, ITEMS, SFX, W, P, M, ...)                           \
-  extern "C" __global__ void __launch_bounds__(256) gpugd_optim8_##NAME##_b##BS##_##SFX(       \
+  extern "C" __global__ void __launch_bounds__(256, 4) gpugd_optim8_##NAME##_b##BS##_##SFX(    \
       W* p, const P* g, P* out, u8* sq, float* sa, const float* qmaps, i64 n, __VA_ARGS__,     \
       float grad_scale, float clip, unsigned key, int stochastic, const int* skip) {           \
     if (skip != nullptr && *skip != 0) return;                                                 \

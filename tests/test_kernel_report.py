@@ -262,8 +262,9 @@ _FLOORS = [
     (r"^gpugd_optim_\w+_(f32|f64)$", 4),
     # 8-bit Adam, B = 2048: every load of its 8 elements per thread issued before the rule
     # (88 B per thread) takes 76 registers; 3 blocks keep 66 KB in flight per SM (the
-    # interleaved loop had 5 blocks but 22 KB). __launch_bounds__(256, 4) spills 84 bytes
-    (r"^gpugd_optim8_adam_b2048_f32$", 3),
+    # interleaved loop had 5 blocks but 22 KB). __launch_bounds__(256, 4) spills 84 bytes;
+    # (256, 3) keeps the half-precision policies (up to 87 registers) at 80, no spills
+    (r"^gpugd_optim8_adam_b2048_", 3),
     (r"^gpugd_optim8_", 4),
     (r"^gpugd_batchnorm_(stats|sums)_partial_|^gpugd_batchnorm_affine_", 2),
     (r".", 1),
