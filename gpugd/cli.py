@@ -222,7 +222,7 @@ def _add_train_args(t: argparse.ArgumentParser) -> None:
         default=d.state_bits,
         help="optimizer state precision: 8 = blockwise 8-bit states (codes + one float32 "
         "absmax per 2048 elements; tensors under 4096 elements stay float32); float32 "
-        "parameters, not nadam or rmsprop with momentum; no gradient monitor",
+        "parameters, not nadam or rmsprop with momentum",
     )
     t.add_argument("--momentum", type=float, default=d.momentum, help="sgd, rmsprop")
     t.add_argument("--nesterov", action="store_true", help="sgd with momentum")

@@ -172,7 +172,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     monitor_every: int = 1
-    state_bits: int = 32  # 8: blockwise 8-bit optimizer states (float32 parameters only)
+    state_bits: int = 32  # 8: blockwise 8-bit optimizer states (float32 parameters here)
     extra: dict[str, Any] = field(default_factory=dict)  # optimizer keyword overrides
 
     def validate(self) -> TrainConfig:

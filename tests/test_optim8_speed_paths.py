@@ -177,9 +177,10 @@ def test_kernel_absmax_and_codes_with_nan_zeros_and_inf_in_a_block(rule):
 
 
 def test_bench_rows_of_the_8bit_states_count_their_bytes_and_time_the_fp32_peer():
-    """gpugd bench --suite optim (not --quick): adam8bit_ and lion8bit_ rows over fp32
-    parameters, their bytes (Adam 16 B, Lion 14 B per element and the block scales), the
-    own-traffic ceiling over their buffers, and the same rule with fp32 states as the peer."""
+    """gpugd bench --suite optim (not --quick): adam8bit_ and lion8bit_ rows over fp32 and
+    bf16 parameters, their bytes (Adam 16 / 10 B, Lion 14 / 8 B per element and the block
+    scales), the own-traffic ceiling over their buffers, and the same rule with fp32 states
+    as the peer."""
     from benchmarks import ceilings
     from benchmarks import suite_optim as so
     from benchmarks.harness import Context, now, versions
@@ -196,7 +197,11 @@ def test_bench_rows_of_the_8bit_states_count_their_bytes_and_time_the_fp32_peer(
     assert rows["adam8bit_"]["ceiling"] == "r1m5" and rows["lion8bit_"]["ceiling"] == "r1m3"
     assert set(rows["adam8bit_"]["baselines"]) == {"adam_ fp32 states"}
     assert set(rows["lion8bit_"]["baselines"]) == {"lion_ fp32 states"}
-    for r in rows.values():
-        assert r["dtype"] == "float32" and r["numel"] == n and 0 < r["pct_of_ceiling"]
+    assert rows["adam8bit_ bf16p"]["bytes"] == 10 * n + 16 * nb
+    assert rows["lion8bit_ bf16p"]["bytes"] == 8 * n + 8 * nb
+    assert rows["adam8bit_ bf16p"]["ceiling"] == "r1m5"
+    for k, r in rows.items():
+        dtype = "bfloat16" if k.endswith("bf16p") else "float32"
+        assert r["dtype"] == dtype and r["numel"] == n and 0 < r["pct_of_ceiling"]
     ctx.quick = True
     assert so._state8_rows(ctx, n) == []

@@ -10,3 +10,5 @@ from numba.core import config
 
 CPU_NAME: str = config.CPU_NAME or ll.get_host_cpu_name()
 AMD_ZEN: bool = CPU_NAME.startswith("znver")
+_FEATURES = config.CPU_FEATURES or ll.get_host_cpu_features().flatten()
+AVX512: bool = "+avx512f" in _FEATURES.split(",")

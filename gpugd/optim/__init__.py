@@ -42,7 +42,8 @@ a legal value, and the states it needs must be the ones this optimizer holds (e.
 ``amsgrad`` cannot change); set ``param_groups[i]["lr"]`` after loading to override one.
 
 8-bit states: ``state_bits=8`` (Adam, AdamW, SGD with momentum, plain RMSprop, Adagrad,
-Lion; float32 parameters) keeps each state of a tensor with at least ``quant8.MIN_8BIT``
+Lion; float32, float16 or bfloat16 parameters, with ``master_weights`` and stochastic
+rounding as for 32-bit states) keeps each state of a tensor with at least ``quant8.MIN_8BIT``
 elements as uint8 codes plus a float32 absmax per ``block_size`` elements
 (``gpugd.ops.optim8``; ``state["w"]["exp_avg.codes"]``, ``["exp_avg.absmax"]``), smaller
 tensors' states in float32. Checkpoints store codes and scales (loaded bit for bit) with
