@@ -94,18 +94,23 @@ def _same_bits(a, b, what):
     )
 
 
-def _run(xp, rule, hp, n, block_size, seed, clip=None):
-    """STEPS steps of the op and of reference8 from the same start; compare every bit."""
-    rng = np.random.default_rng(seed)
-    p0 = rng.standard_normal(n).astype(np.float32)
-    op, scalars, signs, takes_step = RULES[rule]
-    # a nonzero start state, quantized by the reference (so the first dequantize matters)
-    starts = [
+def start_states(rng, n, signs, block_size):
+    """Nonzero start states (codes, absmax), quantized by the reference, so that the first
+    dequantize matters; signs: each state's map."""
+    return [
         r8.quantize(
             rng.standard_normal(n).astype(np.float32) ** (1 if s else 2) * 0.1, MAPS[s], block_size
         )
         for s in signs
     ]
+
+
+def _run(xp, rule, hp, n, block_size, seed, clip=None):
+    """STEPS steps of the op and of reference8 from the same start; compare every bit."""
+    rng = np.random.default_rng(seed)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    op, scalars, signs, takes_step = RULES[rule]
+    starts = start_states(rng, n, signs, block_size)
     p = xp.asarray(p0.copy())
     st = [State8(xp.asarray(c.copy()), xp.asarray(a.copy())) for c, a in starts]
     pr, rs = p0.copy(), [(c, a, s) for (c, a), s in zip(starts, signs, strict=True)]

@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from conftest import to_numpy
-from test_optim8 import CASES, MAPS, RULES, STEPS, _same_bits
+from test_optim8 import CASES, MAPS, RULES, STEPS, _same_bits, start_states
 
 from gpugd import quant8
 from gpugd import reference8 as r8
@@ -53,12 +53,7 @@ def _run(xp, rule, hp, pol, n, block_size, seed):
     rng = np.random.default_rng(seed)
     p0 = rng.standard_normal(n).astype(np.float32).astype(pdt)
     op, scalars, signs, takes_step = RULES[rule]
-    starts = [
-        r8.quantize(
-            rng.standard_normal(n).astype(np.float32) ** (1 if s else 2) * 0.1, MAPS[s], block_size
-        )
-        for s in signs
-    ]
+    starts = start_states(rng, n, signs, block_size)
     p = xp.asarray(p0.copy())
     mw = xp.asarray(p0.astype(np.float32)) if master else None
     st = [State8(xp.asarray(c.copy()), xp.asarray(a.copy())) for c, a in starts]
@@ -90,7 +85,7 @@ def _run(xp, rule, hp, pol, n, block_size, seed):
 @pytest.mark.parametrize(("case", "pol"), CPU_CASES, ids=_ids(CPU_CASES))
 def test_cpu_every_bit_is_the_references(case, pol):
     rule, _, hp = case
-    for n, bs in ((4099, 256), (5000, 2048)):
+    for n, bs in ((0, 2048), (1, 256), (4099, 256), (5000, 2048)):
         _run(np, rule, hp, pol, n, bs, seed=n + bs)
 
 
@@ -99,7 +94,7 @@ def test_cpu_every_bit_is_the_references(case, pol):
 def test_cuda_every_bit_is_the_references(case, pol):
     xp = get_backend("cuda").xp
     rule, _, hp = case
-    for n, bs in ((4099, 256), (5000, 2048)):
+    for n, bs in ((0, 2048), (1, 256), (4099, 256), (5000, 2048)):
         _run(xp, rule, hp, pol, n, bs, seed=n + bs)
 
 

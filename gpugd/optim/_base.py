@@ -229,7 +229,7 @@ class Optimizer(StepMixin, CheckpointMixin):
             )
         pdt = dtypes.pop()
         self.param_dtype = pdt
-        self._check_state_bits(state_bits, block_size, pdt, master_weights, state_dtype)
+        self._check_state_bits(state_bits, block_size, pdt, state_dtype)
         half = pdt.name in ("float16", "bfloat16")
         if not isinstance(master_weights, bool):
             raise TypeError(f"master_weights: expected a bool, got {master_weights!r}")
@@ -267,9 +267,7 @@ class Optimizer(StepMixin, CheckpointMixin):
         self.master_weights = master_weights
         self.rounding, self.seed = rounding, int(seed)
 
-    def _check_state_bits(
-        self, state_bits: Any, block_size: Any, pdt: np.dtype, master_weights: Any, sdt: Any
-    ) -> None:
+    def _check_state_bits(self, state_bits: Any, block_size: Any, pdt: np.dtype, sdt: Any) -> None:
         if isinstance(state_bits, bool) or state_bits not in STATE_BITS:
             raise ValueError(f"state_bits: expected one of {STATE_BITS}, got {state_bits!r}")
         self.state_bits = int(state_bits)
@@ -334,10 +332,10 @@ class Optimizer(StepMixin, CheckpointMixin):
     def _allocate(self) -> None:
         self.state: dict[str, dict[str, Any]] = {n: {} for g in self._groups for n in g.names}
         self._buffers: dict[str, Any] = {}
-        if self.state_bits == 8:
-            self._allocate8()
-            return
         arena = next((g.flat for g in self._groups if g.flat is not None), None)
+        if self.state_bits == 8:
+            self._allocate8(arena)
+            return
         for sname in self._all_state_names():
             if arena is not None:
                 self._buffers[sname] = arena.new_state(dtype=self.state_dtype)
@@ -359,7 +357,7 @@ class Optimizer(StepMixin, CheckpointMixin):
         for g in self._groups:
             g.tensors = None
 
-    def _allocate8(self) -> None:
+    def _allocate8(self, arena: FlatParams | None) -> None:
         """8-bit states, per tensor (arena tensors too): codes and absmax of the state's
         initial value (Adagrad's initial_accumulator_value through ``quant8.quantize``) for
         tensors of at least ``quant8.MIN_8BIT`` elements, float32 arrays for smaller ones."""
@@ -376,7 +374,7 @@ class Optimizer(StepMixin, CheckpointMixin):
                     else:
                         self.state[n][sname] = _full_like(p, fill, np.float32)
         if self.master_weights:
-            self._copy_masters(next((g.flat for g in self._groups if g.flat is not None), None))
+            self._copy_masters(arena)
         for g in self._groups:
             g.tensors = None
 
