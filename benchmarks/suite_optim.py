@@ -11,6 +11,16 @@ With blockwise 8-bit states over fp32 parameters (``_state8_rows``): Adam 16 B, 
 Peers: NumPy composition of the same update (in-place ufuncs, several passes), and
 torch.optim on the same memory with ``fused=True`` and ``foreach=True`` when importable
 and supported for that rule on that device.
+
+Memory: on the CPU the flat rows' arrays are allocated as gpugd allocates its arenas and
+states (``gpugd._hostmem.copy_of``: 2 MiB-aligned, huge pages requested), as the ``amp``
+suite's are; gpugd, its peers and the own-traffic loop stream the same buffers. Two rows,
+``adam_ 4k-pages`` and ``lion_ 4k-pages``, run the same rules over plain NumPy allocations
+(4 KiB pages), what ``gpugd.ops`` sees when a caller brings its own arrays: with small
+pages every stream crosses a page each 1,024 float32 elements and the hardware
+prefetchers stop there, which costs a rule with more work per element more than the plain
+loop (on the 2-core Zen 3 VM, one thread: Lion 15 GB/s against SGD-momentum's 23 with the
+same traffic; ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from gpugd import _hostmem as hostmem
 from gpugd import ops
 
 from .ceilings import against, traffic
@@ -44,6 +55,15 @@ RULES: dict[str, tuple[str, dict, int, str, dict]] = {
     "lion_": ("lion_", dict(lr=1e-4), 1, "", {}),  # 5w as SGD momentum; torch has no Lion
 }
 NO_STEP = ("rmsprop_", "lion_")  # ops without a step argument
+
+
+FOUR_K = ("adam_", "lion_")  # the rules also run over NumPy's own (4 KiB-page) arrays
+
+
+def _own(a: Any) -> Any:
+    """``a`` in a buffer as gpugd allocates its arenas and states (huge pages on the host;
+    a device array as it is)."""
+    return hostmem.copy_of(a) if isinstance(a, np.ndarray) else a
 
 
 def default_numel(ctx: Context) -> int:
@@ -180,12 +200,17 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     peer = "cupy" if ctx.backend.name == "cuda" else "numpy"
     w = 4
     rng = xp.random
-    p = rng.standard_normal(n).astype(xp.float32)
-    g = rng.standard_normal(n).astype(xp.float32)
-    states = [xp.zeros(n, xp.float32) for _ in range(3)]
+    p0 = rng.standard_normal(n).astype(xp.float32)
+    g0 = rng.standard_normal(n).astype(xp.float32)
+    small = [p0, g0, *(xp.zeros(n, xp.float32) for _ in range(3))]  # NumPy's allocations
     ctx.log(f"optim: float32 n={n}")
     rows = []
-    for label, (op, hp, nstates, tcls, tkw) in RULES.items():
+    own_set = [_own(a) for a in small]  # shared by the rules, as the NumPy set by its rows
+    cases = [(label, own_set, label) for label in RULES]
+    if xp is np and not ctx.quick:
+        cases += [(f"{k} 4k-pages", small, k) for k in FOUR_K]
+    for label, (p, g, *states), rule in cases:
+        op, hp, nstates, tcls, tkw = RULES[rule]
         if ctx.quick and label not in QUICK:
             continue
         fn = getattr(ops, op)
@@ -194,14 +219,14 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         if op not in NO_STEP:
             kw["step"] = 10
 
-        def call(fn=fn, s=s, kw=kw):
+        def call(fn=fn, p=p, g=g, s=s, kw=kw):
             fn(p, g, *s, **kw)
 
         peers: dict[str, Any] = {}
         if label == "adam_":
-            peers[peer] = lambda: _numpy_adam(xp, p, g, states[0], states[1])
+            peers[peer] = lambda p=p, g=g, s=s: _numpy_adam(xp, p, g, s[0], s[1])
         elif label == "sgd_ momentum":
-            peers[peer] = lambda: _numpy_sgd(xp, p, g, states[0])
+            peers[peer] = lambda p=p, g=g, s=s: _numpy_sgd(xp, p, g, s[0])
         if torch is not None and tcls:
             peers.update(_torch_peers(torch, p, g, tcls, tkw, ctx.backend.name == "cuda"))
         nbytes = (3 + 2 * nstates) * w * n
@@ -226,9 +251,9 @@ def _lion_bf16_rows(ctx: Context, n: int) -> list[dict[str, Any]]:
     import ml_dtypes
 
     xp, bf16 = ctx.backend.xp, ml_dtypes.bfloat16
-    p = xp.asarray(np.random.default_rng(0).standard_normal(n).astype(bf16))
-    g = xp.asarray(np.random.default_rng(1).standard_normal(n).astype(bf16))
-    m = xp.zeros(n, xp.float32)
+    p = _own(xp.asarray(np.random.default_rng(0).standard_normal(n).astype(bf16)))
+    g = _own(xp.asarray(np.random.default_rng(1).standard_normal(n).astype(bf16)))
+    m = _own(xp.zeros(n, xp.float32))
     fns = {"gpugd": lambda: ops.lion_(p, g, m, lr=1e-4)}
     t, ceil, cname, info = against(ctx, fns, {"r1m2": traffic([g], [p, m], xp=xp)}, 14 * n)
     r = row(ctx, "lion_ bf16p", bf16, n, t["gpugd"], 14 * n, cname, ceil, {})
@@ -261,13 +286,13 @@ def _state8_rows(ctx: Context, n: int) -> list[dict[str, Any]]:
         ("lion8bit_", (True,), ops.lion8bit_, "lion_", dict(lr=1e-4)),
     )
     for dt, sfx in ((np.dtype(np.float32), ""), (np.dtype(ml_dtypes.bfloat16), " bf16p")):
-        p = xp.asarray(rng.standard_normal(n).astype(np.float32).astype(dt))
-        p32 = p.copy()
-        g = xp.asarray((rng.standard_normal(n) * 1e-3).astype(np.float32).astype(dt))
+        p = _own(xp.asarray(rng.standard_normal(n).astype(np.float32).astype(dt)))
+        p32 = _own(p)
+        g = _own(xp.asarray((rng.standard_normal(n) * 1e-3).astype(np.float32).astype(dt)))
         for label, signs, op8, name32, kw in cases:
             label = label + sfx
-            st = [state8(n, s, xp=xp) for s in signs]
-            st32 = [xp.zeros(n, xp.float32) for _ in signs]
+            st = [tuple(_own(a) for a in state8(n, s, xp=xp)) for s in signs]
+            st32 = [_own(xp.zeros(n, xp.float32)) for _ in signs]
             op32 = getattr(ops, name32)
             nbytes = 3 * dt.itemsize * n + len(signs) * (2 * n + 8 * nb)
             peer = f"{name32} fp32 states"
