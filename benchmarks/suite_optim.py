@@ -15,12 +15,11 @@ and supported for that rule on that device.
 Memory: on the CPU the flat rows' arrays are allocated as gpugd allocates its arenas and
 states (``gpugd._hostmem.copy_of``: 2 MiB-aligned, huge pages requested), as the ``amp``
 suite's are; gpugd, its peers and the own-traffic loop stream the same buffers. Two rows,
-``adam_ 4k-pages`` and ``lion_ 4k-pages``, run the same rules over plain NumPy allocations
-(4 KiB pages), what ``gpugd.ops`` sees when a caller brings its own arrays: with small
-pages every stream crosses a page each 1,024 float32 elements and the hardware
-prefetchers stop there, which costs a rule with more work per element more than the plain
-loop (on the 2-core Zen 3 VM, one thread: Lion 15 GB/s against SGD-momentum's 23 with the
-same traffic; ``benchmarks/README.md``).
+``adam_ numpy-alloc`` and ``lion_ numpy-alloc``, run the same rules over NumPy's own
+allocations, what ``gpugd.ops`` sees when a caller brings its own arrays (NumPy advises
+huge pages too, but its large arrays start 16 bytes past a 64-byte boundary, so every
+other 32-byte vector access splits a cache line). On the 2-core Zen 3 VM the two differed
+by up to 1.8x in one run and by 5% in another (``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -57,7 +56,7 @@ RULES: dict[str, tuple[str, dict, int, str, dict]] = {
 NO_STEP = ("rmsprop_", "lion_")  # ops without a step argument
 
 
-FOUR_K = ("adam_", "lion_")  # the rules also run over NumPy's own (4 KiB-page) arrays
+NUMPY_ALLOC = ("adam_", "lion_")  # the rules also run over NumPy's own allocations
 
 
 def _own(a: Any) -> Any:
@@ -208,7 +207,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     own_set = [_own(a) for a in small]  # shared by the rules, as the NumPy set by its rows
     cases = [(label, own_set, label) for label in RULES]
     if xp is np and not ctx.quick:
-        cases += [(f"{k} 4k-pages", small, k) for k in FOUR_K]
+        cases += [(f"{k} numpy-alloc", small, k) for k in NUMPY_ALLOC]
     for label, (p, g, *states), rule in cases:
         op, hp, nstates, tcls, tkw = RULES[rule]
         if ctx.quick and label not in QUICK:
