@@ -201,13 +201,13 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     rng = xp.random
     p0 = rng.standard_normal(n).astype(xp.float32)
     g0 = rng.standard_normal(n).astype(xp.float32)
-    small = [p0, g0, *(xp.zeros(n, xp.float32) for _ in range(3))]  # NumPy's allocations
+    numpy_set = [p0, g0, *(xp.zeros(n, xp.float32) for _ in range(3))]  # NumPy allocates these
     ctx.log(f"optim: float32 n={n}")
     rows = []
-    own_set = [_own(a) for a in small]  # shared by the rules, as the NumPy set by its rows
+    own_set = [_own(a) for a in numpy_set]  # shared by the rules, as the NumPy set by its rows
     cases = [(label, own_set, label) for label in RULES]
     if xp is np and not ctx.quick:
-        cases += [(f"{k} numpy-alloc", small, k) for k in NUMPY_ALLOC]
+        cases += [(f"{k} numpy-alloc", numpy_set, k) for k in NUMPY_ALLOC]
     for label, (p, g, *states), rule in cases:
         op, hp, nstates, tcls, tkw = RULES[rule]
         if ctx.quick and label not in QUICK:
