@@ -122,7 +122,23 @@ def test_a_previous_run_is_refused_without_resume_or_overwrite(tmp_path, capsys)
     assert json.loads((Path(rd) / "metrics.json").read_text())["summary"]["epochs_run"] == 3
 
 
-def test_sigint_is_held_until_the_checkpoint_pair_is_written():
+@pytest.fixture
+def python_sigint():
+    """Python's own Ctrl-C handler for the test, whatever the suite inherited: a suite run
+    as a background job of a non-interactive shell starts with SIGINT ignored (POSIX), and
+    ``_sigint_deferred`` rightly leaves an ignored SIGINT alone."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT back to its default (an ignored SIGINT is
+    inherited, and Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_sigint_is_held_until_the_checkpoint_pair_is_written(python_sigint):
     done = []
     with pytest.raises(KeyboardInterrupt):
         with train._sigint_deferred():
@@ -137,7 +153,11 @@ def test_ctrl_c_exits_130_with_one_line_and_a_resumable_checkpoint(tmp_path):
     rd = tmp_path / "run"
     argv = [sys.executable, "-m", "gpugd", "train", "--run-dir", str(rd), "--epochs", "100000"]
     proc = subprocess.Popen(
-        [*argv, *SMALL], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*argv, *SMALL],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_sigint_default,
     )
     try:
         deadline = time.monotonic() + 120

@@ -12,6 +12,10 @@ Each loop runs in ``vmath.BLOCK``-element blocks that prefetch their lines 4 KiB
 place ran at half its out-of-place speed from memory (the same machine code; in cache both
 were equal), e.g. silu 2^24 fp32, one run: 97 ms in place, 45 out of place; after, 33/39.
 On AMD Zen only the in-place loops prefetch (``_prefetch``): out of place they only cost.
+Every load goes through ``vmath.opaque``: in place, LLVM would otherwise drop the store of
+a branch that gives dy back and vectorize with masked stores, microcoded on AMD Zen 3
+(relu backward in place, 2^24 fp32: 8.7 ms against 7.1 out of place; after, 3.6 against
+4.3, torch 3.5: ``benchmarks/experiments/inplace_act.py``).
 float32 GELU takes Φ from a vectorizable erfc (relative error ~1e-7 in both tails);
 float64 GELU and softplus' forward call libm's erfc/log1p (scalar: exact, slower).
 Compiled with fastmath ``contract`` only (here and in ``vmath``): a·b + c may become one
@@ -32,6 +36,7 @@ from .vmath import (
     fma,
     like,
     mul_rn,
+    opaque,
     prefetch_block,
     vexp_neg,
     vexpm1,
@@ -250,9 +255,9 @@ def _map2(f, x, y, a, b, pf):
             prefetch_block(x, lo, False)
             prefetch_block(y, lo, True)
         for i in range(lo, lo + BLOCK):
-            y[i] = f(x[i], a, b)
+            y[i] = f(opaque(x[i]), a, b)
     for i in range(full, n):
-        y[i] = f(x[i], a, b)
+        y[i] = f(opaque(x[i]), a, b)
 
 
 @njit(**_J)
@@ -266,9 +271,9 @@ def _map3(f, dy, v, dx, a, b, pf):
             prefetch_block(v, lo, False)
             prefetch_block(dx, lo, True)
         for i in range(lo, lo + BLOCK):
-            dx[i] = f(dy[i], v[i], a, b)
+            dx[i] = f(opaque(dy[i]), opaque(v[i]), a, b)
     for i in range(full, n):
-        dx[i] = f(dy[i], v[i], a, b)
+        dx[i] = f(opaque(dy[i]), opaque(v[i]), a, b)
 
 
 @njit(**_J)
