@@ -53,6 +53,7 @@ from numba import njit, prange
 
 from gpugd import _tensor_table as layout
 from gpugd._cpu import activations as _act
+from gpugd._cpu import optim as _opt
 from gpugd._cpu.optim import address
 from gpugd._cpu.tensor_table import SIZE_ROW, entry
 
@@ -140,7 +141,7 @@ MIX_NOTES = {
     "mN": "N arrays read and rewritten in place",
     "wN": "N arrays written fresh (write-allocate, where the CPU does it, paid as the kernel)",
     "a+b": "two passes: the sum of the loops' times",
-    "math": "compute bound: the kernel's own math over L1-resident blocks, every core",
+    "math": "compute bound: the kernel's own math over cache-resident buffers, every core",
 }
 
 
@@ -211,6 +212,107 @@ def act_math(kind: int, a: float, b: float, bytes_per_elem: int = 12, numel: int
     f = np.float32
     loop = Loop(
         lambda: _act_math_loop(kind, dy, v, dx, f(a), f(b), reps),
+        bytes_per_elem * reps * threads * _MATH_BLOCK,
+        reps * threads * _MATH_BLOCK,
+    )
+    loop.fn()
+    return loop
+
+
+_F = np.float32
+# Adam's scalars for the compute bound: β1, 1 − β1, β2, 1 − β2, ε, weight-decay term,
+# decay factor, AMSGrad off, step size, 1/√(bias correction 2), gradient scale, clip off
+_ADAM_SCALARS = (_F(0.9), _F(0.1), _F(0.999), _F(0.001), _F(1e-8), _F(0.0), _F(1.0))
+_ADAM_TAIL = (_F(1e-3), _F(1.0), _F(1.0), _F(np.inf))
+
+
+@njit(cache=True, parallel=True)
+def _adam_math_loop(p, g, m, v, out, rnd, reps):
+    b1, omb1, b2, omb2, eps, wd, dm = _ADAM_SCALARS
+    lr, bc2, gs, clip = _ADAM_TAIL
+    for t in prange(p.shape[0]):
+        o = out[t] if out.shape[1] else out[0, :0]
+        for _ in range(reps):
+            if out.shape[1]:
+                _opt._apply_adam(
+                    p[t],
+                    g[t],
+                    m[t],
+                    v[t],
+                    v[t],
+                    o,
+                    rnd,
+                    b1,
+                    omb1,
+                    b2,
+                    omb2,
+                    eps,
+                    wd,
+                    dm,
+                    False,
+                    lr,
+                    bc2,
+                    gs,
+                    clip,
+                )
+            else:
+                _opt._apply_adam(
+                    p[t],
+                    g[t],
+                    m[t],
+                    v[t],
+                    v[t],
+                    None,
+                    rnd,
+                    b1,
+                    omb1,
+                    b2,
+                    omb2,
+                    eps,
+                    wd,
+                    dm,
+                    False,
+                    lr,
+                    bc2,
+                    gs,
+                    clip,
+                )
+
+
+def adam_math(
+    param: Any,
+    state: Any,
+    master: bool,
+    stochastic: bool,
+    bytes_per_elem: int,
+    numel: int = 1 << 22,
+) -> Loop:
+    """The compute bound of the CPU Adam kernel (``optim._apply_adam``, the per-element
+    code of every Adam call) for a precision policy: parameters/gradients of dtype
+    ``param``, states ``state``, an fp32 master copy or not, stochastic rounding or not;
+    its own loop over L2-resident blocks (``_MATH_BLOCK`` elements), one per thread,
+    ``numel`` elements in all per call. The Loop's bytes are the policy's fewest
+    (``bytes_per_elem`` each), so its GB/s is what the math allows."""
+    import numba
+
+    from gpugd._cpu.precision import kernel_view
+
+    threads = numba.get_num_threads()
+    rng = np.random.default_rng(0)
+    shape = (threads, _MATH_BLOCK)
+
+    def arr(dtype: Any, scale: float) -> np.ndarray:
+        a = (rng.standard_normal(shape) * scale).astype(np.float32)
+        return kernel_view(a.astype(dtype))
+
+    p = arr(np.float32 if master else param, 1.0)
+    out = arr(param, 1.0) if master else kernel_view(np.zeros((1, 0), param))
+    g, m = arr(param, 1e-2), arr(state, 1e-3)
+    v = kernel_view(np.abs(rng.standard_normal(shape) * 1e-6).astype(np.float32).astype(state))
+    rnd = (np.uint32(12345), np.int64(0)) if stochastic else None
+    reps = max(1, numel // (threads * _MATH_BLOCK))
+    loop = Loop(
+        lambda: _adam_math_loop(p, g, m, v, out, rnd, reps),
         bytes_per_elem * reps * threads * _MATH_BLOCK,
         reps * threads * _MATH_BLOCK,
     )

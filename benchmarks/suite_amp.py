@@ -20,8 +20,12 @@ master copy) read and rewritten; p only written where a master copy feeds it (``
 ``r1m3w1``); ``own_ceiling_gbps`` and ``pct_of_own_ceiling`` are that figure too. On the
 CPU VMs an array's memory has streamed at 46–57 GB/s depending on where it landed
 (``python -m benchmarks.experiments.placement``), so only a loop over the same buffers
-compares a kernel and a ceiling on the same memory. The step-latency rows stay against
-the run's ``inplace`` class (they time a step, not a stream).
+compares a kernel and a ceiling on the same memory. On the CPU each row also carries its
+policy's compute bound (``ceilings.adam_math``: the per-element Adam kernel of every call,
+``optim._apply_adam``, over L2-resident blocks, one per core) and is held against the
+tighter of the two (``ceiling`` names it: bfloat16 states, whose conversions cost more
+than their bytes save, are bound by their math on the 2-core VMs). The step-latency rows
+stay against the run's ``inplace`` class (they time a step, not a stream).
 
 Policies (``POLICIES``: parameter/gradient dtype, state dtype, master weights, rounding)
 and the fewest bytes per element each must move (``bytes_per_elem``): read g, both states
@@ -75,7 +79,7 @@ import numpy as np
 from gpugd import _hostmem as hostmem
 from gpugd import ops
 
-from .ceilings import mix_name, traffic
+from .ceilings import adam_math, bounds_text, mix_name, traffic
 from .harness import Context, optional_torch, row
 from .suite_optim import _numpy_adam, resnet50_shapes
 
@@ -324,6 +328,12 @@ def _policy_rows(
     mix = mix_name(1, 3, 0)  # g read; m, v and p (or the master copy) rewritten
     mix += "w1" if pol.master else ""
     own_fns = {f"own-{k}": loop.fn for k, loop in own.items()}
+    math = None
+    if xp is np:
+        sr = pol.rounding == "stochastic"
+        math = adam_math(pol.param, pol.state, pol.master, sr, policy_bytes_per_elem(pol))
+    if math is not None:
+        own_fns["math"] = math.fn
     t, _ = ctx.measure({**ours, **own_fns, **peers}, "read")  # any class: not used
     n = a.numel()
     nbytes = policy_bytes_per_elem(pol) * n
@@ -333,13 +343,22 @@ def _policy_rows(
         if key == "gpugd-optim":
             base["gpugd-ops"] = t["gpugd-ops"].median_s
         ceil = nbytes / t[f"own-{key}"].median_s / 1e9
-        r = row(ctx, name, pol.param, n, t[key], nbytes, mix, ceil, base, len(a.p))
+        bounds: dict[str, Any] = {"mem": mix, "mem_gbps": ceil}
+        cname = mix
+        if math is not None:
+            ms = t["math"].median_s
+            bounds["math_ns_per_elem"] = ms / math.numel * 1e9
+            bounds["math_gbps"] = math.nbytes / ms / 1e9
+            if bounds["math_gbps"] < ceil:
+                cname, ceil = "math", bounds["math_gbps"]
+        r = row(ctx, name, pol.param, n, t[key], nbytes, cname, ceil, base, len(a.p))
         r["policy"] = code
         r["note"] = note
+        r["bounds"] = bounds
         r["own_ceiling_gbps"] = own[key].nbytes / t[f"own-{key}"].median_s / 1e9
         r["pct_of_own_ceiling"] = 100.0 * r["gbps"] / r["own_ceiling_gbps"]
-        r["detail"] = f"{mix} over its own buffers {r['own_ceiling_gbps']:.1f} GB/s"
-        ctx.log(f"  {name:<42} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of {mix}")
+        r["detail"] = bounds_text(bounds).replace(mix, f"{mix} over its own buffers", 1)
+        ctx.log(f"  {name:<42} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of {cname}")
         rows.append(r)
     return rows
 

@@ -70,7 +70,7 @@ def test_amp_rows_follow_the_schema_and_count_bytes_per_policy(amp_run):
     assert {r["kernel"] for r in rows} == expected
     torch = benchmarks.harness.optional_torch()
     for r in rows:
-        own = {"own_ceiling_gbps", "pct_of_own_ceiling", "detail"}
+        own = {"own_ceiling_gbps", "pct_of_own_ceiling", "detail", "bounds"}
         assert set(r) == SCHEMA | {"policy", "note"} | (set() if "latency" in r["kernel"] else own)
         pol = amp.POLICIES[r["policy"]]
         assert r["dtype"] == pol.param.name
@@ -84,16 +84,24 @@ def test_amp_rows_follow_the_schema_and_count_bytes_per_policy(amp_run):
             assert r["policy"] == "fp32" and r["tensors"] == amp.LATENCY_TENSORS
             assert 0.8 * NUMEL < r["numel"] < 1.3 * NUMEL  # about --numel, 200 tensors
         assert r["gbps"] == pytest.approx(r["bytes"] / r["median_s"] / 1e9)
-        # a policy row against the loop with its own traffic over its own buffers, whose
-        # bytes are the row's: the two ceilings are the same figure
+        # a policy row against the tighter of the loop with its own traffic over its own
+        # buffers (whose bytes are the row's) and, on the CPU, its compute bound
         master = amp.POLICIES[r["policy"]].master
         want = "inplace" if "latency" in r["kernel"] else ("r1m3w1" if master else "r1m3")
-        assert r["ceiling"] == want and 0 < r["ceiling_gbps"] < float("inf")
+        assert 0 < r["ceiling_gbps"] < float("inf")
         assert r["pct_of_ceiling"] == pytest.approx(100 * r["gbps"] / r["ceiling_gbps"])
         assert all(v > 0 for v in r["baselines"].values())
-        if "latency" not in r["kernel"]:
-            assert r["own_ceiling_gbps"] == pytest.approx(r["ceiling_gbps"])
+        if "latency" in r["kernel"]:
+            assert r["ceiling"] == want
+        else:
+            b = r["bounds"]
+            assert b["mem"] == want and r["own_ceiling_gbps"] == pytest.approx(b["mem_gbps"])
             assert r["pct_of_own_ceiling"] == pytest.approx(100 * r["gbps"] / r["own_ceiling_gbps"])
+            assert 0 < b["math_ns_per_elem"] and 0 < b["math_gbps"] < float("inf")  # CPU run
+            tight = min(b["mem_gbps"], b["math_gbps"])
+            assert r["ceiling"] == ("math" if b["math_gbps"] < b["mem_gbps"] else want)
+            assert r["ceiling_gbps"] == pytest.approx(tight)
+            assert f"math {b['math_ns_per_elem']:.3f} ns/elem" in r["detail"]
         peers = set(r["baselines"])
         if r["kernel"].startswith(latency):
             torch_peers = {"torch-fused"} if torch is not None else set()
