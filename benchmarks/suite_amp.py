@@ -79,7 +79,7 @@ import numpy as np
 from gpugd import _hostmem as hostmem
 from gpugd import ops
 
-from .ceilings import adam_math, bounds_text, mix_name, traffic
+from .ceilings import adam_math, bounds_text, mix_name, tighten, traffic
 from .harness import Context, optional_torch, row
 from .suite_optim import _numpy_adam, resnet50_shapes
 
@@ -346,11 +346,7 @@ def _policy_rows(
         bounds: dict[str, Any] = {"mem": mix, "mem_gbps": ceil}
         cname = mix
         if math is not None:
-            ms = t["math"].median_s
-            bounds["math_ns_per_elem"] = ms / math.numel * 1e9
-            bounds["math_gbps"] = math.nbytes / ms / 1e9
-            if bounds["math_gbps"] < ceil:
-                cname, ceil = "math", bounds["math_gbps"]
+            cname, ceil = tighten(bounds, math, t["math"].median_s, cname, ceil)
         r = row(ctx, name, pol.param, n, t[key], nbytes, cname, ceil, base, len(a.p))
         r["policy"] = code
         r["note"] = note
