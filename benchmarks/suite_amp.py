@@ -23,9 +23,10 @@ CPU VMs an array's memory has streamed at 46–57 GB/s depending on where it lan
 compares a kernel and a ceiling on the same memory. On the CPU each row also carries its
 policy's compute bound (``ceilings.adam_math``: the per-element Adam kernel of every call,
 ``optim._apply_adam``, over L2-resident blocks, one per core) and is held against the
-tighter of the two (``ceiling`` names it: bfloat16 states, whose conversions cost more
-than their bytes save, are bound by their math on the 2-core VMs). The step-latency rows
-stay against the run's ``inplace`` class (they time a step, not a stream).
+tighter of the two (``ceiling`` names it: on the 2-core Zen 3 VM, bfloat16 states, whose
+conversions cost more than their bytes save, and stochastic rounding were math-bound).
+The step-latency rows stay against the run's ``inplace`` class (they time a step, not a
+stream).
 
 Policies (``POLICIES``: parameter/gradient dtype, state dtype, master weights, rounding)
 and the fewest bytes per element each must move (``bytes_per_elem``): read g, both states
@@ -328,12 +329,12 @@ def _policy_rows(
     mix = mix_name(1, 3, 0)  # g read; m, v and p (or the master copy) rewritten
     mix += "w1" if pol.master else ""
     own_fns = {f"own-{k}": loop.fn for k, loop in own.items()}
-    math = None
+    bound = None  # the compute bound (CPU)
     if xp is np:
         sr = pol.rounding == "stochastic"
-        math = adam_math(pol.param, pol.state, pol.master, sr, policy_bytes_per_elem(pol))
-    if math is not None:
-        own_fns["math"] = math.fn
+        numel = min(1 << 22, max(a.numel(), 1 << 14))  # about the row's work per call
+        bound = adam_math(pol.param, pol.state, pol.master, sr, policy_bytes_per_elem(pol), numel)
+        own_fns["math"] = bound.fn
     t, _ = ctx.measure({**ours, **own_fns, **peers}, "read")  # any class: not used
     n = a.numel()
     nbytes = policy_bytes_per_elem(pol) * n
@@ -345,8 +346,8 @@ def _policy_rows(
         ceil = nbytes / t[f"own-{key}"].median_s / 1e9
         bounds: dict[str, Any] = {"mem": mix, "mem_gbps": ceil}
         cname = mix
-        if math is not None:
-            cname, ceil = tighten(bounds, math, t["math"].median_s, cname, ceil)
+        if bound is not None:
+            cname, ceil = tighten(bounds, bound, t["math"].median_s, cname, ceil)
         r = row(ctx, name, pol.param, n, t[key], nbytes, cname, ceil, base, len(a.p))
         r["policy"] = code
         r["note"] = note

@@ -129,13 +129,7 @@ def python_sigint():
     ``_sigint_deferred`` rightly leaves an ignored SIGINT alone."""
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
-    signal.signal(signal.SIGINT, before)
-
-
-def _sigint_default() -> None:
-    """In the child before exec: SIGINT back to its default (an ignored SIGINT is
-    inherited, and Python then installs no KeyboardInterrupt handler)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL if before is None else before)
 
 
 def test_sigint_is_held_until_the_checkpoint_pair_is_written(python_sigint):
@@ -149,7 +143,8 @@ def test_sigint_is_held_until_the_checkpoint_pair_is_written(python_sigint):
 
 
 @pytest.mark.slow
-def test_ctrl_c_exits_130_with_one_line_and_a_resumable_checkpoint(tmp_path):
+def test_ctrl_c_exits_130_with_one_line_and_a_resumable_checkpoint(tmp_path, python_sigint):
+    # (an ignored SIGINT is inherited across exec, a handled one starts the child at default)
     rd = tmp_path / "run"
     argv = [sys.executable, "-m", "gpugd", "train", "--run-dir", str(rd), "--epochs", "100000"]
     proc = subprocess.Popen(
@@ -157,7 +152,6 @@ def test_ctrl_c_exits_130_with_one_line_and_a_resumable_checkpoint(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_sigint_default,
     )
     try:
         deadline = time.monotonic() + 120

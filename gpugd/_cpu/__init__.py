@@ -9,7 +9,8 @@ from numba.core.errors import NumbaIRAssumptionWarning
 # that ask for a bug report: its own pedantic check, not a fault of the kernel (they are
 # tested against the float64 and mpmath references). A user's first `gpugd train` should
 # not open with a page of them.
-# (A warning is attributed to the kernel's module, so the filter matches its message.)
+# (A warning is attributed to the kernel's module, so the filter matches its message; with
+# colorama installed Numba prefixes it with a terminal highlight code, hence the ".*".)
 warnings.filterwarnings(
-    "ignore", message=r"variable '.*' is not in scope", category=NumbaIRAssumptionWarning
+    "ignore", message=r".*variable '.*' is not in scope", category=NumbaIRAssumptionWarning
 )
