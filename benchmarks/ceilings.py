@@ -221,10 +221,13 @@ def act_math(kind: int, a: float, b: float, bytes_per_elem: int = 12, numel: int
 
 
 _F = np.float32
-# Adam's scalars for the compute bound: β1, 1 − β1, β2, 1 − β2, ε, weight-decay term,
-# decay factor, AMSGrad off, step size, 1/√(bias correction 2), gradient scale, clip off
-_ADAM_SCALARS = (_F(0.9), _F(0.1), _F(0.999), _F(0.001), _F(1e-8), _F(0.0), _F(1.0))
-_ADAM_TAIL = (_F(1e-3), _F(1.0), _F(1.0), _F(np.inf))
+# Adam's scalars for the compute bound, in ``_apply_adam``'s order: β1, 1 − β1, β2, 1 − β2,
+# ε, weight-decay term, decay factor, AMSGrad off, step size, 1/√(bias correction 2),
+# gradient scale, clip off
+_ADAM_SCALARS = (
+    *(_F(0.9), _F(0.1), _F(0.999), _F(0.001), _F(1e-8), _F(0.0), _F(1.0)),
+    *(False, _F(1e-3), _F(1.0), _F(1.0), _F(np.inf)),
+)
 
 
 def _row(a, t):
@@ -240,15 +243,10 @@ def _row_impl(a, t):
 
 @njit(cache=True, parallel=True)
 def _adam_math_loop(p, g, m, v, out, rnd, reps):
-    b1, omb1, b2, omb2, eps, wd, dm = _ADAM_SCALARS
-    lr, bc2, gs, clip = _ADAM_TAIL
     for t in prange(p.shape[0]):
         o = _row(out, t)
         for _ in range(reps):
-            _opt._apply_adam(
-                p[t], g[t], m[t], v[t], v[t], o, rnd, b1, omb1, b2, omb2, eps, wd, dm, False,
-                lr, bc2, gs, clip,
-            )  # fmt: skip
+            _opt._apply_adam(p[t], g[t], m[t], v[t], v[t], o, rnd, *_ADAM_SCALARS)
 
 
 def adam_math(

@@ -1,8 +1,8 @@
 """Experiment: why an activation backward in place can run slower than out of place.
 
 Times ``gpugd._cpu.activations`` backward kernels directly, round-robin, every call after a
-cache sweep (``ceilings.cpu_flush``), the in-place ones after restoring dy from a pristine
-copy (as the act suite does), in four forms: out of place and in place (dx = dy), each with
+cache sweep (``ceilings.cpu_flush``) and after restoring dy from a pristine copy (the
+in-place forms overwrite it), in four forms: out of place and in place (dx = dy), each with
 and without the block prefetches (``vmath.prefetch_block``), and torch's in-place backward
 beside them when importable. Prints the median ms of each form per kind.
 
@@ -68,21 +68,20 @@ def main(argv: list[str] | None = None) -> None:
             return lambda: run(kind, dy, v, dst, a, b, alias, pf)
 
         forms = {
-            "out pf=0": (False, form(out, act.SEPARATE, False)),
-            "out pf=1": (False, form(out, act.SEPARATE, True)),
-            "in pf=0": (True, form(dy, act.OVER_FIRST, False)),
-            "in pf=1": (True, form(dy, act.OVER_FIRST, True)),
+            "out pf=0": form(out, act.SEPARATE, False),
+            "out pf=1": form(out, act.SEPARATE, True),
+            "in pf=0": form(dy, act.OVER_FIRST, False),
+            "in pf=1": form(dy, act.OVER_FIRST, True),
         }
         peer = _torch_inplace(name)
         if peer is not None:
-            forms["torch in"] = (True, lambda peer=peer: peer(dy, v))
-        for _, fn in forms.values():
+            forms["torch in"] = lambda peer=peer: peer(dy, v)
+        for fn in forms.values():
             fn()  # compile / warm
         times: dict[str, list[float]] = {k: [] for k in forms}
         for _ in range(args.rounds):
-            for label, (restore, fn) in forms.items():
-                if restore:
-                    np.copyto(dy, pristine)
+            for label, fn in forms.items():
+                np.copyto(dy, pristine)
                 if args.hot:
                     t0 = time.perf_counter()
                     for _ in range(args.hot):
