@@ -192,10 +192,10 @@ _MATH_BLOCK = 2048  # elements per thread: act's dy, x, dx in 24 KiB of L1; Adam
 
 
 @njit(cache=True, parallel=True)
-def _act_math_loop(kind, dy, v, dx, a, b, reps):
+def _act_math_loop(kind, dy, v, dx, a, b, c, reps):
     for t in prange(dy.shape[0]):
         for _ in range(reps):
-            _act._backward_serial(kind, dy[t], v[t], dx[t], a, b, _act.SEPARATE, False)
+            _act._backward_serial(kind, dy[t], v[t], dx[t], a, b, c, _act.SEPARATE, False)
 
 
 def act_math(kind: int, a: float, b: float, bytes_per_elem: int = 12, numel: int = 1 << 22) -> Loop:
@@ -212,7 +212,7 @@ def act_math(kind: int, a: float, b: float, bytes_per_elem: int = 12, numel: int
     reps = max(1, numel // (threads * _MATH_BLOCK))
     f = np.float32
     loop = Loop(
-        lambda: _act_math_loop(kind, dy, v, dx, f(a), f(b), reps),
+        lambda: _act_math_loop(kind, dy, v, dx, f(a), f(b), _act.K32, reps),
         bytes_per_elem * reps * threads * _MATH_BLOCK,
         reps * threads * _MATH_BLOCK,
     )

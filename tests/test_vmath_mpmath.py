@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from gpugd._cpu.vmath import vexp, vexp_neg, vexpm1, vphi
+from gpugd._cpu.vmath import K32, vexp, vexp_neg, vexpm1, vphi
 
 ULPS = {
     ("exp", np.float32): 1.0,
@@ -35,27 +35,27 @@ ULPS = {
 
 
 @njit(error_model="numpy")
-def _exp(x, y):
+def _exp(x, y, c):
     for i in range(x.size):
-        y[i] = vexp(x[i])
+        y[i] = vexp(x[i], c)
 
 
 @njit(error_model="numpy")
-def _exp_neg(x, y):
+def _exp_neg(x, y, c):
     for i in range(x.size):
-        y[i] = vexp_neg(x[i])
+        y[i] = vexp_neg(x[i], c)
 
 
 @njit(error_model="numpy")
-def _expm1(x, y):
+def _expm1(x, y, c):
     for i in range(x.size):
-        y[i] = vexpm1(x[i])
+        y[i] = vexpm1(x[i], c)
 
 
 @njit(error_model="numpy")
-def _phi(x, y):
+def _phi(x, y, c):
     for i in range(x.size):
-        y[i] = vphi(x[i])
+        y[i] = vphi(x[i], c)
 
 
 KERNELS = {"exp": _exp, "exp_neg": _exp_neg, "expm1": _expm1, "phi": _phi}
@@ -97,7 +97,7 @@ def _check(name, dtype, x):
     if name == "exp_neg":
         x = x[x <= 0]  # its domain
     y = np.empty_like(x)
-    KERNELS[name](x, y)
+    KERNELS[name](x, y, K32)
     want, ulp = _exact(name, x, dtype)
     big = ~np.isfinite(ulp)  # the exact value is past the largest finite one
     assert np.isinf(y[big]).all() and (y[big] > 0).all()
@@ -163,7 +163,7 @@ def test_edges_are_the_correctly_rounded_values(name, dtype):
     bit (and torch's, when torch is importable)."""
     x = _edges(dtype)
     y = np.empty_like(x)
-    KERNELS[name](x, y)
+    KERNELS[name](x, y, K32)
     with mpmath.workprec(200):
         want = np.array([float(EXACT[name](mpmath.mpf(float(v)))) for v in x], np.float64)
     with np.errstate(over="ignore"):
@@ -173,7 +173,7 @@ def test_edges_are_the_correctly_rounded_values(name, dtype):
     np.testing.assert_array_equal(y.view(np.uint8), want.view(np.uint8))
     special = np.array([np.inf, -np.inf, np.nan], dtype)
     got = np.empty_like(special)
-    KERNELS[name](special, got)
+    KERNELS[name](special, got, K32)
     np.testing.assert_array_equal(got, [np.inf, 0.0 if name == "exp" else -1.0, np.nan])
     torch = pytest.importorskip("torch")
     ref = getattr(torch, name)(torch.from_numpy(np.concatenate([x, special]))).numpy()
@@ -194,6 +194,6 @@ def test_exp_neg_is_vexp_bit_for_bit_over_its_domain(dtype):
     x = np.concatenate([neg, edges[edges <= 0], np.array([-np.inf, np.nan], dtype)])
     assert (x[~np.isnan(x)] <= 0).all()
     y, y_neg = np.empty_like(x), np.empty_like(x)
-    _exp(x, y)
-    _exp_neg(x, y_neg)
+    _exp(x, y, K32)
+    _exp_neg(x, y_neg, K32)
     np.testing.assert_array_equal(y_neg.view(ity), y.view(ity))

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         a, b = np.float32(a), np.float32(b)  # as ops passes them for float32 arrays
 
         def form(dst, alias, pf, kind=kind, a=a, b=b):
-            return lambda: run(kind, dy, v, dst, a, b, alias, pf)
+            return lambda: run(kind, dy, v, dst, a, b, act.K32, alias, pf)
 
         forms = {
             "out pf=0": form(out, act.SEPARATE, False),

@@ -1,7 +1,8 @@
 """CPU (Numba) mirror of ``kernels/activations.cu``: activation forward and fused backward.
 
-Each activation's math is one pair of inline functions (``_<kind>_f(x, a, b)`` and
-``_<kind>_b(dy, v, a, b)``, v = output for sigmoid/tanh, input otherwise), in the stable
+Each activation's math is one pair of inline functions (``_<kind>_f(x, a, b, c)`` and
+``_<kind>_b(dy, v, a, b, c)``, v = output for sigmoid/tanh, input otherwise; c = the
+float32 math's constants, ``vmath.K32``, passed in as an argument), in the stable
 forms of the CUDA file: exponentials only of non-positive arguments (no overflow for any
 finite input), ``expm1`` where 1 − e^x would cancel. ``forward``/``backward`` run one
 loop per kind (the kind is chosen outside the loop, so each loop vectorizes; exp is the
@@ -16,6 +17,11 @@ Every load goes through ``vmath.opaque``: in place, LLVM would otherwise drop th
 a branch that gives dy back and vectorize with masked stores, microcoded on AMD Zen 3
 (relu backward in place, 2^24 fp32: 8.7 ms against 7.1 out of place; after, 3.6 against
 4.3, torch 3.5: ``benchmarks/experiments/inplace_act.py``).
+The float32 constants of the transcendental math arrive as an argument (``vmath.K32``),
+runtime values held in registers or stack slots, not literals reloaded from the constant
+pool in every iteration: gelu backward 2.28 → 1.79 ns/element on one core (AMD EPYC Zen 3),
+silu 1.43 → 1.12, softplus 1.12 → 0.88, the same bits
+(``benchmarks/experiments/hoisted_consts.py``).
 float32 GELU takes Φ from a vectorizable erfc (relative error ~1e-7 in both tails);
 float64 GELU and softplus' forward call libm's erfc/log1p (scalar: exact, slower).
 Compiled with fastmath ``contract`` only (here and in ``vmath``): a·b + c may become one
@@ -33,6 +39,7 @@ from .host import AMD_ZEN
 from .vector import CHUNK, PARALLEL_MIN
 from .vmath import (
     BLOCK,
+    K32,
     fma,
     like,
     mul_rn,
@@ -55,19 +62,19 @@ _J = dict(inline="always", error_model="numpy", fastmath={"contract"})
 
 
 @njit(**_J)
-def _sig_pair(x):
+def _sig_pair(x, c):
     """(σ(x), 1 − σ(x)) from one exponential and one division: σ(|x|) = 1/(1 + e) with
     e = e^(−|x|), and σ(−|x|) = e·σ(|x|), not 1 − σ(|x|), which would cancel."""
     one = like(x, 1.0)
-    e = vexp_neg(-abs(x))
+    e = vexp_neg(-abs(x), c)
     big = one / (one + e)
     small = e * big
     return (big, small) if x >= 0 else (small, big)
 
 
 @njit(**_J)
-def _sig(x):
-    return _sig_pair(x)[0]
+def _sig(x, c):
+    return _sig_pair(x, c)[0]
 
 
 @njit(**_J)
@@ -85,8 +92,8 @@ def _signed_underflow(d, x):
 
 
 @njit(**_J)
-def _tanh(x):
-    m = vexpm1(like(x, -2.0) * abs(x))  # tanh|x| = −m/(2 + m): no cancellation near 0
+def _tanh(x, c):
+    m = vexpm1(like(x, -2.0) * abs(x), c)  # tanh|x| = −m/(2 + m): no cancellation near 0
     t = -m / (like(x, 2.0) + m)
     return t if x > 0 else (-t if x < 0 else x)  # ±0 and NaN: x itself, as tanh(±0) = ±0
 
@@ -96,78 +103,78 @@ def _tanh(x):
 
 
 @njit(**_J)
-def _sigmoid_f(x, a, b):
-    return _sig(x)
+def _sigmoid_f(x, a, b, c):
+    return _sig(x, c)
 
 
 @njit(**_J)
-def _sigmoid_b(dy, y, a, b):
+def _sigmoid_b(dy, y, a, b, c):
     return dy * y * (like(y, 1.0) - y)
 
 
 @njit(**_J)
-def _tanh_f(x, a, b):
-    return _tanh(x)
+def _tanh_f(x, a, b, c):
+    return _tanh(x, c)
 
 
 @njit(**_J)
-def _tanh_b(dy, y, a, b):
+def _tanh_b(dy, y, a, b, c):
     # 1 − y² as one explicit fma, as the CUDA kernel writes it: the algebraic backwards
     # (this, sigmoid's, relu's) give the same bits on both backends, whatever LLVM contracts
     return dy * fma(-y, y, like(y, 1.0))
 
 
 @njit(**_J)
-def _relu_f(x, a, b):
+def _relu_f(x, a, b, c):
     return like(x, 0.0) if x < 0 else x  # relu(−Inf) = +0, relu(−0) = −0, NaN kept (torch)
 
 
 @njit(**_J)
-def _relu_b(dy, x, a, b):
+def _relu_b(dy, x, a, b, c):
     # torch's select: dy where x > 0, else +0 (for every dy, ±Inf included); NaN in x or dy
     # gives NaN (a NaN is not a point where the derivative is 0)
     return dy if x > 0 else (x + dy if x != x or dy != dy else like(dy, 0.0))
 
 
 @njit(**_J)
-def _leaky_relu_f(x, a, b):
+def _leaky_relu_f(x, a, b, c):
     return x if x > 0 else a * x
 
 
 @njit(**_J)
-def _leaky_relu_b(dy, x, a, b):
+def _leaky_relu_b(dy, x, a, b, c):
     return dy if x > 0 else (a * dy if x == x else x)  # NaN x: NaN, not the slope's side
 
 
 @njit(**_J)
-def _elu_f(x, a, b):
-    return b * x if x > 0 else b * a * vexpm1(x)  # a = α, b = scale (1 for elu; selu's)
+def _elu_f(x, a, b, c):
+    return b * x if x > 0 else b * a * vexpm1(x, c)  # a = α, b = scale (1 for elu; selu's)
 
 
 @njit(**_J)
-def _elu_b(dy, x, a, b):
-    return b * dy if x > 0 else dy * (b * a * vexp_neg(x))  # dy ⊗ f'(x): Inf·0 is NaN
+def _elu_b(dy, x, a, b, c):
+    return b * dy if x > 0 else dy * (b * a * vexp_neg(x, c))  # dy ⊗ f'(x): Inf·0 is NaN
 
 
 @njit(**_J)
-def _gelu_f(x, a, b):
+def _gelu_f(x, a, b, c):
     # x·Φ(x) = ½x(1 + erf(x/√2)), Φ from erfc: accurate in both tails; gelu(−Inf) = −0
-    return x * vphi(x) if x != like(x, -np.inf) else like(x, -0.0)
+    return x * vphi(x, c) if x != like(x, -np.inf) else like(x, -0.0)
 
 
 @njit(**_J)
-def _gelu_b(dy, x, a, b):
+def _gelu_b(dy, x, a, b, c):
     # f'(x) = Φ(x) + x·φ(x), Φ and e^(−x²/2) from one exponential. Past |x| = 40 it is 1
     # or a negative value below every subnormal: x clamped there (Inf·0 at ±Inf), and a 0
     # for x < −1 (where f' < 0) is −0
     xc = like(x, 40.0) if x > like(x, 40.0) else (like(x, -40.0) if x < like(x, -40.0) else x)
-    cdf, gauss = vphi_gauss(xc)
+    cdf, gauss = vphi_gauss(xc, c)
     d = cdf + xc * like(x, _INV_SQRT_2PI) * gauss
     return dy * _signed_underflow(d, x)
 
 
 @njit(**_J)
-def _sig_gelu_tanh(x):
+def _sig_gelu_tanh(x, c):
     """(s, 1 − s), s = σ(2u), 2u = A·x + B·x³ (A = 2√(2/π), B = 0.044715·A), 2u as t + δ.
 
     In the tail σ(t) has relative condition |t| (~240 at x = −14.5): a t rounded alone, or
@@ -191,61 +198,61 @@ def _sig_gelu_tanh(x):
     r = t - h1
     d = ((h1 - (t - r)) + (h2 - r)) + (e1 + e2)  # two-sum of h1 + h2, then the tails
     d = d if abs(x) < like(x, 1e4) else like(x, 0.0)
-    s, c = _sig_pair(t)
-    sc = s * c * d
-    return s + sc, c - sc
+    s, sbar = _sig_pair(t, c)
+    ds = s * sbar * d
+    return s + ds, sbar - ds
 
 
 @njit(**_J)
-def _gelu_tanh_f(x, a, b):
+def _gelu_tanh_f(x, a, b, c):
     # ½x(1 + tanh u) = x·σ(2u), u = √(2/π)(x + 0.044715x³): 1 + tanh u cancels for x ≪ 0
     # (−0 from x = −10 in float32), σ(2u) keeps its relative accuracy; gelu_tanh(−Inf) = −0
-    return x * _sig_gelu_tanh(x)[0] if x != like(x, -np.inf) else like(x, -0.0)
+    return x * _sig_gelu_tanh(x, c)[0] if x != like(x, -np.inf) else like(x, -0.0)
 
 
 @njit(**_J)
-def _gelu_tanh_b(dy, x, a, b):
+def _gelu_tanh_b(dy, x, a, b, c):
     # f'(x) = s + x·s(1 − s)·(A + 3B·x²), s = σ(2u); past |x| = 10^4 it is 1 (x > 0) or a
     # negative value below every subnormal (x·s·(1 − s) with s = e^(−10^12)), where
     # 3Bx² would overflow and s(1 − s) be 0: Inf·0. A 0 for x < −1 (f' < 0 there) is −0.
-    s, c = _sig_gelu_tanh(x)
-    d = s + x * s * c * (like(x, _A) + like(x, 3.0 * _B) * x * x)
+    s, sbar = _sig_gelu_tanh(x, c)
+    d = s + x * s * sbar * (like(x, _A) + like(x, 3.0 * _B) * x * x)
     return _dy_times_far_slope(dy, x) if abs(x) > like(x, 1e4) else dy * _signed_underflow(d, x)
 
 
 @njit(**_J)
-def _softplus_f(x, a, b):
+def _softplus_f(x, a, b, c):
     bx = a * x  # a = β, b = threshold: linear above it, as torch
     pos = bx if bx > 0 else like(x, 0.0)  # (bx·0 would make −Inf's softplus NaN, not 0)
-    return x if bx > b else (pos + np.log1p(vexp_neg(-abs(bx)))) / a
+    return x if bx > b else (pos + np.log1p(vexp_neg(-abs(bx), c))) / a
 
 
 @njit(**_J)
-def _softplus_b(dy, x, a, b):
+def _softplus_b(dy, x, a, b, c):
     bx = a * x
-    return dy if bx > b else dy * _sig(bx)
+    return dy if bx > b else dy * _sig(bx, c)
 
 
 @njit(**_J)
-def _silu_f(x, a, b):
-    return x * _sig(x) if x != like(x, -np.inf) else like(x, -0.0)  # silu(−Inf) = −0
+def _silu_f(x, a, b, c):
+    return x * _sig(x, c) if x != like(x, -np.inf) else like(x, -0.0)  # silu(−Inf) = −0
 
 
 @njit(**_J)
-def _silu_b(dy, x, a, b):
-    s, c = _sig_pair(x)  # c = 1 − s, exact where s rounds to 1
+def _silu_b(dy, x, a, b, c):
+    s, sbar = _sig_pair(x, c)  # sbar = 1 − s, exact where s rounds to 1
     # f' first, then dy: dy·s would round a subnormal s(x) twice (x = −103 in float32); at
     # ±Inf s(1 + x(1 − s)) is Inf·0, so the far slope
     if abs(x) == like(x, np.inf):
         return _dy_times_far_slope(dy, x)
-    return dy * (s * (like(x, 1.0) + x * c))
+    return dy * (s * (like(x, 1.0) + x * sbar))
 
 
 # ---- loops: the kind picked outside, one vectorizable loop each --------------------------
 
 
 @njit(**_J)
-def _map2(f, x, y, a, b, pf):
+def _map2(f, x, y, a, b, c, pf):
     """y[i] = f(x[i], a, b) in BLOCK-element blocks (the fixed-length inner loop vectorizes),
     each prefetching the lines of the block PREFETCH_BYTES ahead when ``pf``."""
     n = x.size
@@ -255,13 +262,13 @@ def _map2(f, x, y, a, b, pf):
             prefetch_block(x, lo, False)
             prefetch_block(y, lo, True)
         for i in range(lo, lo + BLOCK):
-            y[i] = f(opaque(x[i]), a, b)
+            y[i] = f(opaque(x[i]), a, b, c)
     for i in range(full, n):
-        y[i] = f(opaque(x[i]), a, b)
+        y[i] = f(opaque(x[i]), a, b, c)
 
 
 @njit(**_J)
-def _map3(f, dy, v, dx, a, b, pf):
+def _map3(f, dy, v, dx, a, b, c, pf):
     """dx[i] = f(dy[i], v[i], a, b), blocked and prefetched as ``_map2``."""
     n = dy.size
     full = n - n % BLOCK
@@ -271,53 +278,53 @@ def _map3(f, dy, v, dx, a, b, pf):
             prefetch_block(v, lo, False)
             prefetch_block(dx, lo, True)
         for i in range(lo, lo + BLOCK):
-            dx[i] = f(opaque(dy[i]), opaque(v[i]), a, b)
+            dx[i] = f(opaque(dy[i]), opaque(v[i]), a, b, c)
     for i in range(full, n):
-        dx[i] = f(opaque(dy[i]), opaque(v[i]), a, b)
+        dx[i] = f(opaque(dy[i]), opaque(v[i]), a, b, c)
 
 
 @njit(**_J)
-def _forward_loops(kind, x, y, a, b, pf):
+def _forward_loops(kind, x, y, a, b, c, pf):
     if kind == 0:
-        _map2(_sigmoid_f, x, y, a, b, pf)
+        _map2(_sigmoid_f, x, y, a, b, c, pf)
     elif kind == 1:
-        _map2(_tanh_f, x, y, a, b, pf)
+        _map2(_tanh_f, x, y, a, b, c, pf)
     elif kind == 2:
-        _map2(_relu_f, x, y, a, b, pf)
+        _map2(_relu_f, x, y, a, b, c, pf)
     elif kind == 3:
-        _map2(_leaky_relu_f, x, y, a, b, pf)
+        _map2(_leaky_relu_f, x, y, a, b, c, pf)
     elif kind == 4:
-        _map2(_elu_f, x, y, a, b, pf)
+        _map2(_elu_f, x, y, a, b, c, pf)
     elif kind == 5:
-        _map2(_gelu_f, x, y, a, b, pf)
+        _map2(_gelu_f, x, y, a, b, c, pf)
     elif kind == 6:
-        _map2(_gelu_tanh_f, x, y, a, b, pf)
+        _map2(_gelu_tanh_f, x, y, a, b, c, pf)
     elif kind == 7:
-        _map2(_softplus_f, x, y, a, b, pf)
+        _map2(_softplus_f, x, y, a, b, c, pf)
     elif kind == 8:
-        _map2(_silu_f, x, y, a, b, pf)
+        _map2(_silu_f, x, y, a, b, c, pf)
 
 
 @njit(**_J)
-def _backward_loops(kind, dy, v, dx, a, b, pf):
+def _backward_loops(kind, dy, v, dx, a, b, c, pf):
     if kind == 0:
-        _map3(_sigmoid_b, dy, v, dx, a, b, pf)
+        _map3(_sigmoid_b, dy, v, dx, a, b, c, pf)
     elif kind == 1:
-        _map3(_tanh_b, dy, v, dx, a, b, pf)
+        _map3(_tanh_b, dy, v, dx, a, b, c, pf)
     elif kind == 2:
-        _map3(_relu_b, dy, v, dx, a, b, pf)
+        _map3(_relu_b, dy, v, dx, a, b, c, pf)
     elif kind == 3:
-        _map3(_leaky_relu_b, dy, v, dx, a, b, pf)
+        _map3(_leaky_relu_b, dy, v, dx, a, b, c, pf)
     elif kind == 4:
-        _map3(_elu_b, dy, v, dx, a, b, pf)
+        _map3(_elu_b, dy, v, dx, a, b, c, pf)
     elif kind == 5:
-        _map3(_gelu_b, dy, v, dx, a, b, pf)
+        _map3(_gelu_b, dy, v, dx, a, b, c, pf)
     elif kind == 6:
-        _map3(_gelu_tanh_b, dy, v, dx, a, b, pf)
+        _map3(_gelu_tanh_b, dy, v, dx, a, b, c, pf)
     elif kind == 7:
-        _map3(_softplus_b, dy, v, dx, a, b, pf)
+        _map3(_softplus_b, dy, v, dx, a, b, c, pf)
     elif kind == 8:
-        _map3(_silu_b, dy, v, dx, a, b, pf)
+        _map3(_silu_b, dy, v, dx, a, b, c, pf)
 
 
 # The dispatch bodies above are inlined (Numba IR) into one wrapper per aliasing form. In
@@ -333,37 +340,37 @@ SEPARATE, OVER_FIRST, OVER_SECOND = 0, 1, 2
 
 
 @njit(**_L)
-def _forward_serial(kind, x, y, a, b, alias, pf):
+def _forward_serial(kind, x, y, a, b, c, alias, pf):
     if alias == OVER_FIRST:
-        _forward_loops(kind, x, x, a, b, pf)
+        _forward_loops(kind, x, x, a, b, c, pf)
     else:
-        _forward_loops(kind, x, y, a, b, pf)
+        _forward_loops(kind, x, y, a, b, c, pf)
 
 
 @njit(**_L)
-def _backward_serial(kind, dy, v, dx, a, b, alias, pf):
+def _backward_serial(kind, dy, v, dx, a, b, c, alias, pf):
     if alias == OVER_FIRST:
-        _backward_loops(kind, dy, v, dy, a, b, pf)
+        _backward_loops(kind, dy, v, dy, a, b, c, pf)
     elif alias == OVER_SECOND:
-        _backward_loops(kind, dy, v, v, a, b, pf)
+        _backward_loops(kind, dy, v, v, a, b, c, pf)
     else:
-        _backward_loops(kind, dy, v, dx, a, b, pf)
+        _backward_loops(kind, dy, v, dx, a, b, c, pf)
 
 
 @njit(**_P)
-def _forward_parallel(kind, x, y, a, b, alias, pf):
+def _forward_parallel(kind, x, y, a, b, c, alias, pf):
     n = x.size
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
-        _forward_serial(kind, x[lo:hi], y[lo:hi], a, b, alias, pf)
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo, hi = t * CHUNK, min(t * CHUNK + CHUNK, n)
+        _forward_serial(kind, x[lo:hi], y[lo:hi], a, b, c, alias, pf)
 
 
 @njit(**_P)
-def _backward_parallel(kind, dy, v, dx, a, b, alias, pf):
+def _backward_parallel(kind, dy, v, dx, a, b, c, alias, pf):
     n = dy.size
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        lo, hi = c * CHUNK, min(c * CHUNK + CHUNK, n)
-        _backward_serial(kind, dy[lo:hi], v[lo:hi], dx[lo:hi], a, b, alias, pf)
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        lo, hi = t * CHUNK, min(t * CHUNK + CHUNK, n)
+        _backward_serial(kind, dy[lo:hi], v[lo:hi], dx[lo:hi], a, b, c, alias, pf)
 
 
 def _alias(out: np.ndarray, first: np.ndarray, second: np.ndarray | None = None) -> int:
@@ -387,11 +394,11 @@ def forward(kind: int, x: np.ndarray, y: np.ndarray, a, b) -> None:
     """y = f(x) elementwise (1-D contiguous, same dtype; y may be x)."""
     run = _forward_parallel if x.size >= PARALLEL_MIN else _forward_serial
     alias = _alias(y, x)
-    run(kind, x, y, a, b, alias, _prefetch(alias))
+    run(kind, x, y, a, b, K32, alias, _prefetch(alias))
 
 
 def backward(kind: int, dy: np.ndarray, v: np.ndarray, dx: np.ndarray, a, b) -> None:
     """dx = dy·f'(·) elementwise (dx may be dy or v)."""
     run = _backward_parallel if dy.size >= PARALLEL_MIN else _backward_serial
     alias = _alias(dx, dy, v)
-    run(kind, dy, v, dx, a, b, alias, _prefetch(alias))
+    run(kind, dy, v, dx, a, b, K32, alias, _prefetch(alias))

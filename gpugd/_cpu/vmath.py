@@ -16,6 +16,7 @@ exp(−Inf) = 0, NaN kept. Chosen over a table-driven exp because a table lookup
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit, types
@@ -140,11 +141,54 @@ def prefetch_block(typingctx, arr, i, write):
     return types.void(arr, i, write), codegen
 
 
+class Consts32(NamedTuple):
+    """The float32 math's constants, handed to a kernel as an argument (``K32``): to LLVM
+    they are then runtime values, broadcast into vector registers once, before the loop,
+    and spilled there when registers run short. As literals, Numba's large code model
+    re-materializes each one from the constant pool in every iteration instead (a
+    ``movabs`` of its address, then a ``vbroadcastss``): gelu backward's vector loop ran
+    180 instructions, 26 of them ``movabs`` (2.28 ns/element on one core, AMD EPYC Zen 3;
+    ``benchmarks/experiments/hoisted_consts.py``). Every function here takes them as ``c``;
+    the float64 paths keep theirs literal and ignore it."""
+
+    log2e: np.float32
+    shifter: np.float32  # 1.5·2^23: (t + shifter) − shifter rounds |t| < 2^22 to an integer
+    ln2_hi: np.float32  # ln 2 = ln2_hi + ln2_lo, ln2_hi with 9 significant bits (k·ln2_hi exact)
+    ln2_lo: np.float32
+    # Cephes expf's polynomial for (e^r − 1 − r)/r², highest power first (flat fields: a
+    # tuple inside would not pass into a prange's body)
+    exp_p0: np.float32
+    exp_p1: np.float32
+    exp_p2: np.float32
+    exp_p3: np.float32
+    exp_p4: np.float32
+    exp_p5: np.float32
+    exp_hi: np.float32  # ln of the largest float32
+    exp_lo: np.float32  # ln of half the least subnormal: e^x rounds to 0 below it
+    pow2_bias: np.float32  # 64 and 2^−64: 2^k as 2^(k+64)·2^−64 (``_exp_neg32``)
+    pow2_unbias: np.float32
+    rsqrt2: np.float32  # 1/√2
+    erfc_t_min: np.float32  # t = 1/(1 + z/2) clamped into the fit of _ERFC_G (z ≤ 11.3)
+    erfc_x_max: np.float32  # |x| clamped for e^(−x²/2): e^(−128) is 0 in float32
+    erfc_g0: np.float32  # _ERFC_G, highest power first
+    erfc_g1: np.float32
+    erfc_g2: np.float32
+    erfc_g3: np.float32
+    erfc_g4: np.float32
+    erfc_g5: np.float32
+    erfc_g6: np.float32
+    erfc_g7: np.float32
+    erfc_g8: np.float32
+    erfc_g9: np.float32
+    one: np.float32
+    half: np.float32
+
+
 @njit(error_model="numpy", fastmath={"contract"})
-def _round32(t):
+def _round32(t, c):
     # round to nearest by adding and removing 1.5·2^23 (np.floor would be a libm call
     # that stops the loop from vectorizing); |t| < 2^22
-    return (t + np.float32(12582912.0)) - np.float32(12582912.0)
+    return (t + c.shifter) - c.shifter
 
 
 @njit(error_model="numpy", fastmath={"contract"})
@@ -153,29 +197,29 @@ def _round64(t):
 
 
 @njit(error_model="numpy", fastmath={"contract"})
-def _reduced32(xc):
+def _reduced32(xc, c):
     """(e^r, k) with xc = k·ln2 + r, |r| ≤ ln2/2: Cephes expf's reduction and polynomial."""
-    k = _round32(xc * np.float32(_LOG2E))
-    r = xc - k * np.float32(0.693359375) - k * np.float32(-2.12194440e-4)
-    p = np.float32(1.9875691500e-4)
-    p = p * r + np.float32(1.3981999507e-3)
-    p = p * r + np.float32(8.3334519073e-3)
-    p = p * r + np.float32(4.1665795894e-2)
-    p = p * r + np.float32(1.6666665459e-1)
-    p = p * r + np.float32(5.0000001201e-1)
-    return p * r * r + r + np.float32(1.0), k
+    k = _round32(xc * c.log2e, c)
+    r = xc - k * c.ln2_hi - k * c.ln2_lo
+    p = c.exp_p0
+    p = p * r + c.exp_p1
+    p = p * r + c.exp_p2
+    p = p * r + c.exp_p3
+    p = p * r + c.exp_p4
+    p = p * r + c.exp_p5
+    return p * r * r + r + c.one, k
 
 
 @njit(error_model="numpy", fastmath={"contract"})
-def _exp32(x):
+def _exp32(x, c):
     # Cephes expf on [-103.97, 88.72]: results below the normal range come out subnormal,
     # rounded once (libm's and torch's values); 0 below ln of half the smallest subnormal
-    hi, lo = np.float32(88.72283), np.float32(-103.97208)
+    hi, lo = c.exp_hi, c.exp_lo
     xc = hi if x > hi else (lo if x < lo else x)
-    er, k = _reduced32(xc)
+    er, k = _reduced32(xc, c)
     # 2^k as 2^j·2^(k−j), j = round(k/2): both factors normal over the range (k: −150..128);
     # the product's last factor rounds a subnormal result once
-    k1 = _round32(k * np.float32(0.5))
+    k1 = _round32(k * c.half, c)
     e = er * _pow2(k1, xc) * _pow2(k - k1, xc)
     e = np.float32(np.inf) if x > hi else e
     e = np.float32(0.0) if x < lo else e
@@ -183,14 +227,14 @@ def _exp32(x):
 
 
 @njit(error_model="numpy", fastmath={"contract"})
-def _exp_neg32(x):
+def _exp_neg32(x, c):
     # _exp32 for x ≤ 0: 2^k (k: −150..0) as 2^(k+64)·2^−64, the first factor normal, so
     # e^r·2^(k+64) is exact and ·2^−64 rounds a subnormal result once, as _exp32 does;
     # no overflow side (x > 0 gives e^0's value: the caller selects it away)
-    lo = np.float32(-103.97208)
+    lo = c.exp_lo
     xc = np.float32(0.0) if x > 0 else (lo if x < lo else x)
-    er, k = _reduced32(xc)
-    e = er * _pow2(k + np.float32(64.0), xc) * np.float32(5.421010862427522e-20)
+    er, k = _reduced32(xc, c)
+    e = er * _pow2(k + c.pow2_bias, xc) * c.pow2_unbias
     e = np.float32(0.0) if x < lo else e
     return x if x != x else e
 
@@ -233,21 +277,21 @@ def _exp_neg64(x):
     return x if x != x else e
 
 
-def vexp(x):
-    """e^x (vectorizable inside Numba loops)."""
+def vexp(x, c):
+    """e^x (vectorizable inside Numba loops; ``c``: ``K32``, see ``Consts32``)."""
     return math.exp(x)
 
 
 @overload(vexp)
-def _vexp(x):
+def _vexp(x, c):
     if x == types.float32:
-        return lambda x: _exp32(x)
+        return lambda x, c: _exp32(x, c)
     if x == types.float64:
-        return lambda x: _exp64(x)
+        return lambda x, c: _exp64(x)
     return None
 
 
-def vexp_neg(x):
+def vexp_neg(x, c):
     """e^x for x ≤ 0 (NaN kept; x > 0 gives a wrong value, for a select to discard):
     ``vexp``'s values bit for bit, ~30% fewer operations (no overflow side, 2^k in one
     factor). The exponentials of the stable activation forms are all of this kind."""
@@ -255,21 +299,21 @@ def vexp_neg(x):
 
 
 @overload(vexp_neg)
-def _vexp_neg(x):
+def _vexp_neg(x, c):
     if x == types.float32:
-        return lambda x: _exp_neg32(x)
+        return lambda x, c: _exp_neg32(x, c)
     if x == types.float64:
-        return lambda x: _exp_neg64(x)
+        return lambda x, c: _exp_neg64(x)
     return None
 
 
-def vexpm1(x):
+def vexpm1(x, c):
     """e^x − 1, accurate near 0 (vectorizable inside Numba loops)."""
     return math.expm1(x)
 
 
 @overload(vexpm1, inline="always")
-def _vexpm1(x):
+def _vexpm1(x, c):
     # |x| < 1/2: the Taylor series Σ x^k/k! by Horner (9 / 17 terms reach
     # 1 ulp); beyond, e^x − 1 loses nothing. Both are computed (the series on x clamped to
     # ±1/2, so it stays finite) and one selected: no branch, so the loop around it
@@ -277,8 +321,8 @@ def _vexpm1(x):
     # 0/1-weight blend, w·s + (1 − w)·e, turned −0.0 into +0.0: expm1(−0) is −0.)
     if x == types.float32:
 
-        def f32(x):
-            h = np.float32(0.5)
+        def f32(x, c):
+            h = c.half
             xs = min(max(x, -h), h)
             s = xs * (
                 np.float32(1.0)
@@ -312,13 +356,13 @@ def _vexpm1(x):
                     )
                 )
             )
-            e = _exp32(x) - np.float32(1.0)
+            e = _exp32(x, c) - c.one
             return s if abs(x) < h else e  # a select of two values: no branch
 
         return f32
     if x == types.float64:
 
-        def f64(x):
+        def f64(x, c):
             xs = min(max(x, -0.5), 0.5)
             s = xs * (
                 1.0
@@ -409,12 +453,12 @@ def _like(x, value):
     return None
 
 
-def vphi(x):
+def vphi(x, c):
     """Φ(x), the standard normal CDF: for float32 vectorizable, for float64 libm's erfc."""
     return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
-def vphi_gauss(x):
+def vphi_gauss(x, c):
     """(Φ(x), e^(−x²/2)): the CDF and the unnormalized density from one exponential."""
     return vphi(x), math.exp(-0.5 * x * x)
 
@@ -435,43 +479,66 @@ _ERFC_G = (
     0.28271839022636414,
     0.28207114338874817,
 )
-_G = tuple(np.float32(c) for c in _ERFC_G)
+
+_F = np.float32
+K32 = Consts32(
+    log2e=_F(_LOG2E),
+    shifter=_F(12582912.0),
+    ln2_hi=_F(0.693359375),
+    ln2_lo=_F(-2.12194440e-4),
+    exp_p0=_F(1.9875691500e-4),
+    exp_p1=_F(1.3981999507e-3),
+    exp_p2=_F(8.3334519073e-3),
+    exp_p3=_F(4.1665795894e-2),
+    exp_p4=_F(1.6666665459e-1),
+    exp_p5=_F(5.0000001201e-1),
+    exp_hi=_F(88.72283),
+    exp_lo=_F(-103.97208),
+    pow2_bias=_F(64.0),
+    pow2_unbias=_F(5.421010862427522e-20),
+    rsqrt2=_F(0.7071067811865476),
+    erfc_t_min=_F(0.15),
+    erfc_x_max=_F(16.0),
+    **{f"erfc_g{i}": _F(g) for i, g in enumerate(_ERFC_G)},
+    one=_F(1.0),
+    half=_F(0.5),
+)
 
 
 @njit(inline="always", error_model="numpy", fastmath={"contract"})
-def _phi_gauss32(x):
+def _phi_gauss32(x, c):
     # Φ(x) = ½·erfc(−x/√2) with erfc(z) = t·g(t)·e^(−z²): the e^(−x²/2) that GELU's
     # derivative needs is the same exponential, so the backward pays for one. x² is split
     # exactly, x·x = hi + lo (lo = fma(x, x, −hi)), and e^(−x²/2) taken
     # as e^(−hi/2)·(1 − lo/2): the tails keep their relative accuracy (a rounded x²/2
     # would cost x²/2 ulps in e^(−x²/2)). No branch: z ≥ 11.3 clamps t into the fit, where
     # e^(−z²) is 0 in float32 anyway; ±Inf give Φ = 1, 0; NaN stays NaN (through t).
-    one, half = np.float32(1.0), np.float32(0.5)
-    z = abs(x) * np.float32(0.7071067811865476)
+    one, half = c.one, c.half
+    z = abs(x) * c.rsqrt2
     t = one / (one + half * z)
-    u = max(t, np.float32(0.15))
-    q = _G[0]
-    q = q * u + _G[1]
-    q = q * u + _G[2]
-    q = q * u + _G[3]
-    q = q * u + _G[4]
-    q = q * u + _G[5]
-    q = q * u + _G[6]
-    q = q * u + _G[7]
-    q = q * u + _G[8]
-    q = q * u + _G[9]
-    xa = min(abs(x), np.float32(16.0))  # e^(−128) is 0 in float32; keeps lo finite at ±Inf
+    u = max(t, c.erfc_t_min)
+    q = c.erfc_g0
+    q = q * u + c.erfc_g1
+    q = q * u + c.erfc_g2
+    q = q * u + c.erfc_g3
+    q = q * u + c.erfc_g4
+    q = q * u + c.erfc_g5
+    q = q * u + c.erfc_g6
+    q = q * u + c.erfc_g7
+    q = q * u + c.erfc_g8
+    q = q * u + c.erfc_g9
+    xa = min(abs(x), c.erfc_x_max)  # keeps lo finite at ±Inf
     hi = xa * xa
     lo = fma(xa, xa, -hi)
-    e = _exp_neg32(-half * hi) * (one - half * lo)
+    e = _exp_neg32(-half * hi, c) * (one - half * lo)
     c = half * t * q * e  # ½·erfc(|x|/√2)
     w = np.float32(x >= 0)  # a blend, not a branch (both sides finite)
     return w * (one - c) + (one - w) * c, e
 
 
 @njit(inline="always", error_model="numpy", fastmath={"contract"})
-def _phi32(x):
-    return _phi_gauss32(x)[0]
+def _phi32(x, c):
+    return _phi_gauss32(x, c)[0]
 
 
 # 1/√2 = _RSQRT2 + _RSQRT2_LO (float64 head and tail); 2/√π
@@ -502,18 +569,18 @@ def _gauss64(x):
 
 
 @overload(vphi_gauss, inline="always")
-def _vphi_gauss(x):
+def _vphi_gauss(x, c):
     if x == types.float32:
-        return lambda x: _phi_gauss32(x)
+        return lambda x, c: _phi_gauss32(x, c)
     if x == types.float64:
-        return lambda x: (_phi64(x), _gauss64(x) if x == x else x)
+        return lambda x, c: (_phi64(x), _gauss64(x) if x == x else x)
     return None
 
 
 @overload(vphi, inline="always")
-def _vphi(x):
+def _vphi(x, c):
     if x == types.float32:
-        return lambda x: _phi32(x)
+        return lambda x, c: _phi32(x, c)
     if x == types.float64:
-        return lambda x: _phi64(x)
+        return lambda x, c: _phi64(x)
     return None
