@@ -358,37 +358,21 @@ def test_transcendental_loops_take_their_constants_as_runtime_values():
     then a broadcast; gelu's loop was 180 instructions with 26 of them, now 132 with
     none, 2.28 → 1.79 ns/element on one core). The bits are those of literal constants."""
     import platform
-    import re
 
-    from numba import njit
-
+    from benchmarks.experiments.hoisted_consts import hot_loop, loops
     from gpugd._cpu import activations as act
 
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("movabs is an x86-64 instruction")
-    rule = {"gelu": act._gelu_b, "silu": act._silu_b}
     x = np.linspace(-12, 12, 4096).astype(np.float32)
     dy = np.cos(x).astype(np.float32)
-
-    def loops(f):
-        @njit(error_model="numpy", fastmath={"contract"})
-        def argument(dy, x, dx, c):
-            act._map3(f, dy, x, dx, np.float32(0), np.float32(0), c, False)
-
-        @njit(error_model="numpy", fastmath={"contract"})
-        def literal(dy, x, dx):
-            act._map3(f, dy, x, dx, np.float32(0), np.float32(0), act.K32, False)
-
-        return argument, literal
-
-    for name, f in rule.items():
-        argument, literal = loops(f)
+    zero = np.float32(0)
+    for name, rule in {"gelu": act._gelu_b, "silu": act._silu_b}.items():
+        literal, argument = loops(rule)
         got, want = np.empty_like(x), np.empty_like(x)
-        argument(dy, x, got, act.K32)
-        literal(dy, x, want)
+        argument(dy, x, got, zero, zero, act.K32, 1)
+        literal(dy, x, want, zero, zero, 1)
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
-        asm = "\n".join(argument.inspect_asm().values())
-        blocks = re.split(r"\n(?=\.LBB\d+_\d+:)", asm)
-        loop = max(blocks, key=lambda b: b.count("ymm"))
+        loop = "\n".join(hot_loop(argument))
         assert loop.count("ymm") > 50, f"{name} did not vectorize"
         assert "movabs" not in loop, f"{name}: {loop.count('movabs')} constants reloaded"

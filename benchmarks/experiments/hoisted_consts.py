@@ -30,7 +30,10 @@ from ..suite_act import KERNEL
 _J = dict(error_model="numpy", fastmath={"contract"})
 
 
-def _loops(rule):
+def loops(rule):
+    """(literal, argument): ``rule``'s backward loop with K32 frozen as literals, and with it
+    passed in as ``c``; each runs ``reps`` times over (dy, v) into dx."""
+
     @njit(**_J)
     def literal(dy, v, dx, a, b, reps):
         for _ in range(reps):
@@ -44,11 +47,17 @@ def _loops(rule):
     return literal, argument
 
 
-def _hot_block(fn) -> tuple[int, int, int]:
-    """(instructions, movabs, stack operands) of the block with the most ymm operands."""
-    asm = next(iter(fn.inspect_asm().values()))
+def hot_loop(fn) -> list[str]:
+    """The instructions of the basic block of ``fn``'s machine code with the most vector
+    (xmm/ymm/zmm) operands: its vector loop."""
+    asm = "\n".join(fn.inspect_asm().values())
     blocks = re.split(r"\n(?=\.LBB\d+_\d+:)", asm)
-    lines = [ln for ln in max(blocks, key=lambda b: b.count("mm")).splitlines() if ln[:1] == "\t"]
+    return [ln for ln in max(blocks, key=lambda b: b.count("mm")).splitlines() if ln[:1] == "\t"]
+
+
+def _hot_block(fn) -> tuple[int, int, int]:
+    """(instructions, movabs, stack operands) of ``hot_loop(fn)``."""
+    lines = hot_loop(fn)
     return len(lines), sum("movabs" in ln for ln in lines), sum("(%rsp)" in ln for ln in lines)
 
 
@@ -76,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         kind, a, b = KERNEL[name]
         a, b = np.float32(a), np.float32(b)
         rule = getattr(act, f"_{act.KINDS[kind]}_b")
-        literal, argument = _loops(rule)
+        literal, argument = loops(rule)
         out_l, out_a = np.empty_like(dy), np.empty_like(dy)
         forms = {
             "literal": (literal, partial(literal, dy, v, out_l, a, b)),
