@@ -33,7 +33,9 @@ the kernel must move, counted as the kernel's row counts them (a fresh write onc
 row's percentage is the loop's time over the kernel's for the same traffic on the same
 memory; where a CPU write-allocates, the loop pays for it as the kernel does.
 ``act_math(kind)``: the compute bound of an activation backward: its own loop over blocks
-that stay in L1, every core, as ns per element and as the GB/s its bytes would make.
+that stay in L1, every core, as ns per element and as the GB/s its bytes would make;
+``adam_math`` the same for the Adam kernel, ``reduce_math`` for the norm pass (its sums of
+squares and, when counted, zeros).
 ``against(ctx, fns, passes, nbytes, math)`` times the kernel with those loops round-robin
 and gives the tighter of the two bounds (``MIX_NOTES`` says what each name means).
 
@@ -55,6 +57,7 @@ from numba.extending import overload
 from gpugd import _tensor_table as layout
 from gpugd._cpu import activations as _act
 from gpugd._cpu import optim as _opt
+from gpugd._cpu import reduce as _red
 from gpugd._cpu.optim import address
 from gpugd._cpu.tensor_table import SIZE_ROW, entry
 
@@ -216,6 +219,28 @@ def act_math(kind: int, a: float, b: float, bytes_per_elem: int = 12, numel: int
         bytes_per_elem * reps * threads * _MATH_BLOCK,
         reps * threads * _MATH_BLOCK,
     )
+    loop.fn()
+    return loop
+
+
+@njit(cache=True, parallel=True)
+def _reduce_math_loop(x, zeros, reps):
+    for t in prange(x.shape[0]):
+        for _ in range(reps):
+            _red.chunk_stats(x[t], zeros)
+
+
+def reduce_math(zeros: bool, numel: int = 1 << 22) -> Loop:
+    """The compute bound of the CPU norm pass (fp32): ``reduce.chunk_stats`` (Σ x², and the
+    zero count when ``zeros``) over L1-resident blocks, one per thread, ``numel`` elements
+    in all per call; the Loop's bytes are the kernel's 4 per element."""
+    import numba
+
+    threads = numba.get_num_threads()
+    x = np.random.default_rng(0).standard_normal((threads, _MATH_BLOCK)).astype(np.float32)
+    x[:, ::7] = 0.0
+    reps = max(1, numel // (threads * _MATH_BLOCK))
+    loop = Loop(lambda: _reduce_math_loop(x, zeros, reps), 4 * reps * x.size, reps * x.size)
     loop.fn()
     return loop
 

@@ -22,8 +22,8 @@ from numba import njit, prange
 from .vector import _REDUCE_MATH  # reassociation lets the sums vectorize; no NaN assumed away
 
 ROWS = 256  # rows per tile when B = 1 (backward sums, elementwise pass)
-QUAD_BELOW = 256  # row tiles take four rows per step below this many channels, else one
-WIDE = 1024  # from this many channels the B = 1 loops take several rows a step (``_wide``)
+STATS_WIDE = 256  # B = 1 statistics: eight rows a step from this many channels, else four
+WIDE = 1024  # from this many channels the backward sums take four rows a step, else one
 
 
 def stats_rows(channels: int) -> int:
@@ -83,28 +83,30 @@ def _merge_in_order(tile_mean, tile_m2, counts, mean, m2):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
-def _stats_rows(x, tile_mean, tile_m2, rows):
-    """B = 1, ``x`` the 2-D (A, C) view: per tile of ``rows`` rows, each channel's mean and
-    M2 in one pass of shifted sums about the tile's first row (as the planes: K is one
-    sample, within a few standard deviations of the mean, so nothing cancels). The inner
-    loops run along the contiguous C and vectorize. Below QUAD_BELOW channels four rows per
-    step: each s[c] += … is a store that the next row loads again within a few cycles, and
-    a row at a time the loop waited on that chain (C = 64); with long rows the chain is no
-    constraint and four concurrent row streams were slower (C = 512: 9.9-11.6 ms a row
-    quad at a time, 6.5-10.8 ms a row at a time, for (65536, 512); noisy machine)."""
+def _stats_rows(x, tile_mean, tile_m2, shift, rows):
+    """B = 1, ``x`` the 2-D (A, C) view, C < STATS_WIDE: per tile of ``rows`` rows, each
+    channel's mean and M2 in one pass of shifted sums about the tile's first row
+    (``shift[t]``, in float64; as the planes: K is one sample, within a few standard
+    deviations of the mean, so nothing cancels). The inner loops run along the contiguous
+    C and vectorize, four rows a step: each s[c] += … is a store that the next row loads
+    again within a few cycles, and a row at a time the loop waited on that chain (C = 64).
+    The shift is converted once per tile, not once per step (C = 64, (262144, 64) fp32, two
+    cores, medians of 31 interleaved: 3.70-3.77 → 3.24-3.40 ms; 2.43 → 2.28 in a quieter
+    round)."""
     A, C = x.shape
-    ntiles = tile_mean.shape[0]
-    for t in prange(ntiles):
+    for t in prange(tile_mean.shape[0]):
         lo, hi = t * rows, min(t * rows + rows, A)
-        quads = lo + (hi - lo) // 4 * 4 if C < QUAD_BELOW else lo
-        s1, s2 = tile_mean[t], tile_m2[t]
-        s1[:] = 0.0
-        s2[:] = 0.0
+        s1, s2, kd = tile_mean[t], tile_m2[t], shift[t]
         k = x[lo]
+        for c in range(C):
+            kd[c] = np.float64(k[c])
+            s1[c] = 0.0
+            s2[c] = 0.0
+        quads = lo + (hi - lo) // 4 * 4
         for a in range(lo, quads, 4):
             r0, r1, r2, r3 = x[a], x[a + 1], x[a + 2], x[a + 3]
             for c in range(C):
-                kc = np.float64(k[c])
+                kc = kd[c]
                 d0, d1 = np.float64(r0[c]) - kc, np.float64(r1[c]) - kc
                 d2, d3 = np.float64(r2[c]) - kc, np.float64(r3[c]) - kc
                 s1[c] += (d0 + d1) + (d2 + d3)
@@ -112,22 +114,23 @@ def _stats_rows(x, tile_mean, tile_m2, rows):
         for a in range(quads, hi):
             row = x[a]
             for c in range(C):
-                d = np.float64(row[c]) - np.float64(k[c])
+                d = np.float64(row[c]) - kd[c]
                 s1[c] += d
                 s2[c] += d * d
         n = np.float64(hi - lo)
         for c in range(C):
             m = s1[c] / n
             s2[c] = max(s2[c] - s1[c] * m, 0.0)
-            s1[c] = np.float64(k[c]) + m
+            s1[c] = kd[c] + m
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
 def _stats_rows_wide(x, tile_mean, tile_m2, shift, rows):
-    """``_stats_rows`` for C ≥ WIDE: eight rows a step, their differences summed in registers
-    and s1[c], s2[c] loaded and stored once per step (``shift[t]``: the tile's first row in
-    float64). Two cores from memory, (16384, 2048) fp32: 9.2-11.0 → 4.6-4.8 ms (read loop
-    2.9-4.0). At C = 512 and 64 it was no faster (5-10% slower at 64), so those keep theirs."""
+    """``_stats_rows`` for C ≥ STATS_WIDE: eight rows a step, their differences summed in
+    registers and s1[c], s2[c] loaded and stored once per step. Two cores from memory,
+    (16384, 2048) fp32: 9.2-11.0 → 4.6-4.8 ms (read loop 2.9-4.0) against a row a step;
+    (65536, 512): 6.2-6.6 → 5.2-5.6 ms (flat read loop 3.4-3.7); at C = 64 it was slower
+    than four rows a step (3.2-5.4 against 2.4-3.8 ms), so narrow tiles keep those."""
     A, C = x.shape
     for t in prange(tile_mean.shape[0]):
         lo, hi = t * rows, min(t * rows + rows, A)
@@ -187,10 +190,8 @@ def stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = stats_rows(C)
         ntiles = -(-A // rows)
         tm, tq = _two_tables(ntiles, C)
-        if C >= WIDE:
-            _stats_rows_wide(x3.reshape(A, C), tm, tq, np.empty((ntiles, C)), rows)
-        else:
-            _stats_rows(x3.reshape(A, C), tm, tq, rows)
+        rows_stats = _stats_rows_wide if C >= STATS_WIDE else _stats_rows
+        rows_stats(x3.reshape(A, C), tm, tq, np.empty((ntiles, C)), rows)
         counts = np.minimum(rows, A - rows * np.arange(ntiles)).astype(np.float64)
         _merge_in_order(tm, tq, counts, mean, m2)
     return mean, m2 / (A * B)
