@@ -16,8 +16,9 @@ from gpugd import reference as ref
 # Two values per channel would make dx the residue of an exact cancellation (x̂ = ±1), a
 # test of fp32 rounding rather than of the kernels: the smallest batch here has three.
 SHAPES = {
-    # the last three: several row tiles with tails, four rows a step, one row a step, and
-    # the wide-channel loops (C ≥ batchnorm.WIDE: eight rows a step, a tail of seven)
+    # the last three: several row tiles with tails; statistics four rows a step (C below
+    # batchnorm.STATS_WIDE), eight rows a step with tails of 1 (C = 300) and 7 (C = 1030); the
+    # backward sums one row a step, then four (C ≥ batchnorm.WIDE)
     "NC": [(1000, 7), (3, 5), (700, 33), (5001, 40), (601, 300), (263, 1030)],
     "NCHW": [(4, 3, 5, 7), (5, 16, 1, 1), (3, 2, 33, 17)],
     "NHWC": [(4, 5, 7, 3), (5, 1, 1, 16), (3, 33, 17, 2)],
