@@ -331,6 +331,16 @@ def _apply_lion(p, g, m, out, rnd, lr, b1, one_m_b1, b2, one_m_b2, decay_mul, gs
 # ---------------------------------------------------------------- tensor-table drivers
 
 
+@njit(cache=True, nogil=True)
+def _copy(src, dst):
+    """dst[i] = src[i]: the update statistics' copy of p before the rule rewrites it. A
+    loop, not ``dst[:] = src``: Numba's slice assignment guards against overlap and cost
+    0.33 ns/element against this loop's 0.07 (4096 fp32 in L1, one core), which made the
+    statistics cost as much as the Adam update itself."""
+    for i in range(src.size):
+        dst[i] = src[i]
+
+
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
 def _update_stats(p, old):
     """Σ p_new² and Σ (p_new − p_old)² of a chunk that is still in cache (float64)."""
@@ -389,7 +399,7 @@ def _multi_sgd(
         p = entry(table, 0, t, lo, n, lp)
         old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
-            old[:] = p
+            _copy(p, old)
         _apply_sgd(
             p,
             entry(table, 1, t, lo, n, lg),
@@ -421,7 +431,7 @@ def _multi_adagrad(
         p = entry(table, 0, t, lo, n, lp)
         old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
-            old[:] = p
+            _copy(p, old)
         _apply_adagrad(
             p,
             entry(table, 1, t, lo, n, lg),
@@ -467,7 +477,7 @@ def _multi_rmsprop(
         p = entry(table, 0, t, lo, n, lp)
         old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
-            old[:] = p
+            _copy(p, old)
         _apply_rmsprop(
             p,
             entry(table, 1, t, lo, n, lg),
@@ -522,7 +532,7 @@ def _multi_adam(
         p = entry(table, 0, t, lo, n, lp)
         old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
-            old[:] = p
+            _copy(p, old)
         _apply_adam(
             p,
             entry(table, 1, t, lo, n, lg),
@@ -579,7 +589,7 @@ def _multi_nadam(
         p = entry(table, 0, t, lo, n, lp)
         old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
-            old[:] = p
+            _copy(p, old)
         _apply_nadam(
             p,
             entry(table, 1, t, lo, n, lg),
@@ -631,7 +641,7 @@ def _multi_lion(
         p = entry(table, 0, t, lo, n, lp)
         old = scratch[get_thread_id(), :n] if want_stats else lp
         if want_stats:
-            old[:] = p
+            _copy(p, old)
         _apply_lion(
             p,
             entry(table, 1, t, lo, n, lg),
