@@ -224,24 +224,27 @@ def act_math(kind: int, a: float, b: float, bytes_per_elem: int = 12, numel: int
 
 
 @njit(cache=True, parallel=True)
-def _reduce_math_loop(x, zeros, reps):
+def _reduce_math_loop(x, zeros, reps, out):
     for t in prange(x.shape[0]):
-        for _ in range(reps):
-            _red.chunk_stats(x[t], zeros)
+        for _ in range(reps):  # stored every time, so the sums are not optimized away
+            out[t, 0], out[t, 1] = _red.chunk_stats(x[t], zeros)
 
 
 def reduce_math(zeros: bool, numel: int = 1 << 22) -> Loop:
     """The compute bound of the CPU norm pass (fp32): ``reduce.chunk_stats`` (Σ x², and the
     zero count when ``zeros``) over L1-resident blocks, one per thread, ``numel`` elements
-    in all per call; the Loop's bytes are the kernel's 4 per element."""
+    in all per call; the Loop's bytes are the kernel's 4 per element. ``loop.out`` holds
+    each block's (Σ x², zeros) after a call."""
     import numba
 
     threads = numba.get_num_threads()
     x = np.random.default_rng(0).standard_normal((threads, _MATH_BLOCK)).astype(np.float32)
     x[:, ::7] = 0.0
+    out = np.zeros((threads, 2))
     reps = max(1, numel // (threads * _MATH_BLOCK))
-    loop = Loop(lambda: _reduce_math_loop(x, zeros, reps), 4 * reps * x.size, reps * x.size)
+    loop = Loop(lambda: _reduce_math_loop(x, zeros, reps, out), 4 * reps * x.size, reps * x.size)
     loop.fn()
+    loop.block, loop.out = x, out
     return loop
 
 

@@ -238,3 +238,17 @@ def test_traffic_reads_rewrites_and_writes_what_it_is_told_and_counts_it(xp):
     traffic([], [m], [], xp, key=0xFF).fn()
     assert np.array_equal(m, before_m)
     assert mix_name(2, 0, 1) == "r2w1" and mix_name(1, 3, 0) == "r1m3"
+
+
+@pytest.mark.parametrize("zeros", [True, False])
+def test_reduce_math_runs_the_norm_kernels_per_chunk_code(zeros):
+    """The tensor_norms row's compute bound computes what the kernel computes (Σ x² in
+    float64 and the zero count of each L1 block), not a loop the compiler could drop."""
+    from benchmarks.ceilings import reduce_math
+
+    loop = reduce_math(zeros, numel=1 << 14)
+    x = loop.block.astype(np.float64)
+    np.testing.assert_allclose(loop.out[:, 0], (x * x).sum(axis=1), rtol=1e-12)
+    want = (x == 0).sum(axis=1) if zeros else np.zeros(len(x))
+    np.testing.assert_array_equal(loop.out[:, 1], want)
+    assert loop.nbytes == 4 * loop.numel > 0
