@@ -58,8 +58,8 @@ from gpugd import _tensor_table as layout
 from gpugd._cpu import activations as _act
 from gpugd._cpu import optim as _opt
 from gpugd._cpu import reduce as _red
-from gpugd._cpu.optim import address
 from gpugd._cpu.tensor_table import SIZE_ROW, entry
+from gpugd._validate import address
 
 from .harness import Context, Loop
 

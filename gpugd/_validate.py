@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ._lazy import cpu
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 HALF_NAMES = ("float16", "bfloat16")  # bfloat16: ml_dtypes' dtype (NumPy and CuPy ≥ 14)
 _NUMPY_TYPES = (np.ndarray, np.memmap)
@@ -145,8 +147,19 @@ def same_layout(name_a: str, a: Any, name_b: str, b: Any) -> None:
         raise TypeError(f"{name_b}: dtype {b.dtype} does not match {name_a}'s {a.dtype}")
 
 
+# dtypes whose exact-ndarray address Numba reads (``_cpu.tensor_table.array_address``);
+# float16 and bfloat16 arrays it cannot type take ``__array_interface__``
+_NUMBA_ADDRESS = frozenset(
+    np.dtype(t)
+    for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16)
+)
+
+
 def address(a: Any) -> int:
-    """The first byte of an array ``float_array`` accepted (its own pointer field)."""
+    """The first byte of an array ``array_kind`` accepted (its own pointer field): the one
+    place addresses come from."""
+    if type(a) is np.ndarray and a.dtype in _NUMBA_ADDRESS:
+        return cpu("tensor_table").array_address(a)
     return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
 
 

@@ -206,3 +206,36 @@ def test_real_scalar_accepts_reals_only(value, ok):
     else:
         with pytest.raises(TypeError, match="lr: expected a real scalar"):
             _validate.real_scalar("lr", value)
+
+
+def test_address_is_the_array_interfaces_pointer_for_every_accepted_kind(tmp_path):
+    """``_validate.address`` (Numba's read of the array struct for the dtypes it types,
+    ``__array_interface__`` for the rest) gives the pointer NumPy reports: views at an
+    offset, strided and Fortran-order views, read-only, empty and 0-d arrays, a memmap,
+    half formats and a non-native byte order."""
+    import ml_dtypes
+
+    from gpugd import _validate
+
+    base = np.arange(64, dtype=np.float64)
+    ro = np.arange(8, dtype=np.float32)
+    ro.flags.writeable = False
+    arrays = [
+        base,
+        base[3:],
+        base[1::5],
+        np.asfortranarray(base.reshape(8, 8))[:, 2],
+        ro,
+        np.zeros(0, np.float32),
+        np.array(2.5, np.float32),
+        base.view(np.uint8)[5:],
+        base.view(np.int16)[1:],
+        np.arange(6, dtype=np.float16)[1:],
+        np.arange(6).astype(ml_dtypes.bfloat16)[2:],
+        np.arange(6, dtype=">f4"),
+        np.zeros(3, np.int32),
+    ]
+    mm = np.memmap(tmp_path / "m.bin", dtype=np.float32, mode="w+", shape=(4,))
+    arrays += [mm, mm[1:]]
+    for a in arrays:
+        assert _validate.address(a) == a.__array_interface__["data"][0], (a.dtype, a.shape)

@@ -761,8 +761,3 @@ def run_table(
     lp = likes[0]
     scratch = np.empty((get_num_threads(), chunk), lp.dtype) if want else lp.reshape(1, 1)
     _DRIVERS[rule][1](table, tasks, chunk, likes, out_like, key, out, want, scratch, *scalars)
-
-
-def address(a: np.ndarray) -> int:
-    """Address of a NumPy array's first element (for the tensor table)."""
-    return a.__array_interface__["data"][0]

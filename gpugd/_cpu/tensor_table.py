@@ -12,7 +12,15 @@ from numba.extending import intrinsic, overload
 
 from .._tensor_table import OUT_ROW, SIZE_ROW
 
-__all__ = ["OUT_ROW", "SIZE_ROW", "entry", "entry_or_none"]
+__all__ = ["OUT_ROW", "SIZE_ROW", "array_address", "entry", "entry_or_none"]
+
+
+@njit(cache=True, nogil=True)
+def array_address(a):
+    """The data pointer of a NumPy array, read from Numba's view of the array struct:
+    ~0.3 µs against ~1.7 for ``__array_interface__`` (which builds a dict), and a list
+    update reads four per tensor. For the dtypes Numba types (``_validate.address``)."""
+    return a.ctypes.data
 
 
 @intrinsic

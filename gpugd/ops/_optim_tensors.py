@@ -18,10 +18,6 @@ from .._lazy import cpu
 CUDA_CHUNK = 1 << 16  # elements per block-task of the CUDA multi-tensor launch
 
 
-def _address(a: Any, be: str) -> int:
-    return a.__array_interface__["data"][0] if be == "cpu" else a.data.ptr
-
-
 class Tensors:
     """The validated arrays of one update: p, g and the rule's states (kernel slot order,
     None where unused), each one array or a list of arrays (the multi-tensor path: one
@@ -101,8 +97,8 @@ class Tensors:
                     )
         self.compute = np.dtype(np.float32) if self.half else self.dtype
         self.sizes = [int(a.size) for a in ps]
-        # every address once (reading one costs ~2 µs): the overlap check and the table
-        self._addresses = {id(a): _address(a, self.backend) for a in labelled.values()}
+        # every address once: the overlap check and the table
+        self._addresses = {id(a): v.address(a) for a in labelled.values()}
         self._check_disjoint(labelled)
         self._prepared: Any = None
 
