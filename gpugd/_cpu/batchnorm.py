@@ -83,17 +83,21 @@ def _merge_in_order(tile_mean, tile_m2, counts, mean, m2):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
-def _stats_rows(x, tile_mean, tile_m2, shift, rows):
-    """B = 1, ``x`` the 2-D (A, C) view, C < STATS_WIDE: per tile of ``rows`` rows, each
-    channel's mean and M2 in one pass of shifted sums about the tile's first row
-    (``shift[t]``, in float64; as the planes: K is one sample, within a few standard
+def _stats_rows(x, tile_mean, tile_m2, shift, rows, eight):
+    """B = 1, ``x`` the 2-D (A, C) view: per tile of ``rows`` rows, each channel's mean and
+    M2 in one pass of shifted sums about the tile's first row (``shift[t]``, converted to
+    float64 once per tile; as the planes: K is one sample, within a few standard
     deviations of the mean, so nothing cancels). The inner loops run along the contiguous
-    C and vectorize, four rows a step: each s[c] += … is a store that the next row loads
-    again within a few cycles, and a row at a time the loop waited on that chain (C = 64).
-    The shift is converted once per tile, not once per step (C = 64, (262144, 64) fp32, two
-    cores, medians of 31 interleaved: 3.70-3.77 → 3.24-3.40 ms; 2.43 → 2.28 in a quieter
-    round)."""
+    C and vectorize, several rows a step, their differences summed in registers and s1[c],
+    s2[c] loaded and stored once per step: a row at a time, each s[c] += … is a store that
+    the next row loads again within a few cycles, and the loop waited on that chain.
+    ``eight`` (C ≥ STATS_WIDE) takes eight rows a step, else four. Two cores from memory:
+    (16384, 2048) fp32 9.2-11.0 → 4.6-4.8 ms (read loop 2.9-4.0) eight rows a step against
+    one; (65536, 512) 6.2-6.6 → 5.2-5.6 ms (flat read loop 3.4-3.7); at C = 64 eight were
+    slower than four (3.2-5.4 against 2.4-3.8 ms). The shift converted once per tile, not
+    once per step: (262144, 64), medians of 31 interleaved, 3.70-3.77 → 3.24-3.40 ms."""
     A, C = x.shape
+    step = 8 if eight else 4
     for t in prange(tile_mean.shape[0]):
         lo, hi = t * rows, min(t * rows + rows, A)
         s1, s2, kd = tile_mean[t], tile_m2[t], shift[t]
@@ -102,58 +106,30 @@ def _stats_rows(x, tile_mean, tile_m2, shift, rows):
             kd[c] = np.float64(k[c])
             s1[c] = 0.0
             s2[c] = 0.0
-        quads = lo + (hi - lo) // 4 * 4
-        for a in range(lo, quads, 4):
-            r0, r1, r2, r3 = x[a], x[a + 1], x[a + 2], x[a + 3]
-            for c in range(C):
-                kc = kd[c]
-                d0, d1 = np.float64(r0[c]) - kc, np.float64(r1[c]) - kc
-                d2, d3 = np.float64(r2[c]) - kc, np.float64(r3[c]) - kc
-                s1[c] += (d0 + d1) + (d2 + d3)
-                s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-        for a in range(quads, hi):
-            row = x[a]
-            for c in range(C):
-                d = np.float64(row[c]) - kd[c]
-                s1[c] += d
-                s2[c] += d * d
-        n = np.float64(hi - lo)
-        for c in range(C):
-            m = s1[c] / n
-            s2[c] = max(s2[c] - s1[c] * m, 0.0)
-            s1[c] = kd[c] + m
-
-
-@njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
-def _stats_rows_wide(x, tile_mean, tile_m2, shift, rows):
-    """``_stats_rows`` for C ≥ STATS_WIDE: eight rows a step, their differences summed in
-    registers and s1[c], s2[c] loaded and stored once per step. Two cores from memory,
-    (16384, 2048) fp32: 9.2-11.0 → 4.6-4.8 ms (read loop 2.9-4.0) against a row a step;
-    (65536, 512): 6.2-6.6 → 5.2-5.6 ms (flat read loop 3.4-3.7); at C = 64 it was slower
-    than four rows a step (3.2-5.4 against 2.4-3.8 ms), so narrow tiles keep those."""
-    A, C = x.shape
-    for t in prange(tile_mean.shape[0]):
-        lo, hi = t * rows, min(t * rows + rows, A)
-        s1, s2, kd = tile_mean[t], tile_m2[t], shift[t]
-        k = x[lo]
-        for c in range(C):
-            kd[c] = np.float64(k[c])
-            s1[c] = 0.0
-            s2[c] = 0.0
-        groups = lo + (hi - lo) // 8 * 8
-        for a in range(lo, groups, 8):
-            r0, r1, r2, r3 = x[a], x[a + 1], x[a + 2], x[a + 3]
-            r4, r5, r6, r7 = x[a + 4], x[a + 5], x[a + 6], x[a + 7]
-            for c in range(C):
-                kc = kd[c]
-                d0, d1 = np.float64(r0[c]) - kc, np.float64(r1[c]) - kc
-                d2, d3 = np.float64(r2[c]) - kc, np.float64(r3[c]) - kc
-                d4, d5 = np.float64(r4[c]) - kc, np.float64(r5[c]) - kc
-                d6, d7 = np.float64(r6[c]) - kc, np.float64(r7[c]) - kc
-                s1[c] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
-                q = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-                s2[c] += q + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7))
-        for a in range(groups, hi):
+        steps = lo + (hi - lo) // step * step
+        if eight:
+            for a in range(lo, steps, 8):
+                r0, r1, r2, r3 = x[a], x[a + 1], x[a + 2], x[a + 3]
+                r4, r5, r6, r7 = x[a + 4], x[a + 5], x[a + 6], x[a + 7]
+                for c in range(C):
+                    kc = kd[c]
+                    d0, d1 = np.float64(r0[c]) - kc, np.float64(r1[c]) - kc
+                    d2, d3 = np.float64(r2[c]) - kc, np.float64(r3[c]) - kc
+                    d4, d5 = np.float64(r4[c]) - kc, np.float64(r5[c]) - kc
+                    d6, d7 = np.float64(r6[c]) - kc, np.float64(r7[c]) - kc
+                    s1[c] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7))
+                    q = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+                    s2[c] += q + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7))
+        else:
+            for a in range(lo, steps, 4):
+                r0, r1, r2, r3 = x[a], x[a + 1], x[a + 2], x[a + 3]
+                for c in range(C):
+                    kc = kd[c]
+                    d0, d1 = np.float64(r0[c]) - kc, np.float64(r1[c]) - kc
+                    d2, d3 = np.float64(r2[c]) - kc, np.float64(r3[c]) - kc
+                    s1[c] += (d0 + d1) + (d2 + d3)
+                    s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
+        for a in range(steps, hi):
             row = x[a]
             for c in range(C):
                 d = np.float64(row[c]) - kd[c]
@@ -190,8 +166,7 @@ def stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rows = stats_rows(C)
         ntiles = -(-A // rows)
         tm, tq = _two_tables(ntiles, C)
-        rows_stats = _stats_rows_wide if C >= STATS_WIDE else _stats_rows
-        rows_stats(x3.reshape(A, C), tm, tq, np.empty((ntiles, C)), rows)
+        _stats_rows(x3.reshape(A, C), tm, tq, np.empty((ntiles, C)), rows, C >= STATS_WIDE)
         counts = np.minimum(rows, A - rows * np.arange(ntiles)).astype(np.float64)
         _merge_in_order(tm, tq, counts, mean, m2)
     return mean, m2 / (A * B)

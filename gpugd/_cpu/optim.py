@@ -332,13 +332,18 @@ def _apply_lion(p, g, m, out, rnd, lr, b1, one_m_b1, b2, one_m_b2, decay_mul, gs
 
 
 @njit(cache=True, nogil=True)
-def _copy(src, dst):
-    """dst[i] = src[i]: the update statistics' copy of p before the rule rewrites it. A
-    loop, not ``dst[:] = src``: Numba's slice assignment guards against overlap and cost
-    0.33 ns/element against this loop's 0.07 (4096 fp32 in L1, one core), which made the
-    statistics cost as much as the Adam update itself."""
-    for i in range(src.size):
-        dst[i] = src[i]
+def _before(p, scratch, want_stats, lp):
+    """With ``want_stats``, p's values before the rule rewrites them, copied into this
+    thread's scratch row; else the placeholder ``lp``. A loop, not ``old[:] = p``: Numba's
+    slice assignment guards against overlap and cost 0.33 ns/element against this loop's
+    0.07 (4096 fp32 in L1, one core), which made the statistics cost as much as the Adam
+    update itself."""
+    if not want_stats:
+        return lp
+    old = scratch[get_thread_id(), : p.size]
+    for i in range(p.size):
+        old[i] = p[i]
+    return old
 
 
 @njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -397,9 +402,7 @@ def _multi_sgd(
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, lp)
-        old = scratch[get_thread_id(), :n] if want_stats else lp
-        if want_stats:
-            _copy(p, old)
+        old = _before(p, scratch, want_stats, lp)
         _apply_sgd(
             p,
             entry(table, 1, t, lo, n, lg),
@@ -429,9 +432,7 @@ def _multi_adagrad(
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, lp)
-        old = scratch[get_thread_id(), :n] if want_stats else lp
-        if want_stats:
-            _copy(p, old)
+        old = _before(p, scratch, want_stats, lp)
         _apply_adagrad(
             p,
             entry(table, 1, t, lo, n, lg),
@@ -475,9 +476,7 @@ def _multi_rmsprop(
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, lp)
-        old = scratch[get_thread_id(), :n] if want_stats else lp
-        if want_stats:
-            _copy(p, old)
+        old = _before(p, scratch, want_stats, lp)
         _apply_rmsprop(
             p,
             entry(table, 1, t, lo, n, lg),
@@ -530,9 +529,7 @@ def _multi_adam(
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, lp)
-        old = scratch[get_thread_id(), :n] if want_stats else lp
-        if want_stats:
-            _copy(p, old)
+        old = _before(p, scratch, want_stats, lp)
         _apply_adam(
             p,
             entry(table, 1, t, lo, n, lg),
@@ -587,9 +584,7 @@ def _multi_nadam(
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, lp)
-        old = scratch[get_thread_id(), :n] if want_stats else lp
-        if want_stats:
-            _copy(p, old)
+        old = _before(p, scratch, want_stats, lp)
         _apply_nadam(
             p,
             entry(table, 1, t, lo, n, lg),
@@ -639,9 +634,7 @@ def _multi_lion(
         t, lo = tasks[k, 0], tasks[k, 1]
         n = min(chunk, table[SIZE_ROW, t] - lo)
         p = entry(table, 0, t, lo, n, lp)
-        old = scratch[get_thread_id(), :n] if want_stats else lp
-        if want_stats:
-            _copy(p, old)
+        old = _before(p, scratch, want_stats, lp)
         _apply_lion(
             p,
             entry(table, 1, t, lo, n, lg),
