@@ -35,6 +35,14 @@ from .vmath import fma
 # cores), and the same rounding on every path. Contraction left to LLVM (fastmath
 # ``contract``) fused differently in the float32 and the half-precision loops, so master
 # weights stopped equalling an fp32 run bit for bit.
+# Launch Numba's threading layer now, before any kernel is compiled or loaded. Its symbols
+# (``get_thread_id``, which ``_before`` calls) exist in the process only once it runs;
+# compiling a parallel function launches it, loading one from the cache does not. Without
+# this, a process that compiles a new tensor-table driver over a ``_before`` that an
+# earlier process cached aborts in LLVM ("Symbol not found: get_thread_id";
+# tests/test_numba_cache.py).
+get_num_threads()
+
 _RULE = dict(inline="always", error_model="numpy")
 _LOOP = dict(cache=True, nogil=True, error_model="numpy")
 
