@@ -148,17 +148,26 @@ def same_layout(name_a: str, a: Any, name_b: str, b: Any) -> None:
 
 
 # dtypes whose exact-ndarray address Numba reads (``_cpu.tensor_table.array_address``);
-# float16 and bfloat16 arrays it cannot type take ``__array_interface__``
+# another dtype of one of these sizes (float16, bfloat16) is read through a view as the
+# unsigned integer of its size: the same first byte (~0.4 µs against ~1.3 for
+# ``__array_interface__``, and a bfloat16 update reads two per tensor)
 _NUMBA_ADDRESS = frozenset(
     np.dtype(t)
     for t in (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16)
 )
+_SAME_SIZE = {d.itemsize: d for d in map(np.dtype, (np.uint8, np.uint16, np.uint32, np.uint64))}
 
 
 def address(a: Any) -> int:
     """The first byte of an array ``array_kind`` accepted (its own pointer field): the one
     place addresses come from."""
-    if type(a) is np.ndarray and a.dtype in _NUMBA_ADDRESS:
+    if type(a) is np.ndarray:
+        d = a.dtype
+        if d not in _NUMBA_ADDRESS:
+            same = None if d.hasobject else _SAME_SIZE.get(d.itemsize)
+            if same is None:
+                return a.__array_interface__["data"][0]
+            a = a.view(same)
         return cpu("tensor_table").array_address(a)
     return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
 
@@ -189,6 +198,17 @@ def disjoint(arrays: dict[str, Any]) -> None:
             raise ValueError(f"{name} shares memory with {owner}; pass separate arrays")
         if end > reach:
             reach, owner = end, name
+
+
+def overlapping(starts: list[int], nbytes: list[int]) -> bool:
+    """Whether two of the byte ranges [start, start + nbytes) share a byte (empty ones share
+    none): ``disjoint``'s test for many arrays at once (sorted in NumPy, ~30 µs for 600
+    against ~400 in Python); ``disjoint`` then names the two."""
+    n = np.asarray(nbytes, np.uint64)
+    s = np.asarray(starts, np.uint64)[n > 0]
+    e = s + n[n > 0]
+    order = np.argsort(s, kind="stable")
+    return bool((s[order][1:] < np.maximum.accumulate(e[order])[:-1]).any())
 
 
 def disjoint_from(name: str, a: Any, others: dict[str, Any]) -> None:
@@ -244,6 +264,7 @@ __all__ = [
     "float_array",
     "no_partial_overlap",
     "output",
+    "overlapping",
     "real_scalar",
     "same_layout",
 ]

@@ -234,8 +234,38 @@ def test_address_is_the_array_interfaces_pointer_for_every_accepted_kind(tmp_pat
         np.arange(6).astype(ml_dtypes.bfloat16)[2:],
         np.arange(6, dtype=">f4"),
         np.zeros(3, np.int32),
+        np.arange(12, dtype=np.float16).reshape(3, 4)[:, 1],  # half, strided: a uint16 view
+        np.arange(6).astype(ml_dtypes.bfloat16).reshape(2, 3).T,
+        np.array(1.5, ml_dtypes.bfloat16),
+        np.zeros(4, np.complex64)[1:],  # 8 bytes, not a Numba-typed kind: a uint64 view
+        np.zeros(4, np.dtype([("a", "<i2"), ("b", "u1"), ("c", "u1")]))[1:],
+        np.zeros(3, object),  # references: never viewed, __array_interface__
     ]
     mm = np.memmap(tmp_path / "m.bin", dtype=np.float32, mode="w+", shape=(4,))
     arrays += [mm, mm[1:]]
     for a in arrays:
         assert _validate.address(a) == a.__array_interface__["data"][0], (a.dtype, a.shape)
+
+
+def test_overlapping_agrees_with_a_pairwise_check():
+    """``_validate.overlapping`` (the sorted screen for many arrays) against every pair of
+    [start, start + n) ranges: touching ends, nesting, equal starts, empty ranges."""
+    from gpugd import _validate
+
+    rng = np.random.default_rng(3)
+    for trial in range(400):
+        k = int(rng.integers(0, 9))
+        starts = [int(x) for x in rng.integers(0, 60, k)]
+        sizes = [int(x) for x in rng.integers(0, 12, k) * rng.integers(0, 2, k)]
+        pairwise = any(
+            sizes[i]
+            and sizes[j]
+            and starts[i] < starts[j] + sizes[j]
+            and starts[j] < starts[i] + sizes[i]
+            for i in range(k)
+            for j in range(i)
+        )
+        assert _validate.overlapping(starts, sizes) == pairwise, (trial, starts, sizes)
+    big = 1 << 47  # user-space addresses near the top of the 47-bit range
+    assert _validate.overlapping([big, big + 8], [8, 8]) is False
+    assert _validate.overlapping([big, big + 7], [8, 8]) is True

@@ -144,3 +144,95 @@ def test_bad_lists_are_rejected_and_nothing_is_written(xp, case):
         for i, a in enumerate(arrays):
             fill = 1.0 if k == "p" else 0.0
             assert (to_numpy(a) == fill).all(), f"{name}: {k}[{i}] was written"
+
+
+# Tensors 1.. of a list of exact NumPy arrays are screened against tensor 0 (the same dtype
+# object, p's shape, C-contiguous, aligned, writable where written); whatever the screen
+# does not vouch for gets every rule, so each fault below, at tensor 2 of any row, must be
+# named there, and each oddity that the rules allow must still be accepted.
+_ROWS = ("p", "g", "exp_avg", "exp_avg_sq", "master")
+
+
+def _half_lists(n_tensors=4, size=12):
+    import ml_dtypes
+
+    bf = ml_dtypes.bfloat16
+    rows = {
+        "p": [np.full(size, 0.5, bf) for _ in range(n_tensors)],
+        "g": [np.full(size, 0.25, bf) for _ in range(n_tensors)],
+        "exp_avg": [np.zeros(size, np.float32) for _ in range(n_tensors)],
+        "exp_avg_sq": [np.zeros(size, np.float32) for _ in range(n_tensors)],
+        "master": [np.full(size, 0.5, np.float32) for _ in range(n_tensors)],
+    }
+    return rows
+
+
+def _call(rows):
+    return ops.adam_(
+        rows["p"], rows["g"], rows["exp_avg"], rows["exp_avg_sq"], lr=1e-2, master=rows["master"]
+    )
+
+
+def _unaligned(a):
+    raw = np.zeros(a.nbytes + 1, np.uint8)[1:]
+    return raw.view(a.dtype).reshape(a.shape)
+
+
+_FAULTS = {
+    "dtype": (lambda a: a.astype(np.float64), TypeError, r"dtype|got float64"),
+    "shape": (lambda a: np.zeros(a.size + 1, a.dtype), (ValueError, TypeError), r"shape"),
+    "strided": (lambda a: np.repeat(a, 2)[::2], ValueError, r"C-contiguous"),
+    "unaligned": (_unaligned, ValueError, r"not aligned"),
+    "read-only": (lambda a: _read_only(a), ValueError, r"read-only"),
+    "matrix": (lambda a: np.asmatrix(a.astype(np.float32)), TypeError, r"subclass"),
+    "list": (lambda a: a.tolist(), TypeError, r"expected a numpy.ndarray"),
+}
+
+
+def _read_only(a):
+    b = a.copy()
+    b.flags.writeable = False
+    return b
+
+
+@pytest.mark.parametrize(
+    ("row", "fault"),
+    # g is only read: a read-only g is accepted (the next test)
+    [(r, f) for r in _ROWS for f in sorted(_FAULTS) if (r, f) != ("g", "read-only")],
+)
+def test_a_fault_past_the_first_tensor_is_named_there(row, fault):
+    make, exc, match = _FAULTS[fault]
+    rows = _half_lists()
+    rows[row][2] = make(rows[row][2])
+    before = {k: [np.array(a, copy=True) for a in v] for k, v in rows.items()}
+    with pytest.raises(exc, match=rf"^\w+\[2\]: .*({match})") as err:
+        _call(rows)
+    assert f"{row}[2]" in str(err.value)  # p's shape is named by the array it mismatches
+    for k, arrays in rows.items():
+        for i, a in enumerate(arrays):
+            assert np.array_equal(np.asarray(a), before[k][i]), f"{k}[{i}] was written"
+
+
+def test_what_the_screen_passes_over_the_rules_still_accept():
+    """A read-only g, an equal dtype that is another object (float32 with metadata) and a
+    memmap past tensor 0: the full rules accept them, and the update equals a plain call."""
+    plain, odd = _half_lists(), _half_lists()
+    odd["g"][1] = _read_only(odd["g"][1])
+    odd["exp_avg"][2] = odd["exp_avg"][2].astype(np.dtype(np.float32, metadata={"k": 1}))
+    assert odd["exp_avg"][2].dtype is not plain["exp_avg"][2].dtype
+    _call(plain)
+    _call(odd)
+    for k in _ROWS:
+        for i, (a, b) in enumerate(zip(plain[k], odd[k], strict=True)):
+            assert np.array_equal(np.asarray(a), np.asarray(b)), f"{k}[{i}]"
+
+
+def test_a_memmap_past_the_first_tensor_is_accepted(tmp_path):
+    plain, odd = _half_lists(), _half_lists()
+    mm = np.memmap(tmp_path / "v.bin", np.float32, "w+", shape=(12,))
+    mm[:] = 0
+    odd["exp_avg_sq"][3] = mm
+    _call(plain)
+    _call(odd)
+    assert np.array_equal(plain["exp_avg_sq"][3], np.asarray(mm))
+    assert np.array_equal(plain["master"][3], odd["master"][3])

@@ -51,56 +51,83 @@ class Tensors:
         self.master = rows.pop()
         self.rows: list[list | None] = rows
         self.names = names
-        labelled = {
-            (f"{n}[{i}]" if self.multi else n): a
-            for n, row in zip([*names, "master"], [*rows, self.master], strict=True)
-            if row is not None
-            for i, a in enumerate(row)
-        }
-        self.backend = v.array_backend(**labelled) if labelled else "cpu"
+        every = [
+            (n, row) for n, row in zip([*names, "master"], [*rows, self.master], strict=True) if row
+        ]
+        arrays = [a for _, row in every for a in row]
+        # Exact NumPy arrays (the common case) are the CPU backend, each checked for
+        # alignment with its tensor below; anything else (CuPy, memmaps, mixed libraries,
+        # non-arrays) takes the full check of every array first, with its message.
+        plain = all(type(a) is np.ndarray for a in arrays)
+        self.backend = "cpu" if plain else v.array_backend(**self._labelled())
         ps = rows[0]
         self.dtype = ps[0].dtype if ps else None
         self.half = self.dtype is not None and v.dtype_name(self.dtype) in v.HALF_NAMES
         self.state_dtype = next((r[0].dtype for r in rows[2:] if r is not None and r), None)
-        for i, pa in enumerate(ps):
-            sfx = f"[{i}]" if self.multi else ""
-
-            def lab(n: str, sfx: str = sfx) -> str:
-                return n + sfx
-
-            v.float_array(lab("p"), pa, writable=True, half=True)
-            if pa.dtype != ps[0].dtype:
-                raise TypeError(
-                    f"{lab('p')}: dtype {pa.dtype} differs from p[0]'s {ps[0].dtype}; "
-                    "one launch takes one dtype, so update each dtype separately"
-                )
-            for n, row in zip(names[1:], rows[1:], strict=True):
-                if row is None:
-                    continue
-                v.float_array(lab(n), row[i], writable=n != "g", half=self.half)
-                if n == "g" or not self.half:
-                    v.same_layout(lab("p"), pa, lab(n), row[i])
-                else:
-                    self._check_half_state(lab(n), row[i], lab("p"), pa)
-            if self.master is not None:
-                m = self.master[i]
-                if not self.half:
-                    raise TypeError(
-                        "master: fp32 master weights go with float16 or bfloat16 parameters; "
-                        f"p is {pa.dtype}"
-                    )
-                v.float_array(lab("master"), m, writable=True)
-                if m.dtype != np.float32 or m.shape != pa.shape:
-                    raise TypeError(
-                        f"{lab('master')}: expected float32 of p's shape {pa.shape}, got "
-                        f"{m.dtype}{list(m.shape)}"
-                    )
+        if ps:
+            self._check_tensor(0)
+        # Tensors 1.. are screened against tensor 0, which passed every rule: the same dtype
+        # object in each row, p's shape, C-contiguous, aligned, writable where written. That
+        # implies every rule; an array the screen does not vouch for gets the full check,
+        # which passes it (an equal dtype that is another object) or names what is wrong.
+        screen = [(row, row[0].dtype, n != "g") for n, row in every] if plain else []
+        for i in range(1, len(ps)):
+            if not (plain and _passes(screen, i, ps[i].shape)):
+                self._check_tensor(i)
         self.compute = np.dtype(np.float32) if self.half else self.dtype
         self.sizes = [int(a.size) for a in ps]
         # every address once: the overlap check and the table
-        self._addresses = {id(a): v.address(a) for a in labelled.values()}
-        self._check_disjoint(labelled)
+        where = [v.address(a) for a in arrays]
+        self._addresses = dict(zip(map(id, arrays), where, strict=True))
+        if v.overlapping(where, [a.nbytes for a in arrays]):
+            v.disjoint(self._labelled())  # raises, naming the two arrays
+            raise ValueError("two of the arrays share memory; pass separate arrays")
         self._prepared: Any = None
+
+    def _labelled(self) -> dict[str, Any]:
+        """Every array by its argument name ("p", or "exp_avg[3]" for lists)."""
+        rows = [*self.rows, self.master]
+        return {
+            (f"{n}[{i}]" if self.multi else n): a
+            for n, row in zip([*self.names, "master"], rows, strict=True)
+            if row is not None
+            for i, a in enumerate(row)
+        }
+
+    def _check_tensor(self, i: int) -> None:
+        """Every rule for tensor ``i`` of each row (the only tensor without lists)."""
+        pa, sfx = self.rows[0][i], f"[{i}]" if self.multi else ""
+        v.array_kind("p" + sfx, pa)
+        v.float_array("p" + sfx, pa, writable=True, half=True)
+        if pa.dtype != self.dtype:
+            raise TypeError(
+                f"p{sfx}: dtype {pa.dtype} differs from p[0]'s {self.dtype}; "
+                "one launch takes one dtype, so update each dtype separately"
+            )
+        for n, row in zip(self.names[1:], self.rows[1:], strict=True):
+            if row is None:
+                continue
+            a = row[i]
+            v.array_kind(n + sfx, a)
+            v.float_array(n + sfx, a, writable=n != "g", half=self.half)
+            if n == "g" or not self.half:
+                v.same_layout("p" + sfx, pa, n + sfx, a)
+            else:
+                self._check_half_state(n + sfx, a, "p" + sfx, pa)
+        if self.master is not None:
+            m = self.master[i]
+            if not self.half:
+                raise TypeError(
+                    "master: fp32 master weights go with float16 or bfloat16 parameters; "
+                    f"p is {pa.dtype}"
+                )
+            v.array_kind("master" + sfx, m)
+            v.float_array("master" + sfx, m, writable=True)
+            if m.dtype != np.float32 or m.shape != pa.shape:
+                raise TypeError(
+                    f"master{sfx}: expected float32 of p's shape {pa.shape}, got "
+                    f"{m.dtype}{list(m.shape)}"
+                )
 
     def _check_half_state(self, name: str, s: Any, pname: str, pa: Any) -> None:
         """States beside half-precision parameters: p's shape, float32 or bfloat16, and
@@ -125,21 +152,6 @@ class Tensors:
         s = "f32" if self.state_dtype is None or self.state_dtype == np.float32 else "bf16"
         p = "f16" if self.dtype == np.float16 else "bf16"
         return f"{p}p_{s}s" + ("_master" if self.master is not None else "")
-
-    def _check_disjoint(self, labelled: dict[str, Any]) -> None:
-        """Every array its own memory: sort the [start, end) byte ranges, compare neighbours."""
-        at = self._addresses
-        spans = sorted(
-            (at[id(a)], k, at[id(a)] + a.nbytes, name)
-            for k, (name, a) in enumerate(labelled.items())
-            if a.size
-        )
-        reach, owner = -1, ""
-        for start, _, end, name in spans:
-            if start < reach:
-                raise ValueError(f"{name} shares memory with {owner}; pass separate arrays")
-            if end > reach:
-                reach, owner = end, name
 
     def _table_rows(self) -> tuple[list, list | None]:
         """Rows of the tensor table: the rule updates the master copy when there is one,
@@ -293,6 +305,19 @@ class Tensors:
 
         finish_cuda(first, ntensors, chunk_stats, 2, per, total, null)
         return per
+
+
+def _passes(screen: list, i: int, shape: tuple) -> bool:
+    """Tensor ``i`` of each (row, tensor 0's dtype, written) of ``screen`` (exact NumPy
+    arrays): that dtype object, ``shape``, C-contiguous, aligned, writable if written."""
+    for row, dtype, written in screen:
+        a = row[i]
+        f = a.flags
+        if a.dtype is not dtype or a.shape != shape:
+            return False
+        if not (f.c_contiguous and f.aligned and (f.writeable or not written)):
+            return False
+    return True
 
 
 def _cpu_value(x: Any, t: Any) -> Any:
