@@ -30,14 +30,24 @@ def build(
 ) -> np.ndarray:
     """The (7, T) table of ``rows`` = [ps, gs, states...] (up to 5 rows, None: unused) and
     the optional ``out`` row."""
-    n = len(rows[0])
-    table = np.zeros((ROWS, n), np.int64)
+    return from_addresses(
+        [None if row is None else [address(a) for a in row] for row in rows],
+        [a.size for a in rows[0]],
+        None if out is None else [address(a) for a in out],
+    )
+
+
+def from_addresses(
+    rows: Sequence[Sequence[int] | None], sizes: Sequence[int], out: Sequence[int] | None = None
+) -> np.ndarray:
+    """``build``'s table from the rows' addresses already read (None: unused row)."""
+    table = np.zeros((ROWS, len(sizes)), np.int64)
     for r, row in enumerate(rows):
         if row is not None:
-            table[r] = [address(a) for a in row]
-    table[SIZE_ROW] = [a.size for a in rows[0]]
+            table[r] = row
+    table[SIZE_ROW] = sizes
     if out is not None:
-        table[OUT_ROW] = [address(a) for a in out]
+        table[OUT_ROW] = out
     return table
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numbers
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,12 @@ def address(a: Any) -> int:
     return a.__array_interface__["data"][0] if isinstance(a, np.ndarray) else a.data.ptr
 
 
+def addresses(arrays: list) -> list[int]:
+    """``address`` of each array, its lookups done once (a list update reads hundreds)."""
+    read, kinds = cpu("tensor_table").array_address, _NUMBA_ADDRESS
+    return [read(a) if type(a) is np.ndarray and a.dtype in kinds else address(a) for a in arrays]
+
+
 def _span(a: Any) -> tuple[int, int]:
     """[start, end) bytes of a C-contiguous array (empty: start = end)."""
     start = address(a)
@@ -200,7 +207,7 @@ def disjoint(arrays: dict[str, Any]) -> None:
             reach, owner = end, name
 
 
-def overlapping(starts: list[int], nbytes: list[int]) -> bool:
+def overlapping(starts: Sequence[int], nbytes: Sequence[int] | np.ndarray) -> bool:
     """Whether two of the byte ranges [start, start + nbytes) share a byte (empty ones share
     none): ``disjoint``'s test for many arrays at once (sorted in NumPy, ~30 µs for 600
     against ~400 in Python); ``disjoint`` then names the two."""
@@ -254,6 +261,7 @@ def real_scalar(name: str, v: Any) -> float:
 
 __all__ = [
     "address",
+    "addresses",
     "array_backend",
     "array_kind",
     "choice",

@@ -77,12 +77,20 @@ class Tensors:
         self.compute = np.dtype(np.float32) if self.half else self.dtype
         self.sizes = [int(a.size) for a in ps]
         # every address once: the overlap check and the table
-        where = [v.address(a) for a in arrays]
-        self._addresses = dict(zip(map(id, arrays), where, strict=True))
-        if v.overlapping(where, [a.nbytes for a in arrays]):
+        where = v.addresses(arrays)
+        self._at: dict[int, list[int]] = {}  # id of a row (list) → its arrays' addresses
+        k = 0
+        for _, row in every:
+            self._at[id(row)] = where[k : k + len(row)]
+            k += len(row)
+        # each row's tensor i holds p[i]'s element count (checked above)
+        sizes = np.asarray(self.sizes, np.uint64)
+        nbytes = [sizes * row[0].dtype.itemsize for _, row in every]
+        if v.overlapping(where, np.concatenate(nbytes) if nbytes else []):
             v.disjoint(self._labelled())  # raises, naming the two arrays
             raise ValueError("two of the arrays share memory; pass separate arrays")
         self._prepared: Any = None
+        self._stats_tasks: np.ndarray | None = None
 
     def _labelled(self) -> dict[str, Any]:
         """Every array by its argument name ("p", or "exp_avg[3]" for lists)."""
@@ -205,8 +213,7 @@ class Tensors:
             flat = [None if r is None else kernel_view(r[0].reshape(-1)) for r in rows]
             half_p = None if out is None else kernel_view(out[0].reshape(-1))
             sr = None if key is None else np.uint32(key)
-            at = self._addresses
-            where = [0 if r is None else at[id(r[0])] for r in [*rows, out]]
+            where = [0 if r is None else self._at[id(r)][0] for r in [*rows, out]]
             k.run(rule, flat[0], flat[1], flat[2:], scalars, where, half_p, sr)
             return None
         if self._prepared is None:
@@ -221,18 +228,25 @@ class Tensors:
                 like(rows[1][0]),
                 like((states[0] if states else rows[0])[0]),
             )
+            at = self._at
             self._prepared = (
-                layout.build(rows, lambda a: self._addresses[id(a)], out),
+                layout.from_addresses(
+                    [None if r is None else at.get(id(r), []) for r in rows],
+                    self.sizes,
+                    None if out is None else at[id(out)],
+                ),
                 layout.tasks(self.sizes, k.CHUNK),
                 likes,
                 None if out is None else like(out[0]),
-                layout.tasks(self.sizes, k.STATS_CHUNK),
             )
-        table, tasks, likes, out_like, stats_tasks = self._prepared
+        table, tasks, likes, out_like = self._prepared
         sr = None if key is None else np.uint32(key)
         if not stats:
             k.run_table(rule, table, tasks, likes, *scalars, out_like=out_like, key=sr)
             return None
+        if self._stats_tasks is None:
+            self._stats_tasks = layout.tasks(self.sizes, k.STATS_CHUNK)
+        stats_tasks = self._stats_tasks
         out = np.empty((stats_tasks.shape[0], 2))
         k.run_table(
             rule,
