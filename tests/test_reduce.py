@@ -57,7 +57,7 @@ def test_nonfinite_is_counted_and_flagged(xp, bad, where):
 
 
 def test_zero_counts_are_exact_over_full_chunks(xp):
-    # the CPU counts in float32 lanes (exact below 2^24 a lane): whole 65,536-element tasks
+    # whole 65,536-element tasks
     # of zeros, a partial one, and -0.0, which is a zero too
     a = np.zeros((1 << 17) + 3, np.float32)
     a[5] = -0.0
@@ -371,3 +371,32 @@ def test_error_if_nonfinite_must_be_a_bool(flag):
 def test_non_arrays_are_type_errors_naming_the_argument(call, match):
     with pytest.raises(TypeError, match=match):
         call()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("n", [0, 3, 1023, 4 * 4096 + 7])
+def test_both_stream_layouts_count_and_sum_alike(dtype, n):
+    """The chunk loops of both layouts (``vector.FOUR_STREAMS`` picks one per host, so the
+    other never runs in the suite on that host): Σ x² against float64 and the exact zero
+    count, ±0 both counted, subnormals and NaN-free values only."""
+    from gpugd._cpu import precision, vector
+    from gpugd._cpu import reduce as red
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(dtype)
+    x[rng.random(n) < 0.3] = 0
+    x[rng.random(n) < 0.05] = -0.0
+    if n:
+        x[-1] = np.finfo(dtype).smallest_subnormal
+    want_ssq, want_zeros = float(np.sum(x.astype(np.float64) ** 2)), int(np.sum(x == 0))
+    v = precision.kernel_view(x)
+    q = n // 4
+    parts = [v[i * q : (i + 1) * q] for i in range(4)]
+    s4, z4 = red._ssq_zeros_four_streams(*parts)
+    s_rest, z_rest = red._ssq_zeros_stream(v[4 * q :])
+    s1, z1 = red._ssq_zeros_stream(v)
+    plain4 = vector._ssq_four_streams(*parts) + vector._ssq_stream(v[4 * q :])
+    for ssq, zeros in [(s4 + s_rest, z4 + z_rest), (s1, z1), (plain4, want_zeros)]:
+        assert zeros == want_zeros
+        assert abs(ssq - want_ssq) <= 1e-13 * want_ssq
+    assert red.chunk_stats(v, True) in {(s4 + s_rest, z4 + z_rest), (s1, z1)}

@@ -7,10 +7,11 @@ count of non-finite elements — taken only for a chunk whose Σ x² is not fini
 loop is the plain sum of squares. float16/bfloat16 tensors arrive as their integer bit
 views (``precision.kernel_view``) and are widened on load. A chunk (a tensor's last, short
 one too: a list of 161 ResNet-50 tensors is ~half short chunks) is read as four
-interleaved sequential streams (more cache misses in flight per core, as in
-``vector.sum_of_squares``); the inner loops vectorize (``{'reassoc', 'contract'}``: no
-flag that assumes away NaN/Inf). Then, in task order, each tensor's chunks are summed and
-the tensors' sums are summed: deterministic for any thread count.
+interleaved sequential streams (more cache misses in flight per core), or as one on AMD
+Zen 4, as ``vector.sum_of_squares`` does (``vector.FOUR_STREAMS``); the inner loops
+vectorize (``{'reassoc', 'contract'}``: no flag that assumes away NaN/Inf). Then, in task
+order, each tensor's chunks are summed and the tensors' sums are summed: deterministic for
+any thread count.
 """
 
 from __future__ import annotations
@@ -20,36 +21,35 @@ from numba import njit, prange
 
 from .precision import ld
 from .tensor_table import SIZE_ROW, entry
-from .vector import _REDUCE_MATH, _ssq_four_streams, _ssq_stream
+from .vector import _REDUCE_MATH, FOUR_STREAMS, _ssq_four_streams, _ssq_stream
 
 CHUNK = 1 << 16  # elements per task: the CUDA reduce chunk
 
 
-# The zero counts are float32 sums of 0/1, exact below 2^24 per lane (a stream is at most
-# CHUNK/4 = 16384 elements), compared in the element's own precision: 16 lanes a vector
-# instead of the squares' 8 (1,000 tensors of 64-8191 fp32 elements, in L3, two cores:
-# 304 → 261-272 µs with the counts; 218-226 without them; the read loop 146-157).
-# A separate 8-lane count loop after the squares (chunk then in L1/L2) was 2% faster over
-# those tensors and 8% slower over ResNet-50's gradients (3.5 → 3.8 ms: full chunks re-read
-# from L2), so the counts stay in the squares' loop.
-_ONE, _NIL = np.float32(1.0), np.float32(0.0)
+# The zero counts are integer sums in the squares' loop (LLVM: a compare, a mask and a
+# subtract per vector). They were float32 sums of 0/1 (two cores, Zen 4, 1,000 tensors of
+# 64-8191 fp32, round-robin medians: 0.79 → 0.35 ms with the integer counts and one stream;
+# the counts alone, four streams: 0.98 → 0.85). A separate 8-lane count loop after the
+# squares (chunk then in L1/L2) was 2% faster over those tensors and 8% slower over
+# ResNet-50's gradients on Zen 3 (3.5 → 3.8 ms: full chunks re-read from L2), so the counts
+# stay in the squares' loop.
 
 
 @njit(cache=True, nogil=True, fastmath=_REDUCE_MATH)
 def _ssq_zeros_stream(x):
-    ssq, z = 0.0, _NIL
+    ssq, z = 0.0, 0
     for i in range(x.size):
         e = ld(x, i)
         v = np.float64(e)
         ssq += v * v
-        z += _ONE if e == 0 else _NIL
+        z += 1 if e == 0 else 0
     return ssq, np.float64(z)
 
 
 @njit(cache=True, nogil=True, fastmath=_REDUCE_MATH)
 def _ssq_zeros_four_streams(x0, x1, x2, x3):
     a0 = a1 = a2 = a3 = 0.0
-    z0 = z1 = z2 = z3 = _NIL
+    z0 = z1 = z2 = z3 = 0
     for i in range(x0.size):
         e0, e1, e2, e3 = ld(x0, i), ld(x1, i), ld(x2, i), ld(x3, i)
         v0, v1, v2, v3 = np.float64(e0), np.float64(e1), np.float64(e2), np.float64(e3)
@@ -57,12 +57,11 @@ def _ssq_zeros_four_streams(x0, x1, x2, x3):
         a1 += v1 * v1
         a2 += v2 * v2
         a3 += v3 * v3
-        z0 += _ONE if e0 == 0 else _NIL
-        z1 += _ONE if e1 == 0 else _NIL
-        z2 += _ONE if e2 == 0 else _NIL
-        z3 += _ONE if e3 == 0 else _NIL
-    z = (np.float64(z0) + np.float64(z1)) + (np.float64(z2) + np.float64(z3))
-    return (a0 + a1) + (a2 + a3), z
+        z0 += 1 if e0 == 0 else 0
+        z1 += 1 if e1 == 0 else 0
+        z2 += 1 if e2 == 0 else 0
+        z3 += 1 if e3 == 0 else 0
+    return (a0 + a1) + (a2 + a3), np.float64((z0 + z1) + (z2 + z3))
 
 
 @njit(cache=True, nogil=True)
@@ -77,6 +76,8 @@ def _count_nonfinite(x):
 def chunk_stats(x, zeros):
     """(Σ x², zero count or 0) of one chunk: the per-element work of every task (and of the
     benchmarks' compute bound, ``ceilings.reduce_math``)."""
+    if not FOUR_STREAMS:
+        return _ssq_zeros_stream(x) if zeros else (_ssq_stream(x), 0.0)
     # four equal streams and the < 4 elements left over
     q = x.size // 4
     q0, q1, q2, q3, rest = x[:q], x[q : 2 * q], x[2 * q : 3 * q], x[3 * q : 4 * q], x[4 * q :]
