@@ -101,15 +101,19 @@ def _task(table, tasks, k, like, out, zeros):
 
 
 @njit(cache=True, nogil=True)
-def _partials_serial(table, tasks, like, out, zeros):
+def _stats_serial(table, tasks, like, zeros):
+    partial = np.empty((tasks.shape[0], 3), np.float64)
     for k in range(tasks.shape[0]):
-        _task(table, tasks, k, like, out, zeros)
+        _task(table, tasks, k, like, partial, zeros)
+    return _results(tasks, partial, table.shape[1])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def _partials_parallel(table, tasks, like, out, zeros):
+def _stats_parallel(table, tasks, like, zeros):
+    partial = np.empty((tasks.shape[0], 3), np.float64)
     for k in prange(tasks.shape[0]):
-        _task(table, tasks, k, like, out, zeros)
+        _task(table, tasks, k, like, partial, zeros)
+    return _results(tasks, partial, table.shape[1])
 
 
 @njit(cache=True, nogil=True)
@@ -133,12 +137,26 @@ def finish(tasks: np.ndarray, partial: np.ndarray, ntensors: int):
     return per_tensor, total
 
 
+@njit(cache=True, nogil=True)
+def _results(tasks, partial, ntensors):
+    per = np.empty((ntensors, 3), np.float64)
+    total = np.empty(3, np.float64)
+    _finish(tasks, partial, per, total)
+    return (
+        np.sqrt(total[0]),
+        np.sqrt(per[:, 0]),
+        per[:, 1].astype(np.int64),
+        per[:, 2].astype(np.int64),
+        total[1] > 0,
+    )
+
+
 def stats(table: np.ndarray, tasks: np.ndarray, like: np.ndarray, parallel: bool, zeros: bool):
-    """(per-tensor (T, 3), totals (3,)) float64: Σ x², non-finite count, zero count (0 unless
-    ``zeros``)."""
-    partial = np.empty((tasks.shape[0], 3), np.float64)
-    (_partials_parallel if parallel else _partials_serial)(table, tasks, like, partial, zeros)
-    return finish(tasks, partial, table.shape[1])
+    """(‖x‖₂ over all, per-tensor norms (T,), non-finite counts (T,), zero counts (T,), 0
+    unless ``zeros``, any non-finite): the pass and its fold into the results in one Numba
+    call (each NumPy call the results took costs 10-20 µs after a training step has evicted
+    NumPy's code: 0.1 ms in all, a quarter of a pass over 1,000 small tensors)."""
+    return (_stats_parallel if parallel else _stats_serial)(table, tasks, like, zeros)
 
 
 # ---- the mean of K same-shape buffers, one pass -------------------------------------------

@@ -65,6 +65,7 @@ class Reduction:
                 )
         self.arrays = arrays
         self.sizes = [int(a.size) for a in arrays]
+        self.numel = sum(self.sizes)
         self._prepared: Any = None
 
     def run(self, zeros: bool = True) -> GradStats:
@@ -77,26 +78,26 @@ class Reduction:
     def _run_cpu(self, zeros: bool) -> GradStats:
         k = cpu("reduce")
         n = len(self.arrays)
-        if not sum(self.sizes):
-            per, total = np.zeros((n, 3)), np.zeros(3)
+        if not self.numel:
+            norm, norms, bad = 0.0, np.zeros(n), False
+            nonfinite, zero = np.zeros(n, np.int64), np.zeros(n, np.int64)
         else:
             if self._prepared is None:
                 self._prepared = (
                     layout.build([self.arrays], v.address),
                     layout.tasks(self.sizes, k.CHUNK),
                     cpu("precision").kernel_view(np.zeros(1, self.arrays[0].dtype)),
+                    self.numel >= cpu("vector").PARALLEL_MIN,
                 )
-            table, tasks, like = self._prepared
-            per, total = k.stats(
-                table, tasks, like, sum(self.sizes) >= cpu("vector").PARALLEL_MIN, zeros
-            )
+            table, tasks, like, parallel = self._prepared
+            norm, norms, nonfinite, zero, bad = k.stats(table, tasks, like, parallel, zeros)
         return GradStats(
-            norm=np.float64(math.sqrt(total[0])),
-            norms=np.sqrt(per[:, 0]),
-            nonfinite=np.bool_(total[1] > 0),
-            nonfinite_counts=per[:, 1].astype(np.int64),
-            zero_counts=per[:, 2].astype(np.int64) if zeros else None,
-            flag=np.array([int(total[1] > 0)], np.int32),
+            norm=np.float64(norm),
+            norms=norms,
+            nonfinite=np.bool_(bad),
+            nonfinite_counts=nonfinite,
+            zero_counts=zero if zeros else None,
+            flag=np.array([int(bad)], np.int32),
         )
 
     def cuda_buffers(self) -> tuple:
@@ -131,7 +132,7 @@ class Reduction:
         per = cupy.zeros((n, 3), cupy.float64)
         total = cupy.zeros(3, cupy.float64)
         flag = cupy.zeros(1, cupy.int32)
-        if sum(self.sizes):
+        if self.numel:
             partial = cupy.empty((self.cuda_buffers()[2], 3), cupy.float64)
             self.launch_cuda(partial, per, total, flag)
         return GradStats(
