@@ -269,3 +269,17 @@ def test_overlapping_agrees_with_a_pairwise_check():
     big = 1 << 47  # user-space addresses near the top of the 47-bit range
     assert _validate.overlapping([big, big + 8], [8, 8]) is False
     assert _validate.overlapping([big, big + 7], [8, 8]) is True
+
+
+def test_disjoint_over_many_arrays_names_the_pair():
+    """``_validate.disjoint`` over 32 arrays or more screens with ``overlapping`` first:
+    disjoint views pass, an overlap among them is still named, the same array twice too."""
+    from gpugd import _validate
+
+    buf = np.zeros(4096, np.float32)
+    views = {f"g[{i}]": buf[i * 100 : i * 100 + 100] for i in range(40)}
+    _validate.disjoint(views)  # touching, not overlapping
+    with pytest.raises(ValueError, match=r"g\[40\] shares memory with g\[3\]"):
+        _validate.disjoint({**views, "g[40]": buf[350:360]})
+    with pytest.raises(ValueError, match=r"g\[40\] shares memory with g\[7\]"):
+        _validate.disjoint({**views, "g[40]": views["g[7]"]})

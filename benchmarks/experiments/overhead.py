@@ -49,7 +49,7 @@ def _kernel_call(opt: optim.Adam) -> Callable[[], None]:
     """The optimizer's kernel call with everything prebuilt: its group's tensor table (made
     at its first step) and the float32 scalars of step 10, straight to ``run_table``."""
     k = opt._kernel(opt.param_groups[0], 10, 1.0, opt._groups[0])
-    table, tasks, likes, out_like, _ = opt._tensors(0, k)._prepared
+    table, tasks, likes, out_like = opt._tensors(0, k)._prepared
     scalars = tuple(_cpu_value(x, np.float32) for x in (*k.scalars, k.grad_scale, k.clip))
     return lambda: kernels.run_table(k.rule, table, tasks, likes, *scalars, out_like=out_like)
 

@@ -76,21 +76,25 @@ class Tensors:
                 self._check_tensor(i)
         self.compute = np.dtype(np.float32) if self.half else self.dtype
         self.sizes = [int(a.size) for a in ps]
-        # every address once: the overlap check and the table
+        self._at = self._read_addresses([row for _, row in every], arrays)
+        self._prepared: Any = None
+        self._stats_tasks: np.ndarray | None = None
+
+    def _read_addresses(self, rows: list[list], arrays: list) -> dict[int, list[int]]:
+        """Every array's address, read once for the overlap check and the table: id of
+        each row (list) → its arrays' addresses. No two arrays may share a byte."""
         where = v.addresses(arrays)
-        self._at: dict[int, list[int]] = {}  # id of a row (list) → its arrays' addresses
-        k = 0
-        for _, row in every:
-            self._at[id(row)] = where[k : k + len(row)]
+        at, k = {}, 0
+        for row in rows:
+            at[id(row)] = where[k : k + len(row)]
             k += len(row)
-        # each row's tensor i holds p[i]'s element count (checked above)
+        # each row's tensor i holds p[i]'s element count (checked before)
         sizes = np.asarray(self.sizes, np.uint64)
-        nbytes = [sizes * row[0].dtype.itemsize for _, row in every]
+        nbytes = [sizes * row[0].dtype.itemsize for row in rows]
         if v.overlapping(where, np.concatenate(nbytes) if nbytes else []):
             v.disjoint(self._labelled())  # raises, naming the two arrays
             raise ValueError("two of the arrays share memory; pass separate arrays")
-        self._prepared: Any = None
-        self._stats_tasks: np.ndarray | None = None
+        return at
 
     def _labelled(self) -> dict[str, Any]:
         """Every array by its argument name ("p", or "exp_avg[3]" for lists)."""
