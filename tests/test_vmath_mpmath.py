@@ -12,6 +12,8 @@ subnormal), as stated in ``vmath``'s docstring:
     vexpm1   float32 ≤ 2 ulps (1.61 seen), float64 ≤ 1.5 ulps (1.35 seen)
     vphi     float32 ≤ 6 ulps of Φ(x) (5.12 seen; the erfc fit, relative 1.4e-7);
              float64 is libm's erfc, not tested here
+    vlog1p_unit float32 ≤ 1.5 ulps over its domain 0 ≤ e ≤ 1 (1.16 seen); float64 is
+             libm's log1p, not tested here
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from gpugd._cpu.vmath import K32, vexp, vexp_neg, vexpm1, vphi
+from gpugd._cpu.vmath import K32, vexp, vexp_neg, vexpm1, vlog1p_unit, vphi
 
 ULPS = {
     ("exp", np.float32): 1.0,
@@ -31,6 +33,7 @@ ULPS = {
     ("expm1", np.float32): 2.0,
     ("expm1", np.float64): 1.5,
     ("phi", np.float32): 6.0,
+    ("log1p_unit", np.float32): 1.5,
 }
 
 
@@ -58,12 +61,25 @@ def _phi(x, y, c):
         y[i] = vphi(x[i], c)
 
 
-KERNELS = {"exp": _exp, "exp_neg": _exp_neg, "expm1": _expm1, "phi": _phi}
+@njit(error_model="numpy")
+def _log1p_unit(x, y, c):
+    for i in range(x.size):
+        y[i] = vlog1p_unit(x[i], c)
+
+
+KERNELS = {
+    "exp": _exp,
+    "exp_neg": _exp_neg,
+    "expm1": _expm1,
+    "phi": _phi,
+    "log1p_unit": _log1p_unit,
+}
 EXACT = {
     "exp": mpmath.exp,
     "exp_neg": mpmath.exp,
     "expm1": mpmath.expm1,
     "phi": lambda x: mpmath.ncdf(x),
+    "log1p_unit": mpmath.log1p,
 }
 
 
@@ -96,6 +112,8 @@ def _check(name, dtype, x):
     x = x[np.isfinite(x)].astype(dtype)
     if name == "exp_neg":
         x = x[x <= 0]  # its domain
+    if name == "log1p_unit":
+        x = x[(x >= 0) & (x <= 1)]
     y = np.empty_like(x)
     KERNELS[name](x, y, K32)
     want, ulp = _exact(name, x, dtype)
@@ -117,6 +135,7 @@ RANGES = {
     ("expm1", np.float32): (-18.0, 89.0),
     ("expm1", np.float64): (-38.0, 710.0),
     ("phi", np.float32): (-14.5, 6.0),
+    ("log1p_unit", np.float32): (0.0, 1.0),
 }
 
 
@@ -197,3 +216,36 @@ def test_exp_neg_is_vexp_bit_for_bit_over_its_domain(dtype):
     _exp(x, y, K32)
     _exp_neg(x, y_neg, K32)
     np.testing.assert_array_equal(y_neg.view(ity), y.view(ity))
+
+
+def test_log1p_unit_every_64th_float32_of_its_domain():
+    """vlog1p_unit over every 64th float32 bit pattern from 0 to 1 (16.6 million, both
+    branches and the √2 switch between them), and every float32 within 4096 ulps of the
+    switch: within ULPS of log1p. The reference is float64 log1p, whose own error
+    (≤ 1 ulp of float64) is 2^-29 of a float32 ulp; the mpmath sweep above checks the
+    same bound against an arbitrary-precision value."""
+    top = int(np.array(1.0, np.float32).view(np.uint32))
+    switch = int(np.array(np.sqrt(2.0) - 1.0, np.float32).view(np.uint32))
+    bits = np.concatenate([np.arange(0, top + 1, 64), np.arange(switch - 4096, switch + 4097)])
+    x = bits.astype(np.uint32).view(np.float32)
+    y = np.empty_like(x)
+    _log1p_unit(x, y, K32)
+    want = np.log1p(x.astype(np.float64))
+    ulp = np.spacing(want.astype(np.float32)).astype(np.float64)  # at the rounded value
+    err = np.abs(y.astype(np.float64) - want) / ulp
+    worst = int(np.argmax(err))
+    assert err.max() <= ULPS["log1p_unit", np.float32], f"{err.max():.2f} ulps at {x[worst]!r}"
+
+
+def test_log1p_unit_edges():
+    """0, subnormal and tiny inputs give themselves (log1p(e) = e to within far below half an
+    ulp), 1 gives ln 2 correctly rounded, NaN stays NaN: bit for bit."""
+    fi = np.finfo(np.float32)
+    x = np.array([0.0, fi.smallest_subnormal, 1e-40, fi.tiny, 2.0**-30, 1.0, np.nan], np.float32)
+    y = np.empty_like(x)
+    _log1p_unit(x, y, K32)
+    with mpmath.workprec(200):
+        want = [float(mpmath.log1p(mpmath.mpf(float(v)))) for v in x[:-1]]
+    want = np.array([*want, np.nan]).astype(np.float32)
+    np.testing.assert_array_equal(y.view(np.uint32)[:-1], want.view(np.uint32)[:-1])
+    assert np.isnan(y[-1])

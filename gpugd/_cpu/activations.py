@@ -12,7 +12,8 @@ Each loop runs in ``vmath.BLOCK``-element blocks that prefetch their lines 4 KiB
 (``_map2``/``_map3``): without it, on the Intel Xeon VMs, every transcendental backward in
 place ran at half its out-of-place speed from memory (the same machine code; in cache both
 were equal), e.g. silu 2^24 fp32, one run: 97 ms in place, 45 out of place; after, 33/39.
-On AMD Zen only the in-place loops prefetch (``_prefetch``): out of place they only cost.
+On AMD Zen only the in-place loops of the heaviest math prefetch (``_prefetch``): elsewhere
+they only cost there.
 Every load goes through ``vmath.opaque``: in place, LLVM would otherwise drop the store of
 a branch that gives dy back and vectorize with masked stores, microcoded on AMD Zen 3
 (relu backward in place, 2^24 fp32: 8.7 ms against 7.1 out of place; after, 3.6 against
@@ -22,7 +23,9 @@ runtime values held in registers or stack slots, not literals reloaded from the 
 pool in every iteration: gelu backward 2.28 → 1.79 ns/element on one core (AMD EPYC Zen 3),
 silu 1.43 → 1.12, softplus 1.12 → 0.88, the same bits
 (``benchmarks/experiments/hoisted_consts.py``).
-float32 GELU takes Φ from a vectorizable erfc (relative error ~1e-7 in both tails);
+float32 GELU takes Φ from a vectorizable erfc (relative error ~1e-7 in both tails), float32
+softplus its log1p(e^(−|βx|)) from ``vmath.vlog1p_unit`` (≤ 1.5 ulps; libm's log1pf, a scalar
+call, kept the loop from vectorizing: 2^24 elements 225 → 10 ms, torch 15, on 2 cores);
 float64 GELU and softplus' forward call libm's erfc/log1p (scalar: exact, slower).
 Compiled with fastmath ``contract`` only (here and in ``vmath``): a·b + c may become one
 FMA, as nvcc does by default, and nothing else is relaxed (no reassociation, NaN and Inf
@@ -47,6 +50,7 @@ from .vmath import (
     prefetch_block,
     vexp_neg,
     vexpm1,
+    vlog1p_unit,
     vphi,
     vphi_gauss,
 )
@@ -224,7 +228,7 @@ def _gelu_tanh_b(dy, x, a, b, c):
 def _softplus_f(x, a, b, c):
     bx = a * x  # a = β, b = threshold: linear above it, as torch
     pos = bx if bx > 0 else like(x, 0.0)  # (bx·0 would make −Inf's softplus NaN, not 0)
-    return x if bx > b else (pos + np.log1p(vexp_neg(-abs(bx), c))) / a
+    return x if bx > b else (pos + vlog1p_unit(vexp_neg(-abs(bx), c), c)) / a
 
 
 @njit(**_J)
@@ -382,23 +386,34 @@ def _alias(out: np.ndarray, first: np.ndarray, second: np.ndarray | None = None)
     return SEPARATE
 
 
-def _prefetch(alias: int) -> bool:
-    """Whether the loops prefetch: always on Intel; on AMD Zen only in place. 2-core Zen 4,
-    2^24 fp32 backward, best of 15, without → with prefetch (ms): out of place relu 5.0 →
-    6.3, silu 7.1 → 8.2, softplus 6.8 → 8.3, gelu 10.7 → 11.0; in place relu 3.3 → 3.2,
-    silu 7.1 → 6.2, softplus 6.8 → 6.7, gelu 8.8 → 8.4."""
-    return not AMD_ZEN or alias != SEPARATE
+# kinds whose in-place loops prefetch on AMD Zen: those with the most math per element
+_ZEN_PREFETCH = frozenset((5, 6, 7, 8))  # gelu, gelu_tanh, softplus, silu
+
+
+def _prefetch(kind: int, alias: int) -> bool:
+    """Whether the loops prefetch: always on Intel; on AMD Zen only in place, and only for
+    the kinds with the most math per element. 2-core Zen 4, 2^24 fp32 backward in place,
+    round-robin after a cache flush, medians of 21, three runs, time with / without:
+    sigmoid 1.07, 1.05, 1.17; tanh 1.05, 1.25, 1.14; relu 1.07, 1.16, 1.17; leaky_relu 1.16,
+    1.19, 1.18; elu 1.13, 1.24, 1.27 — but gelu 0.94, 0.97, 0.92; gelu_tanh 1.02, 0.93, 0.90;
+    silu 0.96, 0.93, 0.82; softplus 1.14, 0.98, 0.87 (``benchmarks/experiments/inplace_act.py``,
+    ``benchmarks/results/cpu-inplace-act-2026-12-07-zen4.txt``). Out of place the same run:
+    relu 6.42 → 7.74 ms with them, silu 10.62 → 9.94, gelu 22.98 → 22.90 (earlier, best of
+    15: silu 7.1 → 8.2, gelu 10.7 → 11.0), so none there."""
+    if not AMD_ZEN:
+        return True
+    return alias != SEPARATE and kind in _ZEN_PREFETCH
 
 
 def forward(kind: int, x: np.ndarray, y: np.ndarray, a, b) -> None:
     """y = f(x) elementwise (1-D contiguous, same dtype; y may be x)."""
     run = _forward_parallel if x.size >= PARALLEL_MIN else _forward_serial
     alias = _alias(y, x)
-    run(kind, x, y, a, b, K32, alias, _prefetch(alias))
+    run(kind, x, y, a, b, K32, alias, _prefetch(kind, alias))
 
 
 def backward(kind: int, dy: np.ndarray, v: np.ndarray, dx: np.ndarray, a, b) -> None:
     """dx = dy·f'(·) elementwise (dx may be dy or v)."""
     run = _backward_parallel if dy.size >= PARALLEL_MIN else _backward_serial
     alias = _alias(dx, dy, v)
-    run(kind, dy, v, dx, a, b, K32, alias, _prefetch(alias))
+    run(kind, dy, v, dx, a, b, K32, alias, _prefetch(kind, alias))

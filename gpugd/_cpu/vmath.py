@@ -1,4 +1,5 @@
-"""Vectorizable exp and expm1 for the Numba kernels (float32 and float64).
+"""Vectorizable exp and expm1 for the Numba kernels (float32 and float64), and float32 Φ
+and log1p on [0, 1].
 
 Numba lowers ``np.exp`` to a scalar libm call unless Intel's SVML is present, which keeps
 the loops around it from vectorizing (an activation backward ran at ~1 GB/s). These are
@@ -7,10 +8,11 @@ or Padé form (fp64) for e^r, and 2^k assembled from its bits by an LLVM ``bitca
 LLVM vectorizes the whole loop. Error bounds in ulps of the correctly rounded result
 (tests/test_vmath_mpmath.py, against mpmath over a sweep of every float32/float64 bit
 pattern and the edges): exp float32 ≤ 1, float64 ≤ 1.5; expm1 float32 ≤ 2, float64 ≤ 1.5;
-float32 Φ (GELU's) ≤ 6. Edges are the correctly rounded values, bit for bit: +Inf past
-ln(max), subnormal results down to half the least subnormal (then 0), expm1(±0) = ±0,
-exp(−Inf) = 0, NaN kept. Chosen over a table-driven exp because a table lookup is a gather
-(slow or scalar on the CPUs here) and Cephes' polynomial needs only FMAs and one bit shift.
+float32 Φ (GELU's) ≤ 6; float32 log1p(e), 0 ≤ e ≤ 1 (softplus'), ≤ 1.5 (an atanh series).
+Edges are the correctly rounded values, bit for bit: +Inf past ln(max), subnormal results
+down to half the least subnormal (then 0), expm1(±0) = ±0, exp(−Inf) = 0, NaN kept. Chosen
+over a table-driven exp because a table lookup is a gather (slow or scalar on the CPUs
+here) and Cephes' polynomial needs only FMAs and one bit shift.
 """
 
 from __future__ import annotations
@@ -182,6 +184,12 @@ class Consts32(NamedTuple):
     erfc_g9: np.float32
     one: np.float32
     half: np.float32
+    two: np.float32
+    sqrt2: np.float32  # √2 rounded: where log1p_unit halves 1 + e (either side is exact)
+    log_q1: np.float32  # 1/3, 1/5, 1/7, 1/9: 2·atanh(s) = 2s·(1 + s²/3 + s⁴/5 + …)
+    log_q2: np.float32
+    log_q3: np.float32
+    log_q4: np.float32
 
 
 @njit(error_model="numpy", fastmath={"contract"})
@@ -502,6 +510,12 @@ K32 = Consts32(
     **{f"erfc_g{i}": _F(g) for i, g in enumerate(_ERFC_G)},
     one=_F(1.0),
     half=_F(0.5),
+    two=_F(2.0),
+    sqrt2=_F(math.sqrt(2.0)),
+    log_q1=_F(1.0 / 3.0),
+    log_q2=_F(1.0 / 5.0),
+    log_q3=_F(1.0 / 7.0),
+    log_q4=_F(1.0 / 9.0),
 )
 
 
@@ -583,4 +597,42 @@ def _vphi(x, c):
         return lambda x, c: _phi32(x, c)
     if x == types.float64:
         return lambda x, c: _phi64(x)
+    return None
+
+
+def vlog1p_unit(e, c):
+    """log(1 + e) for 0 ≤ e ≤ 1 (softplus' log1p(e^(−|βx|))): for float32 vectorizable,
+    ≤ 1 ulp (tests/test_vmath_mpmath.py); for float64 libm's log1p (scalar, exact)."""
+    return math.log1p(e)
+
+
+@njit(inline="always", error_model="numpy", fastmath={"contract"})
+def _log1p_unit32(e, c):
+    # u = 1 + e rounded; 1 + f = u or u/2 (f exact by Sterbenz: u − 1 for u ≤ √2, u/2 − 1
+    # above, so |f| ≤ 0.293 either side), log(1 + f) = 2·atanh(s), s = f/(2 + f), |s| ≤
+    # 0.172: 2s(1 + R), R = s²/3 + s⁴/5 + s⁶/7 + s⁸/9 (the next term is 2e-9 of the whole);
+    # and 2s = f − s·f, so log(1 + f) = f − s·(f − 2R): f is exact, s's rounding only
+    # scales s·f ≤ 0.17·f. Then + ln 2 (head and tail) above √2, and u's own rounding
+    # e − (u − 1) (exact) over u: log1p(e) = log u + (e − (u − 1))/u to first order, which
+    # is all of it for e below an ulp of 1. No branch: selects only; NaN stays NaN.
+    one = c.one
+    u = one + e
+    big = u > c.sqrt2
+    f = u * c.half - one if big else u - one
+    s = f / (c.two + f)
+    z = s * s
+    r = z * (c.log_q1 + z * (c.log_q2 + z * (c.log_q3 + z * c.log_q4)))
+    lg = f - s * (f - (r + r))
+    corr = (e - (u - one)) / u
+    lo = c.ln2_lo if big else np.float32(0.0)
+    hi = c.ln2_hi if big else np.float32(0.0)
+    return (lg + (corr + lo)) + hi
+
+
+@overload(vlog1p_unit, inline="always")
+def _vlog1p_unit(e, c):
+    if e == types.float32:
+        return lambda e, c: _log1p_unit32(e, c)
+    if e == types.float64:
+        return lambda e, c: np.log1p(e)
     return None
