@@ -195,16 +195,27 @@ _MATH_BLOCK = 2048  # elements per thread: act's dy, x, dx in 24 KiB of L1; Adam
 
 
 @njit(cache=True, parallel=True)
-def _act_math_loop(kind, dy, v, dx, a, b, c, reps):
+def _act_math_loop(kind, dy, v, dx, a, b, c, reps, forward):
     for t in prange(dy.shape[0]):
         for _ in range(reps):
-            _act._backward_serial(kind, dy[t], v[t], dx[t], a, b, c, _act.SEPARATE, False)
+            if forward:
+                _act._forward_serial(kind, v[t], dx[t], a, b, c, _act.SEPARATE, False)
+            else:
+                _act._backward_serial(kind, dy[t], v[t], dx[t], a, b, c, _act.SEPARATE, False)
 
 
-def act_math(kind: int, a: float, b: float, bytes_per_elem: int = 12, numel: int = 1 << 22) -> Loop:
-    """The compute bound of activation ``kind``'s backward (fp32): its own serial loop over
-    L1-resident blocks, one per thread, ``numel`` elements in all per call; the Loop's
-    bytes are the kernel's (``bytes_per_elem`` each), so its GB/s is what the math allows."""
+def act_math(
+    kind: int,
+    a: float,
+    b: float,
+    bytes_per_elem: int = 12,
+    numel: int = 1 << 22,
+    forward: bool = False,
+) -> Loop:
+    """The compute bound of activation ``kind``'s backward (fp32; its forward y = f(x) with
+    ``forward``): its own serial loop over L1-resident blocks, one per thread, ``numel``
+    elements in all per call; the Loop's bytes are the kernel's (``bytes_per_elem`` each),
+    so its GB/s is what the math allows."""
     import numba
 
     threads = numba.get_num_threads()
@@ -215,7 +226,7 @@ def act_math(kind: int, a: float, b: float, bytes_per_elem: int = 12, numel: int
     reps = max(1, numel // (threads * _MATH_BLOCK))
     f = np.float32
     loop = Loop(
-        lambda: _act_math_loop(kind, dy, v, dx, f(a), f(b), _act.K32, reps),
+        lambda: _act_math_loop(kind, dy, v, dx, f(a), f(b), _act.K32, reps, forward),
         bytes_per_elem * reps * threads * _MATH_BLOCK,
         reps * threads * _MATH_BLOCK,
     )

@@ -390,7 +390,7 @@ SUITE_SECONDS: dict[tuple[str, bool], dict[str, float]] = {
         "optim": 38.6,
         "amp": 82.2,
         "clip": 25.8,
-        "act": 55.4,
+        "act": 68.1,  # its two forward rows added: gpugd bench --quick --suite act, 2026-12-07
         "bn": 37.3,
         "parallel": 23.3,
         "train": 45.2,

@@ -1,4 +1,5 @@
-"""Suite ``act``: each activation's fused backward dx = dy·f'(·) on one fp32 buffer.
+"""Suite ``act``: each activation's fused backward dx = dy·f'(·) on one fp32 buffer, and its
+forward y = f(x).
 
 Fewest bytes per element: read dy and x (or y), write dx: 12 (3 words). Two rows per
 activation: ``<kind>_backward`` writes into a preallocated ``out`` (dy, x read, dx written
@@ -14,6 +15,9 @@ every call sees the same data and none drifts into subnormals. Peers, in the sam
 (preallocated output, or in place): NumPy composition of the same derivative (several
 passes), and torch's ATen backward kernels when importable (``sigmoid_backward``,
 ``threshold_backward``, ``gelu_backward``, … — what autograd runs) with ``grad_input=``.
+The forward rows (``<kind> forward``, x read, y written into ``out``: 8 bytes per element,
+``r1w1``) are held the same way against their own compute bound, beside NumPy's composition
+where it has one and torch's ``.out`` kernels (``aten.sigmoid.out``, ``aten.gelu.out``, …).
 """
 
 from __future__ import annotations
@@ -91,6 +95,58 @@ def _torch_peer(torch, name: str, tdy, tv, tout):
     }[name]
 
 
+def _torch_forward(torch, name: str, tx, tout):
+    """torch's ATen forward writing into a preallocated output (``.out``)."""
+    a = torch.ops.aten
+    return {
+        "sigmoid": lambda: a.sigmoid.out(tx, out=tout),
+        "tanh": lambda: a.tanh.out(tx, out=tout),
+        "relu": lambda: a.threshold.out(tx, 0.0, 0.0, out=tout),
+        "leaky_relu": lambda: a.leaky_relu.out(tx, 0.01, out=tout),
+        "elu": lambda: a.elu.out(tx, 1.0, 1.0, 1.0, out=tout),
+        "selu": lambda: a.elu.out(tx, SELU[0], SELU[1], 1.0, out=tout),
+        "gelu": lambda: a.gelu.out(tx, out=tout),
+        "gelu tanh": lambda: a.gelu.out(tx, approximate="tanh", out=tout),
+        "softplus": lambda: a.softplus.out(tx, 1.0, 20.0, out=tout),
+        "silu": lambda: a.silu.out(tx, out=tout),
+    }[name]
+
+
+def _numpy_forward(xp, name: str, x, out):
+    """The forward from array ops, where NumPy/CuPy has one."""
+    if name == "tanh":
+        return xp.tanh(x, out=out)
+    if name == "relu":
+        return xp.maximum(x, 0, out=out)
+    if name == "sigmoid":
+        xp.negative(x, out=out)
+        xp.exp(out, out=out)
+        out += 1
+        return xp.reciprocal(out, out=out)
+    return None
+
+
+def _forward_row(ctx: Context, name: str, x, out, torch, tx, tout) -> dict[str, Any]:
+    xp = ctx.backend.xp
+    n = x.size
+    kw = {"approximate": "tanh"} if name == "gelu tanh" else {}
+    op = getattr(ops, name.split()[0])
+    peers: dict[str, Any] = {}
+    if _numpy_forward(xp, name, x[:8], out[:8]) is not None:
+        peers["cupy" if xp is not np else "numpy"] = lambda: _numpy_forward(xp, name, x, out)
+    if torch is not None:
+        peers["torch"] = _torch_forward(torch, name, tx, tout)
+    math = act_math(*KERNEL[name], bytes_per_elem=8, forward=True) if xp is np else None
+    fns = {"gpugd": lambda: op(x, out=out, **kw), **peers}
+    t, ceil, cname, info = against(ctx, fns, {"r1w1": traffic([x], [], [out], xp=xp)}, 8 * n, math)
+    base = {k: t[k].median_s for k in peers}
+    label = f"{name.replace(' ', '_')} forward"
+    r = row(ctx, label, np.float32, n, t["gpugd"], 8 * n, cname, ceil, base)
+    r.update(info)
+    ctx.log(f"  {label:<32} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of {cname}")
+    return r
+
+
 def run(ctx: Context) -> list[dict[str, Any]]:
     xp = ctx.backend.xp
     torch = optional_torch(ctx.backend.name)
@@ -148,4 +204,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
             rows.append(r)
             ctx.log(f"  {label:<32} {r['gbps']:8.1f} GB/s  {r['pct_of_ceiling']:5.1f}% of {cname}")
         restore()
+    tx = None if torch is None else _as_torch(torch, x)
+    for name in names:
+        rows.append(_forward_row(ctx, name, x, out, torch, tx, tout))
     return rows

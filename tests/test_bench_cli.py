@@ -58,9 +58,10 @@ def test_rows_follow_the_schema(small_run):
     clipped = {"Adam clipped flat"}
     clip = {"global_norm", *clipped}
     acts = {f"{k}_backward{m}" for k in ("relu", "silu") for m in ("", " inplace")}
+    act_forwards = {f"{k} forward" for k in ("relu", "silu")}
     bn = {f"batch_norm {d} NCHW" for d in ("forward", "backward")}
     expected = {"axpy_", "scale_", "sum_of_squares", *benchmarks.suite_optim.QUICK, *lists, *clip}
-    expected |= acts | bn
+    expected |= acts | act_forwards | bn
     amp = benchmarks.suite_amp
     latency = f"adam_ step latency {amp.LATENCY_TENSORS} tensors"
     amp_rows = {f"adam_ {k} flat{o}" for k in amp.QUICK for o in ("", " optim")}
@@ -90,6 +91,7 @@ def test_rows_follow_the_schema(small_run):
         "tensor_norms 1000 tensors": 1,
         **dict.fromkeys(clipped, 8),
         **dict.fromkeys(acts, 3),
+        **dict.fromkeys(act_forwards, 2),  # x read, y written
         **{k: 3 if "forward" in k else 5 for k in bn},
     }
     for r in data["rows"]:
