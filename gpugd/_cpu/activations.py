@@ -12,8 +12,8 @@ Each loop runs in ``vmath.BLOCK``-element blocks that prefetch their lines 4 KiB
 (``_map2``/``_map3``): without it, on the Intel Xeon VMs, every transcendental backward in
 place ran at half its out-of-place speed from memory (the same machine code; in cache both
 were equal), e.g. silu 2^24 fp32, one run: 97 ms in place, 45 out of place; after, 33/39.
-On AMD Zen only the in-place loops of the heaviest math prefetch (``_prefetch``): elsewhere
-they only cost there.
+On AMD Zen only the in-place loops of the kinds with the most math prefetch (``_prefetch``):
+out of place, and for the memory-bound kinds, the prefetches only cost there.
 Every load goes through ``vmath.opaque``: in place, LLVM would otherwise drop the store of
 a branch that gives dy back and vectorize with masked stores, microcoded on AMD Zen 3
 (relu backward in place, 2^24 fp32: 8.7 ms against 7.1 out of place; after, 3.6 against
