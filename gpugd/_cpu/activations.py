@@ -387,7 +387,7 @@ def _alias(out: np.ndarray, first: np.ndarray, second: np.ndarray | None = None)
 
 
 # kinds whose in-place loops prefetch on AMD Zen: those with the most math per element
-_ZEN_PREFETCH = frozenset((5, 6, 7, 8))  # gelu, gelu_tanh, softplus, silu
+_ZEN_PREFETCH = frozenset(KINDS.index(k) for k in ("gelu", "gelu_tanh", "softplus", "silu"))
 
 
 def _prefetch(kind: int, alias: int) -> bool:
