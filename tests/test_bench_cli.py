@@ -107,7 +107,9 @@ def test_rows_follow_the_schema(small_run):
             assert r["bytes"] == 32 * n_params + 20 * 16 * 64  # clipped Adam + two ReLUs
             assert r["steps_per_s"] == pytest.approx(1 / r["median_s"])
             assert sum(r["share_pct"].values()) == pytest.approx(100)
-            assert r["ceiling"] == "matmul" and 0 < r["pct_of_ceiling"] <= 100
+            # no upper bound: on the microsecond shapes of --numel the matmuls, timed alone,
+            # can take longer than a whole step (a 309% seen in CI); the tables footnote it
+            assert r["ceiling"] == "matmul" and 0 < r["pct_of_ceiling"]
             assert r["pct_of_ceiling"] == pytest.approx(r["share_pct"]["matmul"], rel=1e-9) or (
                 r["share_pct"]["other"] == 0
             )
