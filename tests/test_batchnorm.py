@@ -16,9 +16,10 @@ from gpugd import reference as ref
 # Two values per channel would make dx the residue of an exact cancellation (x̂ = ±1), a
 # test of fp32 rounding rather than of the kernels: the smallest batch here has three.
 SHAPES = {
-    # the last three: several row tiles with tails; statistics four rows a step (C below
-    # batchnorm.STATS_WIDE), eight rows a step with tails of 1 (C = 300) and 7 (C = 1030); the
-    # backward sums one row a step, then four (C ≥ batchnorm.WIDE)
+    # the last four: (5001, 40) and (601, 300) span two row tiles; statistics four rows a step
+    # (C below batchnorm.STATS_WIDE) and eight, each step's rows R = tile rows // step apart,
+    # with leftover rows (1 for C = 40 and 300, 7 for C = 1030); the backward sums four rows
+    # a step, leftovers 1 (C = 40, 300) and 3 (C = 1030)
     "NC": [(1000, 7), (3, 5), (700, 33), (5001, 40), (601, 300), (263, 1030)],
     "NCHW": [(4, 3, 5, 7), (5, 16, 1, 1), (3, 2, 33, 17)],
     "NHWC": [(4, 5, 7, 3), (5, 1, 1, 16), (3, 33, 17, 2)],

@@ -8,7 +8,7 @@ or the same for row tiles, about their first row — and the
 tiles are merged with Chan's formula in a fixed order, so the variance is right even when
 |mean| ≫ std (the E[x²] − E[x]² formula loses every digit there) and the result does not
 depend on the thread count. Tiles: one (a, c) plane when B > 1 (taken in memory order, merged
-per channel afterwards); ``stats_rows(C)`` rows × all channels when
+per channel afterwards); ``tile_rows(C)`` rows × all channels when
 B = 1 (the loops then run along C, contiguous). The elementwise passes are one per-channel
 affine map ``out = p[c]·u + q[c]·(w − m[c]) + r[c]`` (forward: p = 0, w = x, m = mean;
 backward: u = dy, w = x): x − mean is taken first, so nothing cancels when |mean| ≫ std.
@@ -21,17 +21,16 @@ from numba import njit, prange
 
 from .vector import _REDUCE_MATH  # reassociation lets the sums vectorize; no NaN assumed away
 
-ROWS = 256  # rows per tile when B = 1 (backward sums, elementwise pass)
+ROWS = 256  # rows per tile of the elementwise pass when B = 1
 STATS_WIDE = 256  # B = 1 statistics: eight rows a step from this many channels, else four
-WIDE = 1024  # from this many channels the backward sums take four rows a step, else one
 
 
-def stats_rows(channels: int) -> int:
-    """Rows per statistics tile when B = 1: about 64K elements (256 KB of fp32, in L2), at
-    least ROWS. Few channels want tall tiles: the per-row loop is short, so its setup and
-    the per-tile merges cost more than the arithmetic (C = 64: 1.4 → 2.0 G elements/s
-    with 1024 rows; C = 512 is best at 256)."""
-    return max(ROWS, min(4096, (1 << 16) // max(channels, 1)))
+def tile_rows(channels: int) -> int:
+    """Rows per tile of the B = 1 reductions (statistics, backward sums): about 128K elements (512 KB of fp32), 512 to
+    4096 rows. A tile is read as four or eight long streams (see ``_stats_rows``), each
+    its own stretch of rows; the longer the stretch, the less each stream's prefetch
+    ramp costs (C = 512: 256 → 512 rows; few channels want taller tiles still)."""
+    return max(512, min(4096, (1 << 17) // max(channels, 1)))
 
 
 # ---- statistics ---------------------------------------------------------------------------
@@ -91,7 +90,12 @@ def _stats_rows(x, tile_mean, tile_m2, shift, rows, eight):
     C and vectorize, several rows a step, their differences summed in registers and s1[c],
     s2[c] loaded and stored once per step: a row at a time, each s[c] += … is a store that
     the next row loads again within a few cycles, and the loop waited on that chain.
-    ``eight`` (C ≥ STATS_WIDE) takes eight rows a step, else four. Two cores from memory:
+    ``eight`` (C ≥ STATS_WIDE) takes eight rows a step, else four. The rows of a step are
+    a, a + R, a + 2R, … (R = the tile's rows // step): each is one contiguous stream down
+    its own stretch of R rows. Eight neighbouring rows a step (what this loop did until
+    2026-12-07) read 8 × 2 KB at C = 512 interleaved and then moved on, which the
+    prefetchers did not follow: (65536, 512) 6.1-6.4 → 4.3-4.5 ms on two Zen 4 cores
+    (flat read loop 3.9), (55000, 300) 4.2-4.4 → 2.6-2.8 (read loop 2.0), the same sums. Two cores from memory:
     (16384, 2048) fp32 9.2-11.0 → 4.6-4.8 ms (read loop 2.9-4.0) eight rows a step against
     one; (65536, 512) 6.2-6.6 → 5.2-5.6 ms (flat read loop 3.4-3.7); at C = 64 eight were
     slower than four (3.2-5.4 against 2.4-3.8 ms). The shift converted once per tile, not
@@ -106,11 +110,11 @@ def _stats_rows(x, tile_mean, tile_m2, shift, rows, eight):
             kd[c] = np.float64(k[c])
             s1[c] = 0.0
             s2[c] = 0.0
-        steps = lo + (hi - lo) // step * step
+        R = (hi - lo) // step
         if eight:
-            for a in range(lo, steps, 8):
-                r0, r1, r2, r3 = x[a], x[a + 1], x[a + 2], x[a + 3]
-                r4, r5, r6, r7 = x[a + 4], x[a + 5], x[a + 6], x[a + 7]
+            for a in range(lo, lo + R):
+                r0, r1, r2, r3 = x[a], x[a + R], x[a + 2 * R], x[a + 3 * R]
+                r4, r5, r6, r7 = x[a + 4 * R], x[a + 5 * R], x[a + 6 * R], x[a + 7 * R]
                 for c in range(C):
                     kc = kd[c]
                     d0, d1 = np.float64(r0[c]) - kc, np.float64(r1[c]) - kc
@@ -121,15 +125,15 @@ def _stats_rows(x, tile_mean, tile_m2, shift, rows, eight):
                     q = (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
                     s2[c] += q + ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7))
         else:
-            for a in range(lo, steps, 4):
-                r0, r1, r2, r3 = x[a], x[a + 1], x[a + 2], x[a + 3]
+            for a in range(lo, lo + R):
+                r0, r1, r2, r3 = x[a], x[a + R], x[a + 2 * R], x[a + 3 * R]
                 for c in range(C):
                     kc = kd[c]
                     d0, d1 = np.float64(r0[c]) - kc, np.float64(r1[c]) - kc
                     d2, d3 = np.float64(r2[c]) - kc, np.float64(r3[c]) - kc
                     s1[c] += (d0 + d1) + (d2 + d3)
                     s2[c] += (d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)
-        for a in range(steps, hi):
+        for a in range(lo + step * R, hi):
             row = x[a]
             for c in range(C):
                 d = np.float64(row[c]) - kd[c]
@@ -163,7 +167,7 @@ def stats(x3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _stats_planes(x3, pm, pq)
         _merge_in_order(pm, pq, np.full(A, float(B)), mean, m2)
     else:
-        rows = stats_rows(C)
+        rows = tile_rows(C)
         ntiles = -(-A // rows)
         tm, tq = _two_tables(ntiles, C)
         _stats_rows(x3.reshape(A, C), tm, tq, np.empty((ntiles, C)), rows, C >= STATS_WIDE)
@@ -193,32 +197,25 @@ def _sums_planes(dy, x, mean, plane_dy, plane_dyx):
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
-def _sums_rows(dy, x, mean, t1, t2):
-    A, C = x.shape  # 2-D (A, C) views
+def _sums_rows(dy, x, mean, t1, t2, rows):
+    """B = 1, 2-D (A, C) views: per tile of ``rows`` rows, Σ dy and Σ dy·(x − mean[c]) per
+    channel, four rows a step R = rows // 4 apart (as ``_stats_rows``: four long streams of
+    each array) and the sums stored once per step. Two Zen 4 cores from memory, against
+    one row a step (C < 1024, 256-row tiles) or four neighbouring rows (C ≥ 1024), in a
+    slow and a fast hour: (65536, 512) 14.3 → 8.9 ms and 9.3 → 9.1-9.2 (read loop of both
+    arrays 7.2 and 7.9), (262144, 64) 7.7 → 5.6 and 4.8 → 4.5, (16384, 2048) 12.6 → 10.6
+    and 10.8 → 10.4; eight rows a step (sixteen streams) were slower than four."""
+    A, C = x.shape
     for t in prange(t1.shape[0]):
-        lo, hi = t * ROWS, min(t * ROWS + ROWS, A)
+        lo, hi = t * rows, min(t * rows + rows, A)
         s1, s2 = t1[t], t2[t]
-        for a in range(lo, hi):
-            g, u = dy[a], x[a]
-            for c in range(C):
-                gv = np.float64(g[c])
-                s1[c] += gv
-                s2[c] += gv * (np.float64(u[c]) - mean[c])
-
-
-@njit(cache=True, nogil=True, parallel=True, fastmath=_REDUCE_MATH)
-def _sums_rows_wide(dy, x, mean, t1, t2):
-    """``_sums_rows`` for C ≥ WIDE: four rows a step, the sums stored once per step. Two
-    cores from memory, (16384, 2048) fp32: 11.5-14.2 → 8.4-8.7 ms (read loop 5.9-8.1); at
-    C = 512 four rows a step were slower (9.9-10.2 → 13.2-13.3 ms), so narrower C keep one."""
-    A, C = x.shape  # 2-D (A, C) views
-    for t in prange(t1.shape[0]):
-        lo, hi = t * ROWS, min(t * ROWS + ROWS, A)
-        s1, s2 = t1[t], t2[t]
-        quads = lo + (hi - lo) // 4 * 4
-        for a in range(lo, quads, 4):
-            g0, g1, g2, g3 = dy[a], dy[a + 1], dy[a + 2], dy[a + 3]
-            u0, u1, u2, u3 = x[a], x[a + 1], x[a + 2], x[a + 3]
+        for c in range(C):
+            s1[c] = 0.0
+            s2[c] = 0.0
+        R = (hi - lo) // 4
+        for a in range(lo, lo + R):
+            g0, g1, g2, g3 = dy[a], dy[a + R], dy[a + 2 * R], dy[a + 3 * R]
+            u0, u1, u2, u3 = x[a], x[a + R], x[a + 2 * R], x[a + 3 * R]
             for c in range(C):
                 m = mean[c]
                 e0, e1 = np.float64(g0[c]), np.float64(g1[c])
@@ -226,7 +223,7 @@ def _sums_rows_wide(dy, x, mean, t1, t2):
                 s1[c] += (e0 + e1) + (e2 + e3)
                 p = e0 * (np.float64(u0[c]) - m) + e1 * (np.float64(u1[c]) - m)
                 s2[c] += p + (e2 * (np.float64(u2[c]) - m) + e3 * (np.float64(u3[c]) - m))
-        for a in range(quads, hi):
+        for a in range(lo + 4 * R, hi):
             g, u = dy[a], x[a]
             for c in range(C):
                 gv = np.float64(g[c])
@@ -252,11 +249,11 @@ def grad_sums(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray) -> tuple[np.nda
         p1, p2 = np.empty((A, C)), np.empty((A, C))
         _sums_planes(dy3, x3, mean, p1, p2)
         return _sum_planes_in_order(p1), _sum_planes_in_order(p2)
-    ntiles = max(1, -(-A // ROWS))
-    t1, t2 = np.zeros((ntiles, C)), np.zeros((ntiles, C))
-    sums = _sums_rows_wide if C >= WIDE else _sums_rows
-    sums(dy3.reshape(A, C), x3.reshape(A, C), mean, t1, t2)
-    return t1.sum(axis=0), t2.sum(axis=0)
+    rows = tile_rows(C)
+    ntiles = max(1, -(-A // rows))
+    t1, t2 = _two_tables(ntiles, C)
+    _sums_rows(dy3.reshape(A, C), x3.reshape(A, C), mean, t1, t2, rows)
+    return _sum_planes_in_order(t1), _sum_planes_in_order(t2)
 
 
 # ---- the elementwise pass: out = p[c]·u + q[c]·(w − m[c]) + r[c] ---------------------------
