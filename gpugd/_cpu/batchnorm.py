@@ -26,10 +26,11 @@ STATS_WIDE = 256  # B = 1 statistics: eight rows a step from this many channels,
 
 
 def tile_rows(channels: int) -> int:
-    """Rows per tile of the B = 1 reductions (statistics, backward sums): about 128K elements (512 KB of fp32), 512 to
-    4096 rows. A tile is read as four or eight long streams (see ``_stats_rows``), each
-    its own stretch of rows; the longer the stretch, the less each stream's prefetch
-    ramp costs (C = 512: 256 → 512 rows; few channels want taller tiles still)."""
+    """Rows per tile of the B = 1 reductions (statistics, backward sums): about 128K
+    elements (512 KB of fp32), 512 to 4096 rows. A tile is read as four or eight long
+    streams (see ``_stats_rows``), each its own stretch of rows; the longer the stretch,
+    the less each stream's prefetch ramp costs (C = 512: 256 → 512 rows; few channels
+    want taller tiles still)."""
     return max(512, min(4096, (1 << 17) // max(channels, 1)))
 
 
@@ -90,16 +91,16 @@ def _stats_rows(x, tile_mean, tile_m2, shift, rows, eight):
     C and vectorize, several rows a step, their differences summed in registers and s1[c],
     s2[c] loaded and stored once per step: a row at a time, each s[c] += … is a store that
     the next row loads again within a few cycles, and the loop waited on that chain.
-    ``eight`` (C ≥ STATS_WIDE) takes eight rows a step, else four. The rows of a step are
-    a, a + R, a + 2R, … (R = the tile's rows // step): each is one contiguous stream down
-    its own stretch of R rows. Eight neighbouring rows a step (what this loop did until
-    2026-12-07) read 8 × 2 KB at C = 512 interleaved and then moved on, which the
-    prefetchers did not follow: (65536, 512) 6.1-6.4 → 4.3-4.5 ms on two Zen 4 cores
-    (flat read loop 3.9), (55000, 300) 4.2-4.4 → 2.6-2.8 (read loop 2.0), the same sums. Two cores from memory:
+    ``eight`` (C ≥ STATS_WIDE) takes eight rows a step, else four. Two cores from memory:
     (16384, 2048) fp32 9.2-11.0 → 4.6-4.8 ms (read loop 2.9-4.0) eight rows a step against
     one; (65536, 512) 6.2-6.6 → 5.2-5.6 ms (flat read loop 3.4-3.7); at C = 64 eight were
     slower than four (3.2-5.4 against 2.4-3.8 ms). The shift converted once per tile, not
-    once per step: (262144, 64), medians of 31 interleaved, 3.70-3.77 → 3.24-3.40 ms."""
+    once per step: (262144, 64), medians of 31 interleaved, 3.70-3.77 → 3.24-3.40 ms.
+    The rows of a step are a, a + R, a + 2R, … (R = the tile's rows // step): each is one
+    contiguous stream down its own stretch of R rows. Neighbouring rows a step (until
+    2026-12-07) read 8 × 2 KB at C = 512 interleaved and then moved on, which the
+    prefetchers did not follow: (65536, 512) 6.1-6.4 → 4.3-4.5 ms on two Zen 4 cores (flat
+    read loop 3.9), (55000, 300) 4.2-4.4 → 2.6-2.8 (read loop 2.0), the same sums."""
     A, C = x.shape
     step = 8 if eight else 4
     for t in prange(tile_mean.shape[0]):
