@@ -61,6 +61,33 @@ def _eight_rows(x, s1t, s2t, rows, apart):
                 s2[c] += e * e
 
 
+def _one_shape(A: int, C: int, rounds: int, flush, rng) -> None:
+    x = (rng.standard_normal((A, C)) * 0.1 + 3).astype(np.float32)
+    rows = bn.tile_rows(C)
+    near, apart = (bn._two_tables(-(-A // rows), C) for _ in range(2))
+    fns = {
+        "neighbours": lambda: _eight_rows(x, *near, rows, False),
+        "R apart": lambda: _eight_rows(x, *apart, rows, True),
+        "bn.stats": lambda: bn.stats(x.reshape(A, C, 1)),
+        "read loop": traffic([x]).fn,
+    }
+    for f in fns.values():
+        f()
+    same = all(np.array_equal(u, w) for u, w in zip(near, apart, strict=True))
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            flush()
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    print(f"({A}, {C}) fp32, tiles of {rows} rows; neighbours and R apart equal: {same}")
+    for k, m in med.items():
+        share = 100 * med["read loop"] / m
+        print(f"  {k:11s} {m * 1e3:7.3f} ms  {share:5.1f}% of the read loop")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="65536x512,55000x300,16384x2048")
@@ -70,29 +97,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for spec in args.shapes.split(","):
         A, C = (int(v) for v in spec.split("x"))
-        x = (rng.standard_normal((A, C)) * 0.1 + 3).astype(np.float32)
-        rows = bn.tile_rows(C)
-        tables = {k: bn._two_tables(-(-A // rows), C) for k in ("near", "apart")}
-        fns = {
-            "neighbours": lambda: _eight_rows(x, *tables["near"], rows, False),
-            "R apart": lambda: _eight_rows(x, *tables["apart"], rows, True),
-            "bn.stats": lambda: bn.stats(x.reshape(A, C, 1)),
-            "read loop": traffic([x]).fn,
-        }
-        for f in fns.values():
-            f()
-        same = all(np.array_equal(u, w) for u, w in zip(*tables.values(), strict=True))
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(args.rounds):
-            for k, f in fns.items():
-                flush()
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
-        med = {k: float(np.median(v)) for k, v in times.items()}
-        print(f"({A}, {C}) fp32, tiles of {rows} rows; neighbours and R apart equal: {same}")
-        for k, m in med.items():
-            print(f"  {k:11s} {m * 1e3:7.3f} ms  {100 * med['read loop'] / m:5.1f}% of the read loop")
+        _one_shape(A, C, args.rounds, flush, rng)
 
 
 if __name__ == "__main__":
