@@ -9,7 +9,8 @@ tiles are merged with Chan's formula in a fixed order, so the variance is right 
 |mean| ≫ std (the E[x²] − E[x]² formula loses every digit there) and the result does not
 depend on the thread count. Tiles: one (a, c) plane when B > 1 (taken in memory order, merged
 per channel afterwards); ``tile_rows(C)`` rows × all channels when
-B = 1 (the loops then run along C, contiguous). The elementwise passes are one per-channel
+B = 1 (the loops then run along C, contiguous, the rows a step sums a stretch of the tile
+apart, so each is one long stream). The elementwise passes are one per-channel
 affine map ``out = p[c]·u + q[c]·(w − m[c]) + r[c]`` (forward: p = 0, w = x, m = mean;
 backward: u = dy, w = x): x − mean is taken first, so nothing cancels when |mean| ≫ std.
 """
