@@ -79,8 +79,9 @@ class Reduction:
         k = cpu("reduce")
         n = len(self.arrays)
         if not self.numel:
-            norm, norms, bad = 0.0, np.zeros(n), False
-            nonfinite, zero = np.zeros(n, np.int64), np.zeros(n, np.int64)
+            head, norms, counts = np.zeros(1), np.zeros(n), np.zeros((2, n), np.int64)
+            flag = np.zeros(1, np.int32)
+            bad = flag != 0
         else:
             if self._prepared is None:
                 self._prepared = (
@@ -90,14 +91,14 @@ class Reduction:
                     self.numel >= cpu("vector").PARALLEL_MIN,
                 )
             table, tasks, like, parallel = self._prepared
-            norm, norms, nonfinite, zero, bad = k.stats(table, tasks, like, parallel, zeros)
+            head, norms, counts, flag, bad = k.stats(table, tasks, like, parallel, zeros)
         return GradStats(
-            norm=np.float64(norm),
+            norm=head[0],
             norms=norms,
-            nonfinite=np.bool_(bad),
-            nonfinite_counts=nonfinite,
-            zero_counts=zero if zeros else None,
-            flag=np.array([int(bad)], np.int32),
+            nonfinite=bad[0],
+            nonfinite_counts=counts[0],
+            zero_counts=counts[1] if zeros else None,
+            flag=flag,
         )
 
     def cuda_buffers(self) -> tuple:
