@@ -162,9 +162,9 @@ def _results(tasks, partial, ntensors):
 
 
 def stats(table: np.ndarray, tasks: np.ndarray, like: np.ndarray, parallel: bool, zeros: bool):
-    """([‖x‖₂ over all], per-tensor norms (T,), [non-finite; zero] counts (2, T), zeros 0
-    unless ``zeros``, flag (1,) int32, [any non-finite]): the pass and its fold into the
-    results in one Numba call (``_results``)."""
+    """([‖x‖₂ over all], per-tensor norms (T,), counts (2, T): non-finite and zero (the
+    zero row 0 unless ``zeros``), flag (1,) int32, [any non-finite] bool): the pass and its
+    fold into the results in one Numba call (``_results``)."""
     return (_stats_parallel if parallel else _stats_serial)(table, tasks, like, zeros)
 
 
