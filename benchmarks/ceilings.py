@@ -55,8 +55,10 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from gpugd import _tensor_table as layout
+from gpugd import quant8 as _q8
 from gpugd._cpu import activations as _act
 from gpugd._cpu import optim as _opt
+from gpugd._cpu import optim8 as _o8
 from gpugd._cpu import reduce as _red
 from gpugd._cpu.tensor_table import SIZE_ROW, entry
 from gpugd._validate import address
@@ -326,6 +328,89 @@ def adam_math(
         reps * threads * _MATH_BLOCK,
     )
     loop.fn()
+    return loop
+
+
+@njit(cache=True, parallel=True)
+def _adam8_math_loop(w, g, mq, ma, vq, va, qs, qu, ts, tu, reps, per, sc):
+    # thread t: blocks t·per .. (t + 1)·per − 1 of the flat arrays, as a kernel task runs
+    for t in prange(ma.size // per):
+        _o8._wide()
+        xm = np.empty(_q8.BLOCK, np.float32)
+        xv = np.empty(_q8.BLOCK, np.float32)
+        for _ in range(reps):
+            _o8._adam8_blocks(
+                t * per, (t + 1) * per, xm, xv, w, g, None, None, mq, ma, vq, va, qs, qu,
+                ts, tu, _q8.BLOCK, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7],
+                sc[8], sc[9], sc[10],
+            )  # fmt: skip
+
+
+_LION = _o8.LION  # a global of this module: a constant in the loop (as _o8.LION it was not,
+# and the loop branched on it and did not vectorize)
+
+
+@njit(cache=True, parallel=True)
+def _lion8_math_loop(w, g, bq, ba, qs, tab, reps, per, sc):
+    for t in prange(ba.size // per):
+        _o8._wide()
+        xb = np.empty(_q8.BLOCK, np.float32)
+        for _ in range(reps):
+            _o8._one8_blocks(
+                _LION, t * per, (t + 1) * per, xb, w, g, None, None, bq, ba, qs, tab,
+                _q8.BLOCK, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7],
+            )  # fmt: skip
+
+
+# the 8-bit rules' scalars for their compute bound, in ``_adam8``'s and ``_one8``'s order:
+# Adam as _ADAM_SCALARS (no AMSGrad flag); Lion lr, β1, 1 − β1, β2, 1 − β2, 1 − lr·wd;
+# then the gradient scale and the clip (off)
+_ADAM8_SCALARS = (*_ADAM_SCALARS[:7], *_ADAM_SCALARS[8:])
+_LION8_SCALARS = (
+    *(_F(1e-4), _F(0.9), _F(0.1), _F(0.99), _F(0.01), _F(1.0)),
+    *(_F(1.0), _F(np.inf)),
+)
+_MATH8_BLOCKS = 8  # quantization blocks per thread: 16,384 elements, their bytes in L2
+
+
+def optim8_math(rule: str, param: Any, bytes_per_elem: float, numel: int = 1 << 22) -> Loop:
+    """The compute bound of the CPU 8-bit ``rule`` ("adam" or "lion", blockwise 8-bit
+    states, block 2048, parameters of dtype ``param``, no master weights):
+    ``optim8._adam8_blocks`` / ``_one8_blocks`` (the per-task code of every call: dequantize,
+    the rule, the absmax, requantize) over ``_MATH8_BLOCKS`` L2-resident blocks per thread,
+    ``numel`` elements in all per call. The Loop's bytes are the row's (``bytes_per_elem``
+    each), so its GB/s is what the math allows."""
+    import numba
+
+    from gpugd._cpu.precision import kernel_view
+
+    threads = numba.get_num_threads()
+    rng = np.random.default_rng(0)
+    per, nb = _MATH8_BLOCKS * _q8.BLOCK, _MATH8_BLOCKS
+
+    def arr(scale: float) -> np.ndarray:
+        a = (rng.standard_normal(threads * per) * scale).astype(np.float32)
+        return kernel_view(a.astype(param))
+
+    w, g = arr(1.0), arr(1e-3)
+    qs, qu = _q8.code_map(True), _q8.code_map(False)
+    ts, tu = _o8.bucket_table(qs), _o8.bucket_table(qu)
+    reps = max(1, numel // (threads * per))
+    if rule == "adam":
+        states = [_q8.zeros(threads * per, True), _q8.zeros(threads * per, False)]
+        (mq, ma), (vq, va) = states
+        sc = _ADAM8_SCALARS
+        fn = lambda: _adam8_math_loop(w, g, mq, ma, vq, va, qs, qu, ts, tu, reps, nb, sc)  # noqa: E731
+    elif rule == "lion":
+        states = [_q8.zeros(threads * per, True)]
+        (bq, ba) = states[0]
+        fn = lambda: _lion8_math_loop(w, g, bq, ba, qs, ts, reps, nb, _LION8_SCALARS)  # noqa: E731
+    else:
+        raise ValueError(f"rule: expected 'adam' or 'lion', got {rule!r}")
+    loop = Loop(fn, round(bytes_per_elem * reps * threads * per), reps * threads * per)
+    for _ in range(3):  # the states leave their all-zero start, as in the suite's rows
+        loop.fn()
+    loop.arrays, loop.reps = (w, g, states), reps  # (p, g, [(codes, absmax), ...]): tests
     return loop
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from gpugd import _hostmem as hostmem
 from gpugd import ops
 
-from .ceilings import against, traffic
+from .ceilings import against, optim8_math, traffic
 from .harness import Context, optional_torch, row
 
 NAME = "optim"
@@ -301,7 +301,9 @@ def _state8_rows(ctx: Context, n: int) -> list[dict[str, Any]]:
             }
             mods = [p, *(a for s in st for a in s)]
             own = {f"r1m{len(mods)}": traffic([g], mods, xp=xp)}
-            t, ceil, cname, info = against(ctx, fns, own, nbytes)
+            rule = name32.rstrip("_")
+            math = optim8_math(rule, dt, nbytes / n) if xp is np else None
+            t, ceil, cname, info = against(ctx, fns, own, nbytes, math)
             base = {k: t[k].median_s for k in fns if k != "gpugd"}
             r = row(ctx, label, dt, n, t["gpugd"], nbytes, cname, ceil, base)
             r.update(info)

@@ -252,3 +252,33 @@ def test_reduce_math_runs_the_norm_kernels_per_chunk_code(zeros):
     want = (x == 0).sum(axis=1) if zeros else np.zeros(len(x))
     np.testing.assert_array_equal(loop.out[:, 1], want)
     assert loop.nbytes == 4 * loop.numel > 0
+
+
+@pytest.mark.parametrize("rule", ["adam", "lion"])
+@pytest.mark.parametrize("param", ["float32", "bfloat16"])
+def test_optim8_math_runs_the_8bit_kernels_per_task_code(rule, param):
+    """The 8-bit rows' compute bound computes what ``gpugd.ops`` computes: one call of its
+    loop (one repetition) leaves p and every state's codes and scales bitwise where the op
+    with the loop's hyperparameters leaves copies of them (Adam with step 10^6: bias
+    corrections 1)."""
+    import ml_dtypes
+
+    from benchmarks.ceilings import optim8_math
+    from gpugd import ops
+    from gpugd.ops.optim8 import State8
+
+    dt = np.dtype(ml_dtypes.bfloat16) if param == "bfloat16" else np.dtype(np.float32)
+    loop = optim8_math(rule, dt, 1.0, numel=1)
+    w, g, states = loop.arrays
+    assert loop.reps == 1 and loop.numel == w.size
+    p = w.copy().view(dt)
+    copies = [State8(c.copy(), a.copy()) for c, a in states]
+    loop.fn()
+    if rule == "adam":
+        ops.adam8bit_(p, g.view(dt), *copies, lr=1e-3, step=10**6)
+    else:
+        ops.lion8bit_(p, g.view(dt), *copies, lr=1e-4, betas=(0.9, 0.99))
+    assert np.array_equal(p.view(w.dtype), w)
+    for (c, a), s in zip(states, copies, strict=True):
+        assert np.array_equal(c, s.codes) and np.array_equal(a, s.absmax)
+    assert np.any(copies[0].codes != copies[0].codes[0])  # the states are past their zero start

@@ -306,6 +306,52 @@ def _inverse(mx):
     return np.float32(1.0) / (mx if mx > 0 else np.float32(1.0))  # one division per block
 
 
+@njit(**_RULE)
+def _adam8_blocks(
+    first, stop, xm, xv, w, g, out, rnd, mq, ma, vq, va, qs, qu, ts, tu, bs, b1, omb1, b2,
+    omb2, eps, wd_c, dm, ss, ibc, gs, clip,
+):  # fmt: skip
+    """Adam over quantization blocks first..stop − 1 (one prange task of ``_adam8``; also
+    the bench's compute bound over cache-resident blocks): xm, xv are the task's scratch
+    of bs float32 each. Arguments as ``_adam8``'s."""
+    n = w.size
+    for b in range(first, stop):
+        lo = b * bs
+        cnt = min(bs, n - lo)
+        s0, s1 = ma[b], va[b]
+        mx0 = np.int32(0)
+        mx1 = np.int32(0)
+        for k in range(cnt):
+            i = np.uint64(lo + k)  # unsigned: no wraparound test, the loop vectorizes
+            pi, m, v = _adam(
+                ld(w, i),
+                _grad(ld(g, i), gs, clip),
+                _at(qs, mq[i]) * s0,
+                _at(qu, vq[i]) * s1,
+                b1,
+                omb1,
+                b2,
+                omb2,
+                eps,
+                wd_c,
+                dm,
+                ss,
+                ibc,
+            )
+            st(w, i, pi, rnd)
+            put(out, i, pi, rnd)
+            xm[k] = m
+            xv[k] = v
+            mx0 = max(mx0, _absbits(m))
+            mx1 = max(mx1, _absbits(v))
+        a0, a1 = _from_bits(mx0), _from_bits(mx1)
+        ma[b], va[b] = a0, a1
+        r0, r1 = _inverse(a0), _inverse(a1)
+        for k in range(cnt):
+            mq[np.uint64(lo + k)] = _code(xm[k] * r0, ts)
+            vq[np.uint64(lo + k)] = _code(xv[k] * r1, tu)
+
+
 @njit(**_KERNEL)
 def _adam8(
     w, g, out, rnd, mq, ma, vq, va, qs, qu, ts, tu, bs, b1, omb1, b2, omb2, eps, wd_c, dm,
@@ -313,47 +359,43 @@ def _adam8(
 ):  # fmt: skip
     """w: what the rule updates (p, or fp32 master weights), out: the half-precision p
     receiving round(w) (None without masters), rnd: stochastic rounding (None: nearest)."""
-    n = w.size
-    nb = (n + bs - 1) // bs
+    nb = (w.size + bs - 1) // bs
     for c in prange((nb + CHUNK - 1) // CHUNK):
         _wide()
         xm = np.empty(bs, np.float32)
         xv = np.empty(bs, np.float32)
-        for b in range(c * CHUNK, min(nb, (c + 1) * CHUNK)):
-            lo = b * bs
-            cnt = min(bs, n - lo)
-            s0, s1 = ma[b], va[b]
-            mx0 = np.int32(0)
-            mx1 = np.int32(0)
-            for k in range(cnt):
-                i = np.uint64(lo + k)  # unsigned: no wraparound test, the loop vectorizes
-                pi, m, v = _adam(
-                    ld(w, i),
-                    _grad(ld(g, i), gs, clip),
-                    _at(qs, mq[i]) * s0,
-                    _at(qu, vq[i]) * s1,
-                    b1,
-                    omb1,
-                    b2,
-                    omb2,
-                    eps,
-                    wd_c,
-                    dm,
-                    ss,
-                    ibc,
-                )
-                st(w, i, pi, rnd)
-                put(out, i, pi, rnd)
-                xm[k] = m
-                xv[k] = v
-                mx0 = max(mx0, _absbits(m))
-                mx1 = max(mx1, _absbits(v))
-            a0, a1 = _from_bits(mx0), _from_bits(mx1)
-            ma[b], va[b] = a0, a1
-            r0, r1 = _inverse(a0), _inverse(a1)
-            for k in range(cnt):
-                mq[np.uint64(lo + k)] = _code(xm[k] * r0, ts)
-                vq[np.uint64(lo + k)] = _code(xv[k] * r1, tu)
+        _adam8_blocks(
+            c * CHUNK, min(nb, (c + 1) * CHUNK), xm, xv, w, g, out, rnd, mq, ma, vq, va, qs,
+            qu, ts, tu, bs, b1, omb1, b2, omb2, eps, wd_c, dm, ss, ibc, gs, clip,
+        )  # fmt: skip
+
+
+@njit(**_RULE)
+def _one8_blocks(kind, first, stop, xb, w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3,
+                 c4, c5, gs, clip):  # fmt: skip
+    """A one-state rule over quantization blocks first..stop − 1 (one prange task of
+    ``_one8``; also the bench's compute bound): xb is the task's scratch of bs float32."""
+    n = w.size
+    for b in range(first, stop):
+        lo = b * bs
+        cnt = min(bs, n - lo)
+        s0 = ba[b]
+        mx = np.int32(0)
+        for k in range(cnt):
+            i = np.uint64(lo + k)  # unsigned: no wraparound test, the loop vectorizes
+            pi, s = _one(
+                kind, ld(w, i), _grad(ld(g, i), gs, clip), _at(qs, bq[i]) * s0,
+                c0, c1, c2, c3, c4, c5,
+            )  # fmt: skip
+            st(w, i, pi, rnd)
+            put(out, i, pi, rnd)
+            xb[k] = s
+            mx = max(mx, _absbits(s))
+        a = _from_bits(mx)
+        ba[b] = a
+        r = _inverse(a)
+        for k in range(cnt):
+            bq[np.uint64(lo + k)] = _code(xb[k] * r, tab)
 
 
 @njit(**_RULE)
@@ -361,31 +403,14 @@ def _one8(kind, w, g, out, rnd, bq, ba, qs, tab, bs, c0, c1, c2, c3, c4, c5, gs,
     """A one-state rule over 8-bit state (bq, ba), inlined into one kernel per rule: with the
     kind a constant the loop holds that rule alone and vectorizes (one kernel branching on
     the kind ran 2–3× slower). w, out, rnd as in ``_adam8``."""
-    n = w.size
-    nb = (n + bs - 1) // bs
+    nb = (w.size + bs - 1) // bs
     for c in prange((nb + CHUNK - 1) // CHUNK):
         _wide()
         xb = np.empty(bs, np.float32)
-        for b in range(c * CHUNK, min(nb, (c + 1) * CHUNK)):
-            lo = b * bs
-            cnt = min(bs, n - lo)
-            s0 = ba[b]
-            mx = np.int32(0)
-            for k in range(cnt):
-                i = np.uint64(lo + k)  # unsigned: no wraparound test, the loop vectorizes
-                pi, s = _one(
-                    kind, ld(w, i), _grad(ld(g, i), gs, clip), _at(qs, bq[i]) * s0,
-                    c0, c1, c2, c3, c4, c5,
-                )  # fmt: skip
-                st(w, i, pi, rnd)
-                put(out, i, pi, rnd)
-                xb[k] = s
-                mx = max(mx, _absbits(s))
-            a = _from_bits(mx)
-            ba[b] = a
-            r = _inverse(a)
-            for k in range(cnt):
-                bq[np.uint64(lo + k)] = _code(xb[k] * r, tab)
+        _one8_blocks(
+            kind, c * CHUNK, min(nb, (c + 1) * CHUNK), xb, w, g, out, rnd, bq, ba, qs, tab, bs,
+            c0, c1, c2, c3, c4, c5, gs, clip,
+        )  # fmt: skip
 
 
 @njit(**_KERNEL)
