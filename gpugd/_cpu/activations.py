@@ -399,7 +399,10 @@ def _prefetch(kind: int, alias: int) -> bool:
     silu 0.96, 0.93, 0.82; softplus 1.14, 0.98, 0.87 (``benchmarks/experiments/inplace_act.py``,
     ``benchmarks/results/cpu-inplace-act-2026-12-07-zen4.txt``). Out of place the same run:
     relu 6.42 → 7.74 ms with them, silu 10.62 → 9.94, gelu 22.98 → 22.90 (earlier, best of
-    15: silu 7.1 → 8.2, gelu 10.7 → 11.0), so none there."""
+    15: silu 7.1 → 8.2, gelu 10.7 → 11.0), so none there. On a 2-core Zen 5 VM (one run, medians of
+    15, ``benchmarks/results/cpu-inplace-act-2026-12-08-zen5.txt``), in place with / without:
+    gelu 0.97, gelu_tanh 0.95, silu 0.93, softplus 0.93, sigmoid 0.99, relu 0.99, elu 1.00;
+    out of place: softplus 0.90, silu 0.96, relu 1.05, elu 1.01: kept as on Zen 4."""
     if not AMD_ZEN:
         return True
     return alias != SEPARATE and kind in _ZEN_PREFETCH
