@@ -35,7 +35,8 @@ memory; where a CPU write-allocates, the loop pays for it as the kernel does.
 ``act_math(kind)``: the compute bound of an activation backward: its own loop over blocks
 that stay in L1, every core, as ns per element and as the GB/s its bytes would make;
 ``adam_math`` the same for the Adam kernel, ``reduce_math`` for the norm pass (its sums of
-squares and, when counted, zeros).
+squares and, when counted, zeros), ``optim8_math`` for the 8-bit Adam and Lion kernels (a
+task's blocks: dequantize, the rule, the absmax, requantize) over L2-resident blocks.
 ``against(ctx, fns, passes, nbytes, math)`` times the kernel with those loops round-robin
 and gives the tighter of the two bounds (``MIX_NOTES`` says what each name means).
 

@@ -7,7 +7,8 @@ AMSGrad) and their peers.
 Fewest bytes per element (w = itemsize): read p, g and each state once, write p and each
 state once: SGD-momentum, Adagrad, RMSprop 5w; Adam, AdamW, NAdam 7w; AMSGrad 9w.
 With blockwise 8-bit states over fp32 parameters (``_state8_rows``): Adam 16 B, Lion 14 B
-(codes read and written, a float32 scale per 2048), the fp32-state rule as the peer.
+(codes read and written, a float32 scale per 2048), the fp32-state rule as the peer, and
+on the CPU the kernel's compute bound beside the traffic loop (``ceilings.optim8_math``).
 Peers: NumPy composition of the same update (in-place ufuncs, several passes), and
 torch.optim on the same memory with ``fused=True`` and ``foreach=True`` when importable
 and supported for that rule on that device.
@@ -268,7 +269,10 @@ def _state8_rows(ctx: Context, n: int) -> list[dict[str, Any]]:
     14 B; over bfloat16 parameters (2 + 2 + 2 B): Adam 10 B, Lion 8 B. The peer is the same
     rule over the same parameters with float32 states (Adam 28 / 22 B, Lion 20 / 14 B)
     timed in the same rounds: its baseline figure is its time over the 8-bit one, the
-    speedup that moving fewer bytes buys."""
+    speedup that moving fewer bytes buys. On the CPU each row also carries its compute
+    bound (``ceilings.optim8_math``: the kernel's own per-task code over L2-resident blocks,
+    every core) and is held against the tighter of the two: the code-map lookups make
+    these steps compute-bound on the 2-core VMs."""
     if ctx.quick:
         return []
     import ml_dtypes
