@@ -333,15 +333,15 @@ def adam_math(
 
 
 @njit(cache=True, parallel=True)
-def _adam8_math_loop(w, g, mq, ma, vq, va, qs, qu, ts, tu, reps, per, sc):
-    # thread t: blocks t·per .. (t + 1)·per − 1 of the flat arrays, as a kernel task runs
-    for t in prange(ma.size // per):
+def _adam8_math_loop(w, g, mq, ma, vq, va, qs, qu, ts, tu, reps, nb, sc):
+    # thread t: blocks t·nb .. (t + 1)·nb − 1 of the flat arrays, as a kernel task runs them
+    for t in prange(ma.size // nb):
         _o8._wide()
         xm = np.empty(_q8.BLOCK, np.float32)
         xv = np.empty(_q8.BLOCK, np.float32)
         for _ in range(reps):
             _o8._adam8_blocks(
-                t * per, (t + 1) * per, xm, xv, w, g, None, None, mq, ma, vq, va, qs, qu,
+                t * nb, (t + 1) * nb, xm, xv, w, g, None, None, mq, ma, vq, va, qs, qu,
                 ts, tu, _q8.BLOCK, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7],
                 sc[8], sc[9], sc[10],
             )  # fmt: skip
@@ -352,13 +352,13 @@ _LION = _o8.LION  # a global of this module: a constant in the loop (as _o8.LION
 
 
 @njit(cache=True, parallel=True)
-def _lion8_math_loop(w, g, bq, ba, qs, tab, reps, per, sc):
-    for t in prange(ba.size // per):
+def _lion8_math_loop(w, g, bq, ba, qs, tab, reps, nb, sc):
+    for t in prange(ba.size // nb):
         _o8._wide()
         xb = np.empty(_q8.BLOCK, np.float32)
         for _ in range(reps):
             _o8._one8_blocks(
-                _LION, t * per, (t + 1) * per, xb, w, g, None, None, bq, ba, qs, tab,
+                _LION, t * nb, (t + 1) * nb, xb, w, g, None, None, bq, ba, qs, tab,
                 _q8.BLOCK, sc[0], sc[1], sc[2], sc[3], sc[4], sc[5], sc[6], sc[7],
             )  # fmt: skip
 
