@@ -56,10 +56,11 @@ INF_BUCKET = INF_BITS >> SHIFT  # +inf (low bits 0) and NaNs; the buckets above:
 # AMD Zen hosts with AVX-512 (Zen 4: a 512-bit gather is microcoded; on Zen 5 it is still
 # slower than lanes loaded one by one) compile the kernels without gathers; on Zen 3 (AVX2)
 # the 256-bit gathers are the faster way (8-bit Adam, 2^22 elements, 2-core Zen 3 VM: 8.1-8.6
-# ms with gathers, 32 ms with lanes loaded one by one). 2-core Zen 5 VM, 2^24 elements,
-# round-robin after a cache sweep, two runs, with gathers / without: 8-bit Adam 17.4, 17.6 /
-# 12.6, 14.2 ms; 8-bit Lion 9.7, 9.7 / 8.3, 8.6; over bfloat16 p, Adam 16.3, 16.6 / 11.7,
-# 11.5, Lion 8.6, 8.5 / 6.6, 6.6.
+# ms with gathers, 32 ms with lanes loaded one by one). 2-core Zen 5 VM, 2^24 elements, with
+# gathers / without (``python -m benchmarks.experiments.codegen_choices --choice gather``,
+# two runs, ``benchmarks/results/cpu-codegen-choices-2026-12-08-zen5.txt``): 8-bit Adam
+# 16.9, 17.2 / 13.2, 12.8 ms; Lion 9.1, 9.5 / 8.3, 8.0; over bfloat16 p, Adam 15.7, 15.5 /
+# 10.9, 11.4, Lion 8.2, 8.2 / 6.2, 6.4.
 NO_GATHER = AMD_ZEN and AVX512
 
 

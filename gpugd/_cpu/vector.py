@@ -24,8 +24,9 @@ CHUNK = 1 << 14  # elements per parallel work item (64 KiB of fp32): fits L2 per
 # against four: this module's 2^24 fp32 sum 2.31 → 2.14 ms, the read loop 2.00; the tensor
 # table's (``gpugd._cpu.reduce``, which follows this) 2^24 1.63 → 1.53, ResNet-50's 161
 # gradients 2.94 → 2.79, 1,000 tensors of 64-8191 elements 0.40 → 0.27). Zen 5 (2-core VM,
-# medians of 31, two runs, one stream / four): the table's 2^24 1.47, 1.73 / 1.53, 1.68 ms,
-# 1,000 tensors 0.64, 0.67 / 0.69, 0.73.
+# one stream / four, two runs: ``python -m benchmarks.experiments.codegen_choices --choice
+# streams``, ``benchmarks/results/cpu-codegen-choices-2026-12-08-zen5.txt``): the table's
+# 2^24 1.50, 1.47 / 1.56, 1.58 ms; 1,000 tensors 0.63, 0.63 / 0.72, 0.74.
 FOUR_STREAMS = not (AMD_ZEN and AVX512)
 PARALLEL_MIN = 1 << 17  # below this the serial path is faster on every machine we measured
 # Reassociation lets LLVM vectorize the reductions; no 'nnan'/'ninf', so NaN and Inf survive.
